@@ -1,0 +1,1 @@
+"""The Tessera SDK and the ``tessera`` command line."""

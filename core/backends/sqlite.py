@@ -1,0 +1,284 @@
+"""The embedded backend: SQLite on disk, WAL with ``synchronous=FULL``, so an acknowledged commit
+survives ``kill -9`` and power loss.
+
+One transaction per commit (head check, key-conflict check, version row, head update, revision, change-log
+row). Writes go through one connection under a lock (SQLite has one writer anyway); reads use a
+connection per thread, reused across requests, and each read is one indexed lookup whatever the history length.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime
+from pathlib import Path
+
+from core.errors import KeyConflict, Unavailable, VersionConflict
+from core.model import Action, Change, Environment, Scope, Version, ancestors
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS versions (
+    namespace TEXT NOT NULL, env TEXT NOT NULL, key TEXT NOT NULL, version INTEGER NOT NULL,
+    action TEXT NOT NULL, secret INTEGER NOT NULL, updated_at TEXT NOT NULL, updated_by TEXT NOT NULL,
+    revision INTEGER NOT NULL, rolled_back_from INTEGER, envelope BLOB, key_id TEXT,
+    PRIMARY KEY (namespace, env, key, version)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS versions_by_key_id ON versions (key_id);
+CREATE TABLE IF NOT EXISTS heads (
+    namespace TEXT NOT NULL, env TEXT NOT NULL, key TEXT NOT NULL,
+    version INTEGER NOT NULL, live INTEGER NOT NULL,
+    PRIMARY KEY (namespace, env, key)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS changes (
+    revision INTEGER PRIMARY KEY, namespace TEXT NOT NULL, env TEXT NOT NULL, key TEXT NOT NULL,
+    version INTEGER NOT NULL, action TEXT NOT NULL, secret INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS envs (name TEXT PRIMARY KEY, parent TEXT) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
+"""
+
+VERSION_COLUMNS = (
+    "v.namespace, v.env, v.key, v.version, v.action, v.secret, v.updated_at, v.updated_by, "
+    "v.revision, v.rolled_back_from, v.envelope, v.key_id"
+)
+# ``.`` is followed by ``/`` in ASCII, so [prefix + ".", prefix + "/") is exactly the keys below ``prefix``.
+BELOW_UPPER_BOUND = "/"
+
+
+def _row_to_version(row: tuple) -> Version:
+    return Version(
+        scope=Scope(row[0], row[1]),
+        key=row[2],
+        version=row[3],
+        action=Action(row[4]),
+        secret=bool(row[5]),
+        updated_at=datetime.fromisoformat(row[6]),
+        updated_by=row[7],
+        revision=row[8],
+        rolled_back_from=row[9],
+        envelope=row[10],
+        key_id=row[11],
+    )
+
+
+def connect(path: Path) -> sqlite3.Connection:
+    connection = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
+    connection.execute("PRAGMA journal_mode=WAL")
+    connection.execute("PRAGMA synchronous=FULL")
+    connection.execute("PRAGMA busy_timeout=30000")
+    return connection
+
+
+@contextmanager
+def translated_errors() -> Iterator[None]:
+    """No sqlite3 exception leaves the adapter: the store being unusable is ``503 unavailable``."""
+    try:
+        yield
+    except sqlite3.Error as exc:
+        raise Unavailable("the embedded store is unavailable") from exc
+
+
+class SQLiteStore:
+    backend_name = "local"
+
+    def __init__(self, path: Path | str, change_log_retention: int = 100_000) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.change_log_retention = change_log_retention
+        self._writer = connect(self.path)
+        self._write_lock = threading.Lock()
+        self._local = threading.local()
+        self._readers: list[sqlite3.Connection] = []
+        self._readers_lock = threading.Lock()
+        with self._write_lock, translated_errors():
+            self._writer.executescript(SCHEMA)
+
+    # ------------------------------------------------------------------ connections
+    def _reader(self) -> sqlite3.Connection:
+        connection = getattr(self._local, "connection", None)
+        if connection is None:
+            connection = connect(self.path)
+            self._local.connection = connection
+            with self._readers_lock:
+                self._readers.append(connection)
+        return connection
+
+    def _query(self, sql: str, params: tuple = ()) -> list[tuple]:
+        with translated_errors():
+            return self._reader().execute(sql, params).fetchall()
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """``BEGIN IMMEDIATE`` on the writer connection; commits on success, rolls back on any error."""
+        with self._write_lock, translated_errors():
+            self._writer.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._writer
+            except BaseException:
+                self._writer.execute("ROLLBACK")
+                raise
+            self._writer.execute("COMMIT")
+
+    def close(self) -> None:
+        with self._readers_lock:
+            for connection in self._readers:
+                connection.close()
+            self._readers.clear()
+        with self._write_lock:
+            self._writer.close()
+
+    # ------------------------------------------------------------------ reads
+    def latest(self, scope: Scope, key: str) -> Version | None:
+        rows = self._query(
+            f"SELECT {VERSION_COLUMNS} FROM heads h JOIN versions v ON v.namespace = h.namespace "
+            "AND v.env = h.env AND v.key = h.key AND v.version = h.version "
+            "WHERE h.namespace = ? AND h.env = ? AND h.key = ?",
+            (scope.namespace, scope.env, key),
+        )
+        return _row_to_version(rows[0]) if rows else None
+
+    def get_version(self, scope: Scope, key: str, version: int) -> Version | None:
+        rows = self._query(
+            f"SELECT {VERSION_COLUMNS} FROM versions v WHERE namespace = ? AND env = ? AND key = ? AND version = ?",
+            (scope.namespace, scope.env, key, version),
+        )
+        return _row_to_version(rows[0]) if rows else None
+
+    def load_envelope(self, version: Version) -> bytes:
+        stored = self.get_version(version.scope, version.key, version.version)
+        if stored is None or stored.envelope is None:
+            raise Unavailable("the stored value is missing")
+        return stored.envelope
+
+    def history(self, scope: Scope, key: str, limit: int, before: int | None) -> list[Version]:
+        rows = self._query(
+            f"SELECT {VERSION_COLUMNS} FROM versions v WHERE namespace = ? AND env = ? AND key = ? AND version < ? "
+            "ORDER BY version DESC LIMIT ?",
+            (scope.namespace, scope.env, key, before if before is not None else 2**62, limit),
+        )
+        return [_row_to_version(row) for row in rows]
+
+    def list_latest(self, scope: Scope, prefix: str) -> list[Version]:
+        where = "h.namespace = ? AND h.env = ? AND h.live = 1"
+        params: tuple = (scope.namespace, scope.env)
+        if prefix:
+            where += " AND (h.key = ? OR (h.key > ? AND h.key < ?))"
+            params += (prefix, prefix + ".", prefix + BELOW_UPPER_BOUND)
+        rows = self._query(
+            f"SELECT {VERSION_COLUMNS} FROM heads h JOIN versions v ON v.namespace = h.namespace "
+            "AND v.env = h.env AND v.key = h.key AND v.version = h.version "
+            f"WHERE {where} ORDER BY h.key",
+            params,
+        )
+        return [_row_to_version(row) for row in rows]
+
+    def current_revision(self) -> int:
+        rows = self._query("SELECT value FROM counters WHERE name = 'revision'")
+        return rows[0][0] if rows else 0
+
+    def changes_since(self, revision: int, limit: int) -> list[Change]:
+        rows = self._query(
+            "SELECT revision, namespace, env, key, version, action, secret FROM changes "
+            "WHERE revision > ? ORDER BY revision LIMIT ?",
+            (revision, limit),
+        )
+        return [Change(r[0], Scope(r[1], r[2]), r[3], r[4], Action(r[5]), bool(r[6])) for r in rows]
+
+    def oldest_retained_revision(self) -> int:
+        rows = self._query("SELECT MIN(revision) FROM changes")
+        if rows and rows[0][0] is not None:
+            return rows[0][0]
+        return self.current_revision() + 1
+
+    # ------------------------------------------------------------------ the commit
+    def commit(self, version: Version) -> Version:
+        scope = version.scope
+        with self.transaction() as db:
+            head = db.execute(
+                "SELECT version FROM heads WHERE namespace = ? AND env = ? AND key = ?",
+                (scope.namespace, scope.env, version.key),
+            ).fetchone()
+            current = head[0] if head else 0
+            if current != version.version - 1:
+                raise VersionConflict("the key changed since it was read", current)
+            if not version.deleted:
+                self._check_key_conflict(db, scope, version.key)
+            revision = self._next_revision(db)
+            db.execute(
+                "INSERT INTO versions (namespace, env, key, version, action, secret, updated_at, updated_by, "
+                "revision, rolled_back_from, envelope, key_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    scope.namespace, scope.env, version.key, version.version, version.action.value,
+                    int(version.secret), version.updated_at.isoformat(), version.updated_by, revision,
+                    version.rolled_back_from, version.envelope, version.key_id,
+                ),
+            )
+            db.execute(
+                "INSERT INTO heads (namespace, env, key, version, live) VALUES (?, ?, ?, ?, ?) "
+                "ON CONFLICT (namespace, env, key) DO UPDATE SET version = excluded.version, live = excluded.live",
+                (scope.namespace, scope.env, version.key, version.version, int(not version.deleted)),
+            )
+            db.execute(
+                "INSERT INTO changes (revision, namespace, env, key, version, action, secret) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (revision, scope.namespace, scope.env, version.key, version.version, version.action.value, int(version.secret)),
+            )
+            if revision % 1000 == 0 and revision > self.change_log_retention:
+                db.execute("DELETE FROM changes WHERE revision <= ?", (revision - self.change_log_retention,))
+        return Version(**{**version.__dict__, "revision": revision})
+
+    @staticmethod
+    def _check_key_conflict(db: sqlite3.Connection, scope: Scope, key: str) -> None:
+        above = ancestors(key)
+        if above:
+            placeholders = ",".join("?" * len(above))
+            row = db.execute(
+                f"SELECT key FROM heads WHERE namespace = ? AND env = ? AND live = 1 AND key IN ({placeholders}) LIMIT 1",
+                (scope.namespace, scope.env, *above),
+            ).fetchone()
+            if row:
+                raise KeyConflict(f"'{row[0]}' holds a value, so no key can be below it")
+        row = db.execute(
+            "SELECT key FROM heads WHERE namespace = ? AND env = ? AND live = 1 AND key > ? AND key < ? LIMIT 1",
+            (scope.namespace, scope.env, key + ".", key + BELOW_UPPER_BOUND),
+        ).fetchone()
+        if row:
+            raise KeyConflict("keys exist below this key, so it cannot hold a value")
+
+    @staticmethod
+    def _next_revision(db: sqlite3.Connection) -> int:
+        row = db.execute(
+            "INSERT INTO counters (name, value) VALUES ('revision', 1) "
+            "ON CONFLICT (name) DO UPDATE SET value = value + 1 RETURNING value"
+        ).fetchone()
+        return row[0]
+
+    # ------------------------------------------------------------------ environments and meta
+    def list_envs(self) -> list[Environment]:
+        return [Environment(name, parent) for name, parent in self._query("SELECT name, parent FROM envs ORDER BY name")]
+
+    def put_env(self, env: Environment) -> bool:
+        with self.transaction() as db:
+            existed = db.execute("SELECT 1 FROM envs WHERE name = ?", (env.name,)).fetchone() is not None
+            db.execute(
+                "INSERT INTO envs (name, parent) VALUES (?, ?) ON CONFLICT (name) DO UPDATE SET parent = excluded.parent",
+                (env.name, env.parent),
+            )
+        return not existed
+
+    def get_meta(self, name: str) -> str | None:
+        rows = self._query("SELECT value FROM meta WHERE name = ?", (name,))
+        return rows[0][0] if rows else None
+
+    def put_meta(self, name: str, value: str) -> None:
+        with self.transaction() as db:
+            db.execute(
+                "INSERT INTO meta (name, value) VALUES (?, ?) ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+                (name, value),
+            )
+
+    # ------------------------------------------------------------------ key rotation support
+    def versions_by_key_id(self) -> dict[str, int]:
+        return {k or "": n for k, n in self._query("SELECT key_id, COUNT(*) FROM versions WHERE envelope IS NOT NULL GROUP BY key_id")}

@@ -1,0 +1,77 @@
+"""The small Protocols every adapter implements. Fakes satisfy them without inheriting anything."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Protocol
+
+from core.model import Change, Environment, Scope, Version
+
+
+class VersionStore(Protocol):
+    """Versions of keys, the store-wide revision counter and the change log, committed together.
+
+    ``commit`` is the only write of config state. It succeeds only if the key's latest version is
+    ``version.version - 1`` (0: no version yet) and, for a live write, no live key is an ancestor or a
+    descendant of ``version.key`` in its scope; it then stores the version, moves the head, takes the
+    next revision and appends the change-log entry in one atomic step, and returns the version with its
+    ``revision`` set. Otherwise it raises ``VersionConflict`` (``current_version``) or ``KeyConflict`` and
+    changes nothing.
+    """
+
+    backend_name: str
+
+    def latest(self, scope: Scope, key: str) -> Version | None: ...
+
+    def get_version(self, scope: Scope, key: str, version: int) -> Version | None: ...
+
+    def load_envelope(self, version: Version) -> bytes: ...
+
+    def commit(self, version: Version) -> Version: ...
+
+    def history(self, scope: Scope, key: str, limit: int, before: int | None) -> list[Version]: ...
+
+    def list_latest(self, scope: Scope, prefix: str) -> list[Version]:
+        """Latest live versions of every key equal to or below ``prefix`` (whole segments), sorted by key."""
+        ...
+
+    def current_revision(self) -> int: ...
+
+    def changes_since(self, revision: int, limit: int) -> list[Change]:
+        """Change-log entries with a revision above ``revision``, in revision order."""
+        ...
+
+    def oldest_retained_revision(self) -> int:
+        """Lowest revision still in the change log (``current_revision() + 1`` when it is empty)."""
+        ...
+
+    def list_envs(self) -> list[Environment]: ...
+
+    def put_env(self, env: Environment) -> bool:
+        """Create or re-parent; True when created."""
+        ...
+
+    def get_meta(self, name: str) -> str | None: ...
+
+    def put_meta(self, name: str, value: str) -> None: ...
+
+    def close(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class DataKey:
+    key_id: str
+    plaintext: bytes
+    wrapped: bytes
+
+    def __repr__(self) -> str:  # never print key material
+        return f"DataKey(key_id={self.key_id!r})"
+
+
+class KeyService(Protocol):
+    """Makes and unwraps per-write data keys: AWS KMS, or the local keyring."""
+
+    def generate_data_key(self, context: Mapping[str, str]) -> DataKey: ...
+
+    def decrypt_data_key(self, key_id: str, wrapped: bytes, context: Mapping[str, str]) -> bytes: ...

@@ -1,0 +1,562 @@
+"""The config service: reads with inheritance, versioned writes under compare-and-set, history, rollback,
+import/export, environments and diff. Every rule of the contract's ``/config`` part lives here.
+
+>>> # service = ConfigService(store, keys)
+>>> # service.put(ROOT, Scope(), "database.host", "db.internal")   # → WriteResult(created=True, ...)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+from typing import Any
+
+from core import crypto
+from core.access import Authorizer, RootOnly
+from core.errors import (
+    Forbidden,
+    InvalidRequest,
+    InvalidRollback,
+    InvalidValue,
+    KeyConflict,
+    NotFound,
+    SecretFlagImmutable,
+    TesseraError,
+    ValueTooLarge,
+    VersionConflict,
+)
+from core.formats import flatten
+from core.model import (
+    DEFAULT,
+    Action,
+    Environment,
+    Principal,
+    Scope,
+    Version,
+    is_under,
+    parse_key,
+    parse_name,
+    parse_prefix,
+    utcnow,
+)
+from core.ports import KeyService, VersionStore
+
+MAX_VALUE_BYTES = 64 * 1024
+MAX_HISTORY_LIMIT = 1000
+COMMIT_ATTEMPTS = 20
+ENV_CACHE_SECONDS = 1.0
+
+
+def encode_value(value: Any) -> bytes:
+    """Canonical JSON of a value: equal values encode equally (``1`` ≠ ``1.0`` ≠ ``true``)."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
+
+
+def check_value(value: Any) -> bytes:
+    if isinstance(value, dict):
+        raise InvalidValue("a value may not be a JSON object: write its leaves as keys, or use import")
+    try:
+        encoded = encode_value(value)
+    except (TypeError, ValueError) as exc:
+        raise InvalidValue("value is not representable as JSON") from exc
+    if len(encoded) > MAX_VALUE_BYTES:
+        raise ValueTooLarge(f"value is larger than {MAX_VALUE_BYTES} bytes encoded")
+    return encoded
+
+
+@dataclass(frozen=True)
+class ReadResult:
+    key: str
+    value: Any
+    scope: Scope
+    resolved_env: str | None
+    version: Version | None  # None for a subtree
+    redacted: list[str] = field(default_factory=list)
+    leaves: tuple[tuple[str, int, str], ...] = ()  # (key, version, env) of a subtree's leaves
+
+    @property
+    def etag(self) -> str:
+        if self.version is not None:
+            parts: Iterable[object] = (self.scope.namespace, self.key, self.version.version, self.resolved_env)
+        else:
+            parts = (self.scope.namespace, self.key, *self.leaves)
+        digest = hashlib.sha256(json.dumps(list(parts), default=list).encode()).hexdigest()[:32]
+        return f'"{digest}"'
+
+
+@dataclass(frozen=True)
+class WriteResult:
+    version: Version
+    created: bool
+    changed: bool = True
+
+
+@dataclass(frozen=True)
+class HistoryEntry:
+    version: Version
+    value: Any = None
+    has_value: bool = False
+
+
+@dataclass(frozen=True)
+class ImportResult:
+    created: int
+    updated: int
+    unchanged: int
+    errors: list[dict[str, str]]
+
+
+@dataclass(frozen=True)
+class ResolvedLeaf:
+    version: Version
+    env: str
+
+
+class ValueCache:
+    """Bounded LRU of decrypted values by (scope, key, version): versions are immutable, so entries never go stale."""
+
+    def __init__(self, max_entries: int = 10_000) -> None:
+        self.max_entries = max_entries
+        self._entries: OrderedDict[tuple[Scope, str, int], Any] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, cache_key: tuple[Scope, str, int]) -> tuple[bool, Any]:
+        with self._lock:
+            if cache_key in self._entries:
+                self._entries.move_to_end(cache_key)
+                return True, self._entries[cache_key]
+        return False, None
+
+    def put(self, cache_key: tuple[Scope, str, int], value: Any) -> None:
+        with self._lock:
+            self._entries[cache_key] = value
+            self._entries.move_to_end(cache_key)
+            while len(self._entries) > self.max_entries:
+                self._entries.popitem(last=False)
+
+
+class ConfigService:
+    def __init__(
+        self,
+        store: VersionStore,
+        keys: KeyService,
+        authorizer: Authorizer | None = None,
+        clock: Callable[[], datetime] = utcnow,
+        value_cache_entries: int = 10_000,
+    ) -> None:
+        self.store = store
+        self.keys = keys
+        self.authorizer: Authorizer = authorizer or RootOnly()
+        self.clock = clock
+        self.values = ValueCache(value_cache_entries)
+        self._env_cache: tuple[float, dict[str, Environment]] | None = None
+        self._env_lock = threading.Lock()
+
+    # ------------------------------------------------------------------ authorization helpers
+    def can(self, principal: Principal, capability: str, scope: Scope, key: str) -> bool:
+        return self.authorizer.allowed(principal, capability, scope, key)
+
+    def require(self, principal: Principal, capability: str, scope: Scope, key: str) -> None:
+        if not self.can(principal, capability, scope, key):
+            raise Forbidden(f"this token may not {capability} this key")
+
+    def require_admin(self, principal: Principal) -> None:
+        if not self.can(principal, "admin", Scope(), "*"):
+            raise Forbidden("this token lacks the admin capability")
+
+    # ------------------------------------------------------------------ values
+    def value_of(self, version: Version) -> Any:
+        """Decrypt a live version's value (cached; versions are immutable)."""
+        cache_key = (version.scope, version.key, version.version)
+        hit, value = self.values.get(cache_key)
+        if hit:
+            return value
+        envelope = version.envelope if version.envelope is not None else self.store.load_envelope(version)
+        plaintext = crypto.open_envelope(self.keys, version.scope, version.key, version.version, envelope)
+        value = json.loads(plaintext)
+        self.values.put(cache_key, value)
+        return value
+
+    # ------------------------------------------------------------------ environments
+    def envs(self, *, fresh: bool = False) -> dict[str, Environment]:
+        now = time.monotonic()
+        with self._env_lock:
+            cached = self._env_cache
+        if cached is not None and not fresh and cached[0] > now:
+            return cached[1]
+        envs = {DEFAULT: Environment(DEFAULT, None)}
+        for env in self.store.list_envs():
+            if env.name != DEFAULT:
+                envs[env.name] = env
+        with self._env_lock:
+            self._env_cache = (now + ENV_CACHE_SECONDS, envs)
+        return envs
+
+    def env_chain(self, env: str) -> list[str]:
+        """``prod`` → ``["prod", "staging", "default"]``: where a read in ``env`` looks, nearest first."""
+        if env == DEFAULT:
+            return [DEFAULT]  # no store round trip on the hot path
+        envs = self.envs()
+        if env not in envs:
+            envs = self.envs(fresh=True)
+            if env not in envs:
+                raise NotFound(f"environment '{env}' does not exist")
+        chain: list[str] = []
+        current: str | None = env
+        while current is not None and current not in chain:
+            chain.append(current)
+            current = envs[current].parent if current in envs else None
+        if DEFAULT not in chain:
+            chain.append(DEFAULT)
+        return chain
+
+    def require_env(self, env: str) -> None:
+        self.env_chain(env)
+
+    def list_envs(self, principal: Principal) -> list[Environment]:
+        return sorted(self.envs(fresh=True).values(), key=lambda e: e.name)
+
+    def put_env(self, principal: Principal, name: str, parent: str | None) -> bool:
+        self.require_admin(principal)
+        name = parse_name(name, "env")
+        if name == DEFAULT:
+            if parent not in (None, ""):
+                raise InvalidRequest("the default environment has no parent")
+            return False
+        parent = parse_name(parent, "env") if parent else DEFAULT
+        envs = self.envs(fresh=True)
+        if parent not in envs:
+            raise NotFound(f"parent environment '{parent}' does not exist")
+        # Walk up from the parent: reaching ``name`` again would make a cycle.
+        current: str | None = parent
+        seen: set[str] = set()
+        while current is not None and current not in seen:
+            if current == name:
+                raise InvalidRequest("that parent would make a cycle of environments")
+            seen.add(current)
+            current = envs[current].parent if current in envs else None
+        created = self.store.put_env(Environment(name, parent))
+        with self._env_lock:
+            self._env_cache = None
+        return created
+
+    # ------------------------------------------------------------------ reads
+    def get(self, principal: Principal, scope: Scope, key: str, version: int | None = None) -> ReadResult:
+        key = parse_key(key)
+        chain = self.env_chain(scope.env)
+        if version is not None:
+            if version < 1:
+                raise InvalidRequest("version must be a positive integer")
+            self.require(principal, "read", scope, key)
+            found = self.store.get_version(scope, key, version)
+            if found is None:
+                if self._resolve_subtree(principal, scope, key, chain)[0]:
+                    raise InvalidRequest("?version= applies to a key, not to a subtree")
+                raise NotFound("no such version of this key")
+            if found.deleted:
+                raise NotFound("that version is a deletion")
+            return ReadResult(key, self.value_of(found), scope, scope.env, found)
+        can_read = self.can(principal, "read", scope, key)
+        if can_read:
+            leaf = self._resolve_leaf(scope, key, chain)
+            if leaf is not None:
+                return ReadResult(key, self.value_of(leaf.version), scope, leaf.env, leaf.version)
+        leaves, redacted = self._resolve_subtree(principal, scope, key, chain)
+        if not leaves and not redacted:
+            if not can_read:
+                raise Forbidden("this token may not read this key")
+            raise NotFound("no value at this key")
+        tree: dict[str, Any] = {}
+        for leaf in leaves:
+            relative = leaf.version.key[len(key) + 1 :]
+            _insert(tree, relative.split("."), self.value_of(leaf.version))
+        signature = tuple((leaf.version.key, leaf.version.version, leaf.env) for leaf in leaves)
+        return ReadResult(key, tree, scope, None, None, redacted, signature)
+
+    def _resolve_leaf(self, scope: Scope, key: str, chain: list[str]) -> ResolvedLeaf | None:
+        for env in chain:
+            latest = self.store.latest(scope.with_env(env), key)
+            if latest is not None and not latest.deleted:
+                return ResolvedLeaf(latest, env)
+        return None
+
+    def resolved_leaves(self, scope: Scope, prefix: str, chain: list[str] | None = None) -> list[ResolvedLeaf]:
+        """Live leaves at or under ``prefix`` as env ``scope.env`` sees them (nearest env wins), sorted by key.
+
+        Across environments a leaf in a nearer env hides the whole branch of a farther one at the same
+        path (and vice versa), so the resolved tree never holds a key and its prefix at once.
+        """
+        chain = chain or self.env_chain(scope.env)
+        chosen: dict[str, ResolvedLeaf] = {}
+        for env in chain:
+            for version in self.store.list_latest(scope.with_env(env), prefix):
+                if version.key in chosen or _collides(version.key, chosen):
+                    continue
+                chosen[version.key] = ResolvedLeaf(version, env)
+        return [chosen[k] for k in sorted(chosen)]
+
+    def _resolve_subtree(
+        self, principal: Principal, scope: Scope, key: str, chain: list[str]
+    ) -> tuple[list[ResolvedLeaf], list[str]]:
+        readable: list[ResolvedLeaf] = []
+        redacted: list[str] = []
+        for leaf in self.resolved_leaves(scope, key, chain):
+            if leaf.version.key == key:
+                continue
+            if self.can(principal, "read", scope, leaf.version.key):
+                readable.append(leaf)
+            elif self.can(principal, "list", scope, leaf.version.key):
+                redacted.append(leaf.version.key)
+        return readable, redacted
+
+    def list(self, principal: Principal, scope: Scope, prefix: str | None) -> list[ResolvedLeaf]:
+        prefix = parse_prefix(prefix)
+        return [
+            leaf
+            for leaf in self.resolved_leaves(scope, prefix)
+            if self.can(principal, "list", scope, leaf.version.key)
+        ]
+
+    def history(
+        self, principal: Principal, scope: Scope, key: str, limit: int = 100, before: int | None = None
+    ) -> list[HistoryEntry]:
+        key = parse_key(key)
+        self.require_env(scope.env)
+        if limit < 1 or limit > MAX_HISTORY_LIMIT:
+            raise InvalidRequest(f"limit must be between 1 and {MAX_HISTORY_LIMIT}")
+        if before is not None and before < 1:
+            raise InvalidRequest("before must be a positive integer")
+        self.require(principal, "history", scope, key)
+        versions = self.store.history(scope, key, limit, before)
+        if not versions and self.store.latest(scope, key) is None:
+            raise NotFound("this key has no history")
+        show_values = self.can(principal, "read", scope, key)
+        entries = []
+        for version in versions:
+            if show_values and not version.secret and not version.deleted:
+                entries.append(HistoryEntry(version, self.value_of(version), True))
+            else:
+                entries.append(HistoryEntry(version))
+        return entries
+
+    # ------------------------------------------------------------------ writes
+    def put(
+        self,
+        principal: Principal,
+        scope: Scope,
+        key: str,
+        value: Any,
+        secret: bool | None = None,
+        expected_version: int | None = None,
+    ) -> WriteResult:
+        key = parse_key(key)
+        check_value(value)
+        if expected_version is not None and expected_version < 0:
+            raise InvalidRequest("expected_version must be 0 or a positive integer")
+        self.require_env(scope.env)
+        self.require(principal, "write", scope, key)
+        for _ in range(COMMIT_ATTEMPTS):
+            latest = self.store.latest(scope, key)
+            current = latest.version if latest else 0
+            live = latest is not None and not latest.deleted
+            if expected_version is not None and not (
+                expected_version == current or (expected_version == 0 and not live)
+            ):
+                raise VersionConflict("expected_version does not match the latest version", current)
+            if latest is not None and secret is not None and secret != latest.secret:
+                raise SecretFlagImmutable("a key's secret flag is fixed when it is created")
+            is_secret = latest.secret if latest is not None else bool(secret)
+            if live and encode_value(self.value_of(latest)) == encode_value(value):  # type: ignore[arg-type]
+                return WriteResult(latest, created=False, changed=False)  # type: ignore[arg-type]
+            action = Action.UPDATE if live else Action.CREATE
+            try:
+                committed = self._commit(principal, scope, key, current + 1, action, is_secret, value)
+            except VersionConflict:
+                if expected_version is not None:
+                    raise
+                continue  # someone else committed first: re-read and decide again
+            return WriteResult(committed, created=action is Action.CREATE)
+        raise VersionConflict("too much contention on this key; retry", self._current_version(scope, key))
+
+    def delete(self, principal: Principal, scope: Scope, key: str, expected_version: int | None = None) -> Version:
+        key = parse_key(key)
+        self.require_env(scope.env)
+        self.require(principal, "delete", scope, key)
+        for _ in range(COMMIT_ATTEMPTS):
+            latest = self.store.latest(scope, key)
+            if latest is None or latest.deleted:
+                raise NotFound("no value at this key")
+            if expected_version is not None and expected_version != latest.version:
+                raise VersionConflict("expected_version does not match the latest version", latest.version)
+            try:
+                return self._commit(principal, scope, key, latest.version + 1, Action.DELETE, latest.secret, None)
+            except VersionConflict:
+                if expected_version is not None:
+                    raise
+        raise VersionConflict("too much contention on this key; retry", self._current_version(scope, key))
+
+    def rollback(self, principal: Principal, scope: Scope, key: str, version: int) -> Version:
+        key = parse_key(key)
+        self.require_env(scope.env)
+        if version < 1:
+            raise InvalidRequest("version must be a positive integer")
+        self.require(principal, "rollback", scope, key)
+        target = self.store.get_version(scope, key, version)
+        if target is None:
+            raise NotFound("no such version of this key")
+        if target.deleted:
+            raise InvalidRollback("cannot roll back to a deletion")
+        value = self.value_of(target)
+        for _ in range(COMMIT_ATTEMPTS):
+            current = self._current_version(scope, key)
+            try:
+                return self._commit(
+                    principal, scope, key, current + 1, Action.ROLLBACK, target.secret, value, rolled_back_from=version
+                )
+            except VersionConflict:
+                continue
+        raise VersionConflict("too much contention on this key; retry", self._current_version(scope, key))
+
+    def _current_version(self, scope: Scope, key: str) -> int:
+        latest = self.store.latest(scope, key)
+        return latest.version if latest else 0
+
+    def _commit(
+        self,
+        principal: Principal,
+        scope: Scope,
+        key: str,
+        number: int,
+        action: Action,
+        secret: bool,
+        value: Any,
+        rolled_back_from: int | None = None,
+    ) -> Version:
+        envelope = None
+        key_id = None
+        if action is not Action.DELETE:
+            envelope = crypto.seal(self.keys, scope, key, number, encode_value(value))
+            key_id = crypto.envelope_key_id(envelope)
+        pending = Version(
+            scope=scope,
+            key=key,
+            version=number,
+            action=action,
+            secret=secret,
+            updated_at=self.clock(),
+            updated_by=principal.service,
+            rolled_back_from=rolled_back_from,
+            envelope=envelope,
+            key_id=key_id,
+        )
+        committed = self.store.commit(pending)
+        if action is not Action.DELETE:
+            self.values.put((scope, key, number), json.loads(encode_value(value)))
+        return committed
+
+    # ------------------------------------------------------------------ import / export / diff
+    def import_values(
+        self, principal: Principal, scope: Scope, values: dict[str, Any], secrets: Iterable[str] = ()
+    ) -> ImportResult:
+        self.require_env(scope.env)
+        secret_keys = set(secrets)
+        created = updated = unchanged = 0
+        errors: list[dict[str, str]] = []
+        for key, value in flatten(values):
+            try:
+                result = self.put(principal, scope, key, value, secret=True if key in secret_keys else None)
+            except SecretFlagImmutable:
+                # A key already secret stays secret; a plain key named in ``secrets`` is an error.
+                errors.append({"key": key, "code": SecretFlagImmutable.code, "message": "key exists and is not secret"})
+                continue
+            except TesseraError as exc:
+                errors.append({"key": key, "code": exc.code, "message": exc.message})
+                continue
+            if not result.changed:
+                unchanged += 1
+            elif result.created:
+                created += 1
+            else:
+                updated += 1
+        return ImportResult(created, updated, unchanged, errors)
+
+    def export(self, principal: Principal, scope: Scope, prefix: str | None) -> dict[str, Any]:
+        """Flat ``{key: value}`` of the resolved tree the caller may read."""
+        prefix = parse_prefix(prefix)
+        return {
+            leaf.version.key: self.value_of(leaf.version)
+            for leaf in self.resolved_leaves(scope, prefix)
+            if self.can(principal, "read", scope, leaf.version.key)
+        }
+
+    def diff(self, principal: Principal, namespace: str, from_env: str, to_env: str, prefix: str | None) -> dict[str, list]:
+        prefix = parse_prefix(prefix)
+        source = Scope(namespace, from_env)
+        target = Scope(namespace, to_env)
+        before = {leaf.version.key: leaf for leaf in self.resolved_leaves(source, prefix)}
+        after = {leaf.version.key: leaf for leaf in self.resolved_leaves(target, prefix)}
+        added, removed, changed = [], [], []
+        for key in sorted(set(before) | set(after)):
+            if not (self.can(principal, "read", source, key) and self.can(principal, "read", target, key)):
+                continue
+            old, new = before.get(key), after.get(key)
+            secret = bool((old and old.version.secret) or (new and new.version.secret))
+            if old is None and new is not None:
+                added.append(_diff_item(key, secret, "value", self.value_of(new.version)))
+            elif new is None and old is not None:
+                removed.append(_diff_item(key, secret, "value", self.value_of(old.version)))
+            elif old is not None and new is not None:
+                old_value, new_value = self.value_of(old.version), self.value_of(new.version)
+                if encode_value(old_value) != encode_value(new_value):
+                    item = {"key": key, "secret": secret}
+                    if not secret:
+                        item.update({"from": old_value, "to": new_value})
+                    changed.append(item)
+        return {"added": added, "removed": removed, "changed": changed}
+
+
+def _diff_item(key: str, secret: bool, field_name: str, value: Any) -> dict[str, Any]:
+    item: dict[str, Any] = {"key": key, "secret": secret}
+    if not secret:
+        item[field_name] = value
+    return item
+
+
+def _collides(key: str, chosen: dict[str, ResolvedLeaf]) -> bool:
+    """True when ``key`` is an ancestor or descendant of a key already chosen from a nearer env."""
+    parts = key.split(".")
+    if any(".".join(parts[:i]) in chosen for i in range(1, len(parts))):
+        return True
+    prefix = key + "."
+    return any(other.startswith(prefix) for other in chosen)
+
+
+def _insert(tree: dict[str, Any], path: list[str], value: Any) -> None:
+    node = tree
+    for segment in path[:-1]:
+        child = node.setdefault(segment, {})
+        if not isinstance(child, dict):
+            return  # a leaf already stands here (resolved from a nearer env)
+        node = child
+    node.setdefault(path[-1], value)
+
+
+__all__ = [
+    "ConfigService",
+    "ReadResult",
+    "WriteResult",
+    "HistoryEntry",
+    "ImportResult",
+    "ResolvedLeaf",
+    "encode_value",
+    "check_value",
+    "replace",
+    "KeyConflict",
+    "is_under",
+]

@@ -1,0 +1,62 @@
+"""All settings in one place, read from ``TESSERA_*`` variables (or passed by ``tessera serve``).
+
+Unsafe or incomplete combinations are refused at start, not discovered at the first request.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, model_validator
+
+
+class Settings(BaseModel):
+    backend: Literal["local", "aws"] = "local"
+    data_dir: Path = Path(".tessera")
+    root_token: str | None = None
+    dev: bool = False
+    master_key: str | None = None  # TESSERA_MASTER_KEY: overrides the keyring file of the data dir
+    # aws backend
+    bucket: str | None = None
+    table: str | None = None
+    kms_key_id: str = "alias/tessera"
+    region: str | None = None
+    endpoint_url: str | None = None
+    # limits
+    value_cache_entries: int = 10_000
+    change_log_retention: int = 100_000
+
+    @model_validator(mode="after")
+    def _refuse_unsafe(self) -> "Settings":
+        if self.backend == "aws" and not (self.bucket and self.table):
+            raise ValueError("the aws backend needs TESSERA_BUCKET and TESSERA_TABLE")
+        if self.root_token is not None and len(self.root_token) < 16:
+            raise ValueError("a root token must be at least 16 characters long")
+        return self
+
+    @classmethod
+    def from_env(cls, environ: dict[str, str] | None = None, **overrides: object) -> "Settings":
+        env = os.environ if environ is None else environ
+        values: dict[str, object] = {}
+        mapping = {
+            "backend": "TESSERA_BACKEND",
+            "data_dir": "TESSERA_DATA_DIR",
+            "root_token": "TESSERA_ROOT_TOKEN",
+            "master_key": "TESSERA_MASTER_KEY",
+            "bucket": "TESSERA_BUCKET",
+            "table": "TESSERA_TABLE",
+            "kms_key_id": "TESSERA_KMS_KEY_ID",
+            "region": "AWS_REGION",
+            "endpoint_url": "AWS_ENDPOINT_URL",
+        }
+        for field_name, variable in mapping.items():
+            if env.get(variable):
+                values[field_name] = env[variable]
+        if not values.get("region") and env.get("AWS_DEFAULT_REGION"):
+            values["region"] = env["AWS_DEFAULT_REGION"]
+        if env.get("TESSERA_DEV") in ("1", "true", "yes"):
+            values["dev"] = True
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)

@@ -1,0 +1,64 @@
+"""The one composition root: settings → backend, key service, config service. Nothing else builds adapters."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from core.auth import Authenticator
+from core.backends.keyring import LocalKeyring
+from core.crypto import CachingKeyService
+from core.ports import KeyService, VersionStore
+from core.service import ConfigService
+from core.settings import Settings
+
+
+@dataclass
+class Container:
+    settings: Settings
+    store: VersionStore
+    keys: KeyService
+    service: ConfigService
+    authenticator: Authenticator
+    extras: dict[str, Any]
+
+    def close(self) -> None:
+        self.store.close()
+
+
+def build_local_keyring(settings: Settings) -> LocalKeyring:
+    if settings.master_key:
+        return LocalKeyring.from_env_value(settings.master_key)
+    return LocalKeyring.load_or_create(Path(settings.data_dir) / "keyring.json")
+
+
+def build_store(settings: Settings) -> VersionStore:
+    if settings.backend == "aws":
+        from core.backends.aws import AwsStore  # imported only when used: keeps local starts light
+
+        return AwsStore.from_settings(settings)
+    from core.backends.sqlite import SQLiteStore
+
+    data_dir = Path(settings.data_dir)
+    data_dir.mkdir(parents=True, exist_ok=True)
+    return SQLiteStore(data_dir / "tessera.db", change_log_retention=settings.change_log_retention)
+
+
+def build_keys(settings: Settings) -> KeyService:
+    if settings.backend == "aws":
+        from core.backends.aws import KmsKeyService
+
+        return CachingKeyService(KmsKeyService.from_settings(settings))
+    return CachingKeyService(build_local_keyring(settings))
+
+
+def build(settings: Settings | None = None, *, store: VersionStore | None = None, keys: KeyService | None = None) -> Container:
+    settings = settings or Settings.from_env()
+    store = store or build_store(settings)
+    keys = keys or build_keys(settings)
+    service = ConfigService(store, keys, value_cache_entries=settings.value_cache_entries)
+    authenticator = Authenticator(store)
+    if settings.root_token:
+        authenticator.set_root_token(settings.root_token)
+    return Container(settings, store, keys, service, authenticator, {})

@@ -1,0 +1,83 @@
+"""FastAPI dependencies: the container, the calling principal, the scope, a JSON body, the request id."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Any
+
+from fastapi import Depends, Query, Request
+
+from core.errors import InvalidRequest, PayloadTooLarge
+from core.model import Principal, Scope, parse_scope
+from core.service import ConfigService
+from handlers.bootstrap import Container
+
+MAX_BODY_BYTES = 1024 * 1024
+
+
+def get_container(request: Request) -> Container:
+    return request.app.state.container
+
+
+def get_service(request: Request) -> ConfigService:
+    return request.app.state.container.service
+
+
+def bearer_token(request: Request) -> str | None:
+    header = request.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer":
+        return None
+    return token.strip() or None
+
+
+def get_principal(request: Request) -> Principal:
+    principal = request.app.state.container.authenticator.authenticate(bearer_token(request))
+    request.state.principal = principal
+    return principal
+
+
+def get_scope(request: Request, namespace: str | None = None, env: str | None = None) -> Scope:
+    scope = parse_scope(namespace, env)
+    request.state.scope = scope
+    return scope
+
+
+async def json_body(request: Request) -> dict[str, Any]:
+    """The request's JSON object; ``413`` past 1 MiB, ``400 invalid_request`` when not a JSON object."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+        raise PayloadTooLarge("request body is larger than 1 MiB")
+    raw = bytearray()
+    async for chunk in request.stream():
+        raw.extend(chunk)
+        if len(raw) > MAX_BODY_BYTES:
+            raise PayloadTooLarge("request body is larger than 1 MiB")
+    try:
+        body = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise InvalidRequest("request body is not valid JSON") from exc
+    if not isinstance(body, dict):
+        raise InvalidRequest("request body must be a JSON object")
+    return body
+
+
+def int_param(raw: str | None, name: str, *, minimum: int = 0, maximum: int = 2**62) -> int | None:
+    """Parse an integer query parameter strictly: bad or out-of-range values are ``400 invalid_request``."""
+    if raw is None or raw == "":
+        return None
+    try:
+        value = int(raw, 10)
+    except ValueError as exc:
+        raise InvalidRequest(f"{name} must be an integer") from exc
+    if value < minimum or value > maximum:
+        raise InvalidRequest(f"{name} must be between {minimum} and {maximum}")
+    return value
+
+
+ContainerDep = Annotated[Container, Depends(get_container)]
+ServiceDep = Annotated[ConfigService, Depends(get_service)]
+PrincipalDep = Annotated[Principal, Depends(get_principal)]
+ScopeDep = Annotated[Scope, Depends(get_scope)]
+JsonBody = Annotated[dict[str, Any], Depends(json_body)]
+OptionalStr = Annotated[str | None, Query()]

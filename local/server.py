@@ -1,0 +1,88 @@
+"""``tessera serve``: build the container, settle the root token, import the startup file, run uvicorn."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+
+import uvicorn
+
+from core.formats import parse_content
+from core.model import CONFIG_FILE, Scope
+from core.settings import Settings
+from handlers.app import create_app
+from handlers.bootstrap import Container, build
+
+SAMPLE_CONFIG = Path(__file__).with_name("sample-config.yaml")
+DEV_TOKEN_FILE = "root-token"
+
+
+def settle_root_token(container: Container, settings: Settings) -> tuple[str | None, str]:
+    """Returns (token to print or None, a note). Only dev mode keeps the token string on disk (mode 0600)."""
+    authenticator = container.authenticator
+    if settings.root_token:
+        return settings.root_token if settings.dev else None, "root token from --root-token / TESSERA_ROOT_TOKEN"
+    token_file = Path(settings.data_dir) / DEV_TOKEN_FILE
+    if settings.dev and token_file.exists():
+        token = token_file.read_text().strip()
+        authenticator.set_root_token(token)
+        return token, f"dev mode: root token kept in {token_file}"
+    if settings.dev:
+        from core.tokens import generate_token
+
+        token = generate_token()
+        authenticator.set_root_token(token)
+        fd = os.open(token_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(token + "\n")
+        return token, f"dev mode: root token kept in {token_file}"
+    token = authenticator.ensure_root_token()
+    if token is not None:
+        return token, "generated on first start; only its hash is stored: save it now, it is not shown again"
+    return None, "the root token was shown at first start and is not stored (pass --root-token to replace it)"
+
+
+def import_config_file(container: Container, path: Path) -> str:
+    fmt = {".yaml": "yaml", ".yml": "yaml", ".json": "json", ".env": "dotenv"}.get(path.suffix.lower(), "yaml")
+    values = parse_content(fmt, path.read_text())
+    result = container.service.import_values(CONFIG_FILE, Scope(), values)
+    for error in result.errors:
+        print(f"  config file: {error['key']}: {error['code']}: {error['message']}", file=sys.stderr)
+    return f"{result.created} created, {result.updated} updated, {result.unchanged} unchanged, {len(result.errors)} errors"
+
+
+def serve(
+    host: str = "127.0.0.1",
+    port: int = 8200,
+    data_dir: Path = Path(".tessera"),
+    config_file: Path | None = None,
+    root_token: str | None = None,
+    dev: bool = False,
+    backend: str | None = None,
+) -> None:
+    if dev:
+        host = "127.0.0.1"
+        if config_file is None:
+            config_file = SAMPLE_CONFIG
+    settings = Settings.from_env(data_dir=data_dir, root_token=root_token, dev=dev or None, backend=backend)
+    Path(settings.data_dir).mkdir(parents=True, exist_ok=True)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    container = build(settings)
+    token, note = settle_root_token(container, settings)
+    if config_file is not None:
+        summary = import_config_file(container, Path(config_file))
+        print(f"Imported {config_file}: {summary}", flush=True)
+    url = f"http://{host}:{port}"
+    print(f"Tessera ({settings.backend} backend, data in {settings.data_dir}) listening on {url}", flush=True)
+    if token is not None:
+        print(f"Root token: {token}", flush=True)
+    print(f"  ({note})", flush=True)
+    print(f'Try: curl -H "Authorization: Bearer $TOKEN" {url}/config/database.host', flush=True)
+    app = create_app(container)
+    config = uvicorn.Config(app, host=host, port=port, log_level="warning", ws="auto", access_log=False)
+    try:
+        uvicorn.Server(config).run()
+    finally:
+        container.close()
