@@ -1,4 +1,4 @@
-"""The ``tessera`` command line."""
+"""The ``tessera`` command line. Each command group lives in its own module and is registered here."""
 
 from __future__ import annotations
 
@@ -7,7 +7,12 @@ from typing import Optional
 
 import typer
 
+from client import audit_cli, aws_cli, keys_cli
+
 app = typer.Typer(help="Tessera: versioned, encrypted configuration and secrets.", no_args_is_help=True)
+app.add_typer(aws_cli.app, name="aws", help="Create and tend the AWS resources of the aws backend.")
+app.add_typer(keys_cli.app, name="keys", help="Master keys: status, rotate, rewrap, retire.")
+app.add_typer(audit_cli.app, name="audit", help="The audit log: verify its hash chain.")
 
 
 @app.callback()

@@ -75,3 +75,21 @@ class KeyService(Protocol):
     def generate_data_key(self, context: Mapping[str, str]) -> DataKey: ...
 
     def decrypt_data_key(self, key_id: str, wrapped: bytes, context: Mapping[str, str]) -> bytes: ...
+
+
+class RewrapStore(Protocol):
+    """What key rotation needs from a store: walk every sealed version, and swap one envelope for its re-wrap.
+
+    ``replace_envelope`` is conditional: it changes nothing (and returns False) unless the stored envelope is
+    still ``old``, so a rewrap can race with nothing and can be interrupted and resumed at any point.
+    """
+
+    def iter_sealed_versions(self, after: tuple[str, str, str, int] | None, limit: int) -> list[Version]:
+        """Versions holding an envelope, ordered by (namespace, env, key, version), strictly after ``after``."""
+        ...
+
+    def replace_envelope(self, version: Version, old: bytes, new: bytes, new_key_id: str) -> bool: ...
+
+    def versions_by_key_id(self) -> dict[str, int]:
+        """How many stored versions each master key id protects."""
+        ...

@@ -1,0 +1,33 @@
+"""Backends the contract suite runs against. Each factory is a context manager yielding (store, keys).
+
+The aws factories (moto in-process and a real moto_server process) register themselves here too, so every
+test that takes the ``backend`` fixture runs on every backend.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+from core.backends.keyring import LocalKeyring
+from core.backends.sqlite import SQLiteStore
+from core.crypto import CachingKeyService
+
+BackendFactory = Callable[[Path], contextlib.AbstractContextManager[tuple[Any, Any]]]
+
+
+@contextlib.contextmanager
+def local_backend(tmp_path: Path) -> Iterator[tuple[SQLiteStore, CachingKeyService]]:
+    data_dir = tmp_path / "data"
+    data_dir.mkdir(exist_ok=True)
+    store = SQLiteStore(data_dir / "tessera.db")
+    keys = CachingKeyService(LocalKeyring.load_or_create(data_dir / "keyring.json"))
+    try:
+        yield store, keys
+    finally:
+        store.close()
+
+
+BACKEND_FACTORIES: dict[str, BackendFactory] = {"local": local_backend}
