@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
-from enum import Enum
+from datetime import UTC, datetime
+from enum import StrEnum
 
 from core.errors import InvalidKey, InvalidRequest
 
@@ -29,7 +29,7 @@ class Scope:
     namespace: str = DEFAULT
     env: str = DEFAULT
 
-    def with_env(self, env: str) -> "Scope":
+    def with_env(self, env: str) -> Scope:
         return Scope(self.namespace, env)
 
 
@@ -87,7 +87,7 @@ def ancestors(key: str) -> list[str]:
     return [".".join(parts[:i]) for i in range(1, len(parts))]
 
 
-class Action(str, Enum):
+class Action(StrEnum):
     CREATE = "create"
     UPDATE = "update"
     DELETE = "delete"
@@ -95,12 +95,12 @@ class Action(str, Enum):
 
 
 def utcnow() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 def format_time(moment: datetime) -> str:
     """RFC 3339 in UTC with a ``Z``, to the microsecond when there is one."""
-    text = moment.astimezone(timezone.utc).isoformat()
+    text = moment.astimezone(UTC).isoformat()
     return text.replace("+00:00", "Z")
 
 

@@ -13,7 +13,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -24,7 +24,6 @@ from core.errors import (
     InvalidRequest,
     InvalidRollback,
     InvalidValue,
-    KeyConflict,
     NotFound,
     SecretFlagImmutable,
     TesseraError,
@@ -39,7 +38,6 @@ from core.model import (
     Principal,
     Scope,
     Version,
-    is_under,
     parse_key,
     parse_name,
     parse_prefix,
@@ -547,16 +545,3 @@ def _insert(tree: dict[str, Any], path: list[str], value: Any) -> None:
     node.setdefault(path[-1], value)
 
 
-__all__ = [
-    "ConfigService",
-    "ReadResult",
-    "WriteResult",
-    "HistoryEntry",
-    "ImportResult",
-    "ResolvedLeaf",
-    "encode_value",
-    "check_value",
-    "replace",
-    "KeyConflict",
-    "is_under",
-]

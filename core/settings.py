@@ -29,7 +29,7 @@ class Settings(BaseModel):
     change_log_retention: int = 100_000
 
     @model_validator(mode="after")
-    def _refuse_unsafe(self) -> "Settings":
+    def _refuse_unsafe(self) -> Settings:
         if self.backend == "aws" and not (self.bucket and self.table):
             raise ValueError("the aws backend needs TESSERA_BUCKET and TESSERA_TABLE")
         if self.root_token is not None and len(self.root_token) < 16:
@@ -37,7 +37,7 @@ class Settings(BaseModel):
         return self
 
     @classmethod
-    def from_env(cls, environ: dict[str, str] | None = None, **overrides: object) -> "Settings":
+    def from_env(cls, environ: dict[str, str] | None = None, **overrides: object) -> Settings:
         env = os.environ if environ is None else environ
         values: dict[str, object] = {}
         mapping = {

@@ -35,7 +35,9 @@ def build_local_keyring(settings: Settings) -> LocalKeyring:
 
 def build_store(settings: Settings) -> VersionStore:
     if settings.backend == "aws":
-        from core.backends.aws import AwsStore  # imported only when used: keeps local starts light
+        from core.backends.aws import (
+            AwsStore,  # imported only when used: keeps local starts light
+        )
 
         return AwsStore.from_settings(settings)
     from core.backends.sqlite import SQLiteStore

@@ -48,7 +48,7 @@ class LocalKeyring:
 
     # -- construction -------------------------------------------------------------------------
     @classmethod
-    def from_env_value(cls, value: str) -> "LocalKeyring":
+    def from_env_value(cls, value: str) -> LocalKeyring:
         """``TESSERA_MASTER_KEY``: base64 of 32 bytes, or ``id:base64`` entries separated by commas (last active)."""
         keys: dict[str, bytes] = {}
         active = ""
@@ -65,7 +65,7 @@ class LocalKeyring:
         return cls(keys, active)
 
     @classmethod
-    def load_or_create(cls, path: Path) -> "LocalKeyring":
+    def load_or_create(cls, path: Path) -> LocalKeyring:
         if path.exists():
             mode = stat.S_IMODE(path.stat().st_mode)
             if mode & 0o077:

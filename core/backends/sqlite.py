@@ -12,6 +12,7 @@ import sqlite3
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 
@@ -227,7 +228,7 @@ class SQLiteStore:
             )
             if revision % 1000 == 0 and revision > self.change_log_retention:
                 db.execute("DELETE FROM changes WHERE revision <= ?", (revision - self.change_log_retention,))
-        return Version(**{**version.__dict__, "revision": revision})
+        return replace(version, revision=revision)
 
     @staticmethod
     def _check_key_conflict(db: sqlite3.Connection, scope: Scope, key: str) -> None:
