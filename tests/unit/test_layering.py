@@ -1,0 +1,39 @@
+"""core/'s domain modules import no I/O library: boto3, FastAPI, SQLite, httpx stay in adapters and handlers."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+CORE = Path(__file__).resolve().parents[2] / "core"
+FORBIDDEN = {"boto3", "botocore", "fastapi", "starlette", "sqlite3", "httpx", "uvicorn", "mangum", "moto", "handlers", "local", "client"}
+
+
+def imported_roots(path: Path) -> set[str]:
+    roots = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            roots.update(alias.name.split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            roots.add(node.module.split(".")[0])
+            if node.module.startswith("core.backends"):
+                roots.add("core.backends")
+    return roots
+
+
+def test_core_domain_imports_no_io_library():
+    offenders = {}
+    for path in CORE.glob("*.py"):
+        bad = imported_roots(path) & (FORBIDDEN | {"core.backends"})
+        if bad:
+            offenders[path.name] = sorted(bad)
+    assert offenders == {}
+
+
+def test_formats_round_trip():
+    from core.formats import flatten, nest, parse_dotenv, to_dotenv
+
+    flat = dict(flatten({"database": {"host": "db", "port": 5432}, "api-key": "a b"}))
+    assert nest(flat) == {"database": {"host": "db", "port": 5432}, "api-key": "a b"}
+    assert to_dotenv(flat) == 'API_KEY="a b"\nDATABASE_HOST=db\nDATABASE_PORT=5432\n'
+    assert parse_dotenv('export DATABASE__HOST="db"\nAPI_KEY=x # note\n') == {"database.host": "db", "api_key": "x"}
