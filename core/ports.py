@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Protocol
 
+from core.access_model import AuditEntry, PolicyDoc, Rule, TokenRecord
 from core.model import Change, Environment, Scope, Version
 
 
@@ -92,4 +94,63 @@ class RewrapStore(Protocol):
 
     def versions_by_key_id(self) -> dict[str, int]:
         """How many stored versions each master key id protects."""
+        ...
+
+
+# ---------------------------------------------------------------------- access control and audit (issue 5)
+# The records live in ``core/access_model.py``; these Protocols are what a backend implements for them.
+
+
+class TokenStore(Protocol):
+    """Service tokens, stored by the SHA-256 of their string (never the string)."""
+
+    def create_token(self, record: TokenRecord) -> None: ...
+
+    def token_by_hash(self, token_hash: str) -> TokenRecord | None: ...
+
+    def get_token(self, token_id: str) -> TokenRecord | None: ...
+
+    def list_tokens(self) -> list[TokenRecord]:
+        """Every token not revoked, expired ones included, oldest first."""
+        ...
+
+    def revoke_token(self, token_id: str, when: datetime) -> bool:
+        """True when a live token was revoked; False when there is no such token (or it was already revoked)."""
+        ...
+
+
+class PolicyStore(Protocol):
+    def put_policy(self, name: str, rules: tuple[Rule, ...], when: datetime) -> PolicyDoc:
+        """Create or replace; the stored version goes up by one. Returns the stored document."""
+        ...
+
+    def get_policy(self, name: str) -> PolicyDoc | None: ...
+
+    def list_policies(self) -> list[PolicyDoc]: ...
+
+    def delete_policy(self, name: str) -> bool: ...
+
+
+class AuditStore(Protocol):
+    """Hash-chained audit entries (scheme: ``core/audit.py``).
+
+    ``append`` links ``entries`` (in order) to the end of ``chain`` and stores them durably in one atomic
+    step, or raises ``Unavailable`` and stores none of them. It returns the entries with chain, seq,
+    prev_hash and hash set.
+    """
+
+    def append(self, chain: str, entries: list[AuditEntry]) -> list[AuditEntry]: ...
+
+    def query(
+        self, key: str | None, service: str | None, since: datetime | None, limit: int
+    ) -> list[AuditEntry]:
+        """Newest first."""
+        ...
+
+    def chains(self) -> dict[str, tuple[int, str]]:
+        """Each chain's recorded head: chain → (seq, hash) of its last entry."""
+        ...
+
+    def chain_entries(self, chain: str, after_seq: int, limit: int) -> list[AuditEntry]:
+        """A chain's entries in stored order (by seq), with seq above ``after_seq``."""
         ...

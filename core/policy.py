@@ -1,0 +1,235 @@
+"""The policy evaluator: pure, compiled once per policy version, microseconds per decision.
+
+Path syntax (``API.md``, Access control):
+
+- ``database.host``     exactly that key;
+- ``auth.*``            every key below ``auth`` at any depth — not ``auth`` itself, not ``authz.x``;
+- ``*``                 every key;
+- ``services.*.password`` a ``*`` as a whole segment anywhere but last matches exactly one segment.
+
+A rule applies when its capability, path, namespaces and envs all match. Among the rules that apply,
+any ``deny`` wins; otherwise any ``allow`` allows; no rule applying means denied. ``admin`` is not about
+keys: a rule naming ``admin`` grants (or denies) it whatever its path and scopes say.
+
+>>> rules = (Rule("auth.*", ("read",)),)
+>>> policies = compile_policies([PolicyDoc("auth-read", rules)])
+>>> policies.decide("read", Scope(), "auth.jwt_secret").allowed, policies.decide("read", Scope(), "authz.x").allowed
+(True, False)
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from core.access_model import WILDCARD, PolicyDoc, Rule
+from core.errors import InvalidRequest
+from core.model import MAX_KEY_LENGTH, MAX_SEGMENTS, SEGMENT_PATTERN, Principal, Scope
+
+ADMIN = "admin"
+PathMatcher = Callable[[str], bool]
+
+
+def check_path(path: str) -> None:
+    """Validate a policy (or watch) path pattern; ``400 invalid_request`` otherwise."""
+    if path == WILDCARD:
+        return
+    if not path or len(path) > MAX_KEY_LENGTH:
+        raise InvalidRequest("a rule path must be a key, 'prefix.*', '*' or use '*' as whole segments")
+    segments = path.split(".")
+    if len(segments) > MAX_SEGMENTS:
+        raise InvalidRequest(f"a rule path has at most {MAX_SEGMENTS} segments")
+    for segment in segments:
+        if segment != WILDCARD and not SEGMENT_PATTERN.match(segment):
+            raise InvalidRequest(
+                f"invalid rule path '{path}': segments are [A-Za-z0-9_-]{{1,64}} or a whole-segment '*'"
+            )
+
+
+def compile_path(path: str) -> PathMatcher:
+    """``path`` → a predicate on keys. The common shapes avoid regular expressions entirely."""
+    check_path(path)
+    if path == WILDCARD:
+        return _always
+    segments = path.split(".")
+    if WILDCARD not in segments:
+        return path.__eq__
+    if segments[-1] == WILDCARD and WILDCARD not in segments[:-1]:
+        below = ".".join(segments[:-1]) + "."
+        return lambda key: key.startswith(below)
+    parts = []
+    for i, segment in enumerate(segments):
+        if segment != WILDCARD:
+            parts.append(re.escape(segment))
+        elif i == len(segments) - 1:
+            parts.append(r"[^.]+(?:\.[^.]+)*")  # trailing ``*``: one segment or more, any depth
+        else:
+            parts.append(r"[^.]+")  # a middle ``*``: exactly one segment
+    pattern = re.compile(r"\.".join(parts) + r"\Z")
+    return lambda key: pattern.match(key) is not None
+
+
+def _always(key: str) -> bool:
+    return True
+
+
+@dataclass(frozen=True)
+class Decision:
+    """The outcome and, when a rule decided, which one (``policy``, its ``index`` in that policy, the rule)."""
+
+    allowed: bool
+    policy: str | None = None
+    index: int | None = None
+    rule: Rule | None = None
+
+    def to_dict(self) -> dict[str, object]:
+        if self.rule is None:
+            return {"allowed": self.allowed, "rule": None}
+        return {"allowed": self.allowed, "rule": {"policy": self.policy, "index": self.index, "rule": self.rule.to_dict()}}
+
+
+DENIED_BY_DEFAULT = Decision(False)
+
+
+@dataclass(frozen=True)
+class _CompiledRule:
+    policy: str
+    index: int
+    rule: Rule
+    deny: bool
+    matches_key: PathMatcher
+    namespaces: frozenset[str] | None  # None: every namespace
+    envs: frozenset[str] | None
+
+    def applies(self, scope: Scope, key: str) -> bool:
+        if self.namespaces is not None and scope.namespace not in self.namespaces:
+            return False
+        if self.envs is not None and scope.env not in self.envs:
+            return False
+        return self.matches_key(key)
+
+
+def _scope_set(names: Sequence[str]) -> frozenset[str] | None:
+    return None if WILDCARD in names else frozenset(names)
+
+
+def compile_policy(policy: PolicyDoc) -> tuple[_CompiledRule, ...]:
+    return tuple(
+        _CompiledRule(
+            policy=policy.name,
+            index=index,
+            rule=rule,
+            deny=rule.effect == "deny",
+            matches_key=compile_path(rule.path),
+            namespaces=_scope_set(rule.namespaces),
+            envs=_scope_set(rule.envs),
+        )
+        for index, rule in enumerate(policy.rules)
+    )
+
+
+class CompiledPolicies:
+    """The rules of several policies, indexed by capability; ``decide`` is a short loop of string tests."""
+
+    def __init__(self, compiled: Iterable[tuple[_CompiledRule, ...]]) -> None:
+        self._by_capability: dict[str, tuple[_CompiledRule, ...]] = {}
+        collected: dict[str, list[_CompiledRule]] = {}
+        for rules in compiled:
+            for rule in rules:
+                for capability in rule.rule.capabilities:
+                    collected.setdefault(capability, []).append(rule)
+        for capability, rules in collected.items():
+            # Denies first: the first deny that applies decides, and no allow needs to be looked at.
+            self._by_capability[capability] = tuple(r for r in rules if r.deny) + tuple(r for r in rules if not r.deny)
+
+    def decide(self, capability: str, scope: Scope, key: str) -> Decision:
+        rules = self._by_capability.get(capability)
+        if not rules:
+            return DENIED_BY_DEFAULT
+        admin = capability == ADMIN
+        for rule in rules:
+            if admin or rule.applies(scope, key):
+                return Decision(not rule.deny, rule.policy, rule.index, rule.rule)
+        return DENIED_BY_DEFAULT
+
+    def allowed(self, capability: str, scope: Scope, key: str) -> bool:
+        return self.decide(capability, scope, key).allowed
+
+
+def compile_policies(policies: Iterable[PolicyDoc]) -> CompiledPolicies:
+    return CompiledPolicies(compile_policy(policy) for policy in policies)
+
+
+class PolicySource(Protocol):
+    """What the authorizer needs from policy storage (``core.ports.PolicyStore`` satisfies it)."""
+
+    def list_policies(self) -> list[PolicyDoc]: ...
+
+
+class PolicyAuthorizer:
+    """``core.access.Authorizer`` backed by stored policies. The root principal may do everything.
+
+    Policies are re-listed at most every ``refresh_seconds`` (one small query per node per second) and
+    each policy is compiled once per version; a principal's set of policies is combined once per
+    combination of versions. So a change to a policy reaches every node within ``refresh_seconds``.
+    """
+
+    def __init__(
+        self, source: PolicySource, refresh_seconds: float = 1.0, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.source = source
+        self.refresh_seconds = refresh_seconds
+        self.clock = clock
+        self._lock = threading.Lock()
+        self._fresh_until = float("-inf")
+        self._policies: dict[str, tuple[int, tuple[_CompiledRule, ...], PolicyDoc]] = {}
+        self._sets: dict[tuple[tuple[str, int], ...], CompiledPolicies] = {}
+
+    def invalidate(self) -> None:
+        """Forget the snapshot (this node just changed a policy: its own next request sees the change)."""
+        with self._lock:
+            self._fresh_until = float("-inf")
+
+    def _snapshot(self) -> dict[str, tuple[int, tuple[_CompiledRule, ...], PolicyDoc]]:
+        now = self.clock()
+        if now < self._fresh_until:
+            return self._policies
+        with self._lock:
+            if now < self._fresh_until:
+                return self._policies
+            stored = self.source.list_policies()
+            current = self._policies
+            fresh = {}
+            for doc in stored:
+                known = current.get(doc.name)
+                if known is not None and known[0] == doc.version:
+                    fresh[doc.name] = known
+                else:
+                    fresh[doc.name] = (doc.version, compile_policy(doc), doc)
+            self._policies = fresh
+            if len(self._sets) > 10_000:
+                self._sets.clear()
+            self._fresh_until = self.clock() + self.refresh_seconds
+            return fresh
+
+    def policies_for(self, names: Sequence[str]) -> CompiledPolicies:
+        snapshot = self._snapshot()
+        # Unknown policy names contribute nothing (a token may name a policy created later).
+        signature = tuple((name, snapshot[name][0]) for name in names if name in snapshot)
+        compiled = self._sets.get(signature)
+        if compiled is None:
+            compiled = CompiledPolicies(snapshot[name][1] for name, _ in signature)
+            self._sets[signature] = compiled
+        return compiled
+
+    def allowed(self, principal: Principal, capability: str, scope: Scope, key: str) -> bool:
+        if principal.is_root:
+            return True
+        return self.policies_for(principal.policies).decide(capability, scope, key).allowed
+
+    def explain(self, policies: Sequence[str], capability: str, scope: Scope, key: str) -> Decision:
+        return self.policies_for(policies).decide(capability, scope, key)
