@@ -10,7 +10,7 @@ version, scope or key id fails to open (Vault's barrier binds the path the same 
     b"tessera/v1\\0" + json([namespace, env, key, version, key_id])
 
 The data key is fresh per write and wrapped by the key service under an encryption context naming the
-same (namespace, env, key, version).
+same (namespace, env, key, version). ``docs/security.md`` documents the format, the key hierarchy and rotation.
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ from core.ports import DataKey, KeyService
 
 MAGIC = b"TSE1"
 NONCE_BYTES = 12
+TAG_BYTES = 16
 DATA_KEY_BYTES = 32
 
 
@@ -75,7 +76,7 @@ def parse_envelope(envelope: bytes) -> ParsedEnvelope:
         nonce = envelope[offset : offset + NONCE_BYTES]
         offset += NONCE_BYTES
         ciphertext = envelope[offset:]
-        if len(wrapped) != wrapped_len or len(nonce) != NONCE_BYTES or len(ciphertext) < 16:
+        if not key_id or len(wrapped) != wrapped_len or len(nonce) != NONCE_BYTES or len(ciphertext) < TAG_BYTES:
             raise ValueError("truncated")
     except (IndexError, ValueError, UnicodeDecodeError, struct.error) as exc:
         raise IntegrityError("stored value envelope is malformed") from exc
@@ -84,6 +85,9 @@ def parse_envelope(envelope: bytes) -> ParsedEnvelope:
 
 def build_envelope(key_id: str, wrapped: bytes, nonce: bytes, ciphertext: bytes) -> bytes:
     key_id_bytes = key_id.encode("ascii")
+    # The length prefixes are one and two bytes: refuse rather than write an envelope that parses differently.
+    if not 0 < len(key_id_bytes) <= 255 or len(wrapped) > 0xFFFF or len(nonce) != NONCE_BYTES:
+        raise ValueError("key id, wrapped key or nonce does not fit envelope format v1")
     return b"".join(
         [MAGIC, bytes([len(key_id_bytes)]), key_id_bytes, struct.pack(">H", len(wrapped)), wrapped, nonce, ciphertext]
     )
@@ -96,6 +100,8 @@ def envelope_key_id(envelope: bytes) -> str:
 def seal(keys: KeyService, scope: Scope, key: str, version: int, plaintext: bytes) -> bytes:
     """Encrypt ``plaintext`` under a fresh data key bound to (scope, key, version)."""
     data_key = keys.generate_data_key(encryption_context(scope, key, version))
+    if len(data_key.plaintext) != DATA_KEY_BYTES:
+        raise ValueError("the key service returned a data key that is not 256 bits")
     nonce = os.urandom(NONCE_BYTES)
     aad = associated_data(scope, key, version, data_key.key_id)
     ciphertext = AESGCM(data_key.plaintext).encrypt(nonce, plaintext, aad)
@@ -113,18 +119,21 @@ def open_envelope(keys: KeyService, scope: Scope, key: str, version: int, envelo
 
 
 def rewrap_envelope(source: KeyService, target: KeyService, scope: Scope, key: str, version: int, envelope: bytes) -> bytes:
-    """Re-wrap the data key under the target's active master key without touching the ciphertext's key.
+    """Re-wrap an envelope's data key under the target's active master key; same data key, same value.
 
-    The AAD names the key id, so the value is re-sealed under the same data key with the new id: the data key
-    itself never leaves this process and the plaintext value is never produced.
+    Because the AAD names the master key id (so an envelope cannot be relabelled with another key id), the
+    ciphertext is re-sealed too: under the *same* data key, a fresh nonce and the new AAD. The value is
+    authenticated on the way (a tampered envelope is refused, never re-blessed) and exists only in this
+    process's memory for the moment it takes; the data key is never sent anywhere except to be wrapped.
+    Version numbers and the value's bytes stay the same.
     """
     parts = parse_envelope(envelope)
     context = encryption_context(scope, key, version)
     plaintext_key = source.decrypt_data_key(parts.key_id, parts.wrapped, context)
-    aesgcm = AESGCM(plaintext_key)
     try:
+        aesgcm = AESGCM(plaintext_key)
         value = aesgcm.decrypt(parts.nonce, parts.ciphertext, associated_data(scope, key, version, parts.key_id))
-    except InvalidTag as exc:
+    except (InvalidTag, ValueError) as exc:
         raise IntegrityError("stored value failed its integrity check") from exc
     new_key_id, new_wrapped = target_wrap(target, plaintext_key, context)
     nonce = os.urandom(NONCE_BYTES)
@@ -139,32 +148,51 @@ def target_wrap(target: KeyService, plaintext_key: bytes, context: Mapping[str, 
     return wrap(plaintext_key, context)
 
 
+def active_key_id(keys: KeyService) -> str | None:
+    """The master key id new writes are wrapped under, when the key service can say (both real ones can)."""
+    value = getattr(keys, "active_key_id", None)
+    return value if isinstance(value, str) else None
+
+
 class CachingKeyService:
     """Bounded, time-limited cache of unwrapped data keys so warm reads make no KMS call.
 
-    Plaintext data keys stay in this process's memory only, and expire after ``ttl_seconds``.
+    Plaintext data keys stay in this process's memory only, at most ``max_entries`` of them (least recently
+    used go first), and an entry is dropped once ``ttl_seconds`` have passed since it was unwrapped.
+
+    An entry is keyed by (key id, wrapped key, encryption context), not by the wrapped key alone: a hit
+    must mean "the key service would have unwrapped this under this context", so a warm cache never lets
+    an envelope open in a place the key service itself would refuse (KMS checks the context on Decrypt).
     """
 
     def __init__(self, inner: KeyService, max_entries: int = 4096, ttl_seconds: float = 300.0) -> None:
         self.inner = inner
         self.max_entries = max_entries
         self.ttl_seconds = ttl_seconds
-        self._entries: OrderedDict[tuple[str, bytes], tuple[float, bytes]] = OrderedDict()
+        self._entries: OrderedDict[tuple[str, bytes, tuple[tuple[str, str], ...]], tuple[float, bytes]] = OrderedDict()
         self._lock = threading.Lock()
+        self._next_sweep = 0.0
+
+    @staticmethod
+    def _cache_key(key_id: str, wrapped: bytes, context: Mapping[str, str]) -> tuple[str, bytes, tuple[tuple[str, str], ...]]:
+        return key_id, wrapped, tuple(sorted(context.items()))
 
     def generate_data_key(self, context: Mapping[str, str]) -> DataKey:
         data_key = self.inner.generate_data_key(context)
-        self._remember((data_key.key_id, data_key.wrapped), data_key.plaintext)
+        # A version just written is usually read soon (and the write path reads its own value to detect no-ops).
+        self._remember(self._cache_key(data_key.key_id, data_key.wrapped, context), data_key.plaintext)
         return data_key
 
     def decrypt_data_key(self, key_id: str, wrapped: bytes, context: Mapping[str, str]) -> bytes:
-        cache_key = (key_id, wrapped)
+        cache_key = self._cache_key(key_id, wrapped, context)
         now = time.monotonic()
         with self._lock:
             hit = self._entries.get(cache_key)
-            if hit is not None and hit[0] > now:
-                self._entries.move_to_end(cache_key)
-                return hit[1]
+            if hit is not None:
+                if hit[0] > now:
+                    self._entries.move_to_end(cache_key)
+                    return hit[1]
+                del self._entries[cache_key]  # expired: the lifetime bound means it must not linger
         plaintext = self.inner.decrypt_data_key(key_id, wrapped, context)
         self._remember(cache_key, plaintext)
         return plaintext
@@ -172,12 +200,33 @@ class CachingKeyService:
     def wrap_data_key(self, plaintext_key: bytes, context: Mapping[str, str]) -> tuple[str, bytes]:
         return target_wrap(self.inner, plaintext_key, context)
 
-    def _remember(self, cache_key: tuple[str, bytes], plaintext: bytes) -> None:
+    @property
+    def active_key_id(self) -> str | None:
+        return active_key_id(self.inner)
+
+    @property
+    def cached_entries(self) -> int:
+        return len(self._entries)
+
+    def _remember(self, cache_key: tuple[str, bytes, tuple[tuple[str, str], ...]], plaintext: bytes) -> None:
+        now = time.monotonic()
         with self._lock:
-            self._entries[cache_key] = (time.monotonic() + self.ttl_seconds, plaintext)
+            self._entries[cache_key] = (now + self.ttl_seconds, plaintext)
             self._entries.move_to_end(cache_key)
+            # Hits reorder entries without extending their lifetime, so LRU order is not expiry order: sweep the
+            # whole (bounded) cache now and then, so expired plaintext keys do not linger in memory.
+            if now >= self._next_sweep:
+                self._next_sweep = now + min(self.ttl_seconds, 1.0)
+                for stale in [k for k, (expires, _) in self._entries.items() if expires <= now]:
+                    del self._entries[stale]
             while len(self._entries) > self.max_entries:
                 self._entries.popitem(last=False)
+
+    def forget_key_id(self, key_id: str) -> None:
+        """Drop every cached data key wrapped under ``key_id`` (a retired master key must stop working here too)."""
+        with self._lock:
+            for cache_key in [k for k in self._entries if k[0] == key_id]:
+                del self._entries[cache_key]
 
     def clear(self) -> None:
         with self._lock:

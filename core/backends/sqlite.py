@@ -89,6 +89,8 @@ class SQLiteStore:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.change_log_retention = change_log_retention
+        # Trim the change log in steps of a tenth of its retention (at most every 1000 commits).
+        self._compaction_every = max(1, min(1000, change_log_retention // 10))
         self._writer = connect(self.path)
         self._write_lock = threading.Lock()
         self._local = threading.local()
@@ -226,7 +228,7 @@ class SQLiteStore:
                 "INSERT INTO changes (revision, namespace, env, key, version, action, secret) VALUES (?, ?, ?, ?, ?, ?, ?)",
                 (revision, scope.namespace, scope.env, version.key, version.version, version.action.value, int(version.secret)),
             )
-            if revision % 1000 == 0 and revision > self.change_log_retention:
+            if revision % self._compaction_every == 0 and revision > self.change_log_retention:
                 db.execute("DELETE FROM changes WHERE revision <= ?", (revision - self.change_log_retention,))
         return replace(version, revision=revision)
 
@@ -283,3 +285,26 @@ class SQLiteStore:
     # ------------------------------------------------------------------ key rotation support
     def versions_by_key_id(self) -> dict[str, int]:
         return {k or "": n for k, n in self._query("SELECT key_id, COUNT(*) FROM versions WHERE envelope IS NOT NULL GROUP BY key_id")}
+
+    def iter_sealed_versions(self, after: tuple[str, str, str, int] | None, limit: int) -> list[Version]:
+        # Row-value comparison walks the primary key in order: each page is one index range scan.
+        where = "envelope IS NOT NULL"
+        params: tuple[object, ...] = ()
+        if after is not None:
+            where += " AND (namespace, env, key, version) > (?, ?, ?, ?)"
+            params = tuple(after)
+        rows = self._query(
+            f"SELECT {VERSION_COLUMNS} FROM versions v WHERE {where} ORDER BY namespace, env, key, version LIMIT ?",
+            (*params, limit),
+        )
+        return [_row_to_version(row) for row in rows]
+
+    def replace_envelope(self, version: Version, old: bytes, new: bytes, new_key_id: str) -> bool:
+        # Conditional on the old envelope: a concurrent rewrap (or anything else) that got there first wins.
+        with self.transaction() as db:
+            cursor = db.execute(
+                "UPDATE versions SET envelope = ?, key_id = ? "
+                "WHERE namespace = ? AND env = ? AND key = ? AND version = ? AND envelope = ?",
+                (new, new_key_id, version.scope.namespace, version.scope.env, version.key, version.version, old),
+            )
+            return cursor.rowcount == 1
