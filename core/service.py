@@ -44,6 +44,7 @@ from core.model import (
     utcnow,
 )
 from core.ports import KeyService, VersionStore
+from core.watch import ChangeNotifier
 
 MAX_VALUE_BYTES = 64 * 1024
 MAX_HISTORY_LIMIT = 1000
@@ -153,6 +154,7 @@ class ConfigService:
         self.authorizer: Authorizer = authorizer or RootOnly()
         self.clock = clock
         self.values = ValueCache(value_cache_entries)
+        self.notifier = ChangeNotifier()
         self._env_cache: tuple[float, dict[str, Environment]] | None = None
         self._env_lock = threading.Lock()
 
@@ -456,6 +458,7 @@ class ConfigService:
         committed = self.store.commit(pending)
         if action is not Action.DELETE:
             self.values.put((scope, key, number), json.loads(encode_value(value)))
+        self.notifier.notify()
         return committed
 
     # ------------------------------------------------------------------ import / export / diff

@@ -48,6 +48,7 @@ class Settings(BaseModel):
             "bucket": "TESSERA_BUCKET",
             "table": "TESSERA_TABLE",
             "kms_key_id": "TESSERA_KMS_KEY_ID",
+            "change_log_retention": "TESSERA_CHANGE_LOG_RETENTION",
             "region": "AWS_REGION",
             "endpoint_url": "AWS_ENDPOINT_URL",
         }

@@ -12,7 +12,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from core.errors import TesseraError
-from handlers import config, envs, health
+from handlers import config, envs, health, watch
 from handlers.bootstrap import Container
 
 logger = logging.getLogger("tessera")
@@ -68,4 +68,5 @@ def create_app(container: Container) -> FastAPI:
     app.include_router(health.router)
     app.include_router(config.router)
     app.include_router(envs.router)
+    app.include_router(watch.router)
     return app
