@@ -1,0 +1,69 @@
+"""The embedded store's performance shape: reads are index lookups, connections are reused."""
+
+from __future__ import annotations
+
+import threading
+
+from core.backends.sqlite import VERSION_COLUMNS, SQLiteStore
+from core.model import ROOT, Scope
+from tests.backends import local_backend
+
+
+def plan(store: SQLiteStore, sql: str, params: tuple) -> str:
+    rows = store._reader().execute("EXPLAIN QUERY PLAN " + sql, params).fetchall()
+    return " | ".join(row[-1] for row in rows)
+
+
+def test_latest_and_version_reads_are_primary_key_lookups(tmp_path):
+    with local_backend(tmp_path) as (store, _keys):
+        latest = plan(
+            store,
+            f"SELECT {VERSION_COLUMNS} FROM heads h JOIN versions v ON v.namespace = h.namespace AND v.env = h.env "
+            "AND v.key = h.key AND v.version = h.version WHERE h.namespace = ? AND h.env = ? AND h.key = ?",
+            ("default", "default", "k"),
+        )
+        assert "SCAN" not in latest and latest.count("USING PRIMARY KEY") == 2, latest
+        history = plan(
+            store,
+            f"SELECT {VERSION_COLUMNS} FROM versions v WHERE namespace = ? AND env = ? AND key = ? AND version < ? "
+            "ORDER BY version DESC LIMIT ?",
+            ("default", "default", "k", 10, 5),
+        )
+        assert "SCAN" not in history and "TEMP B-TREE" not in history, history
+        changes = plan(store, "SELECT * FROM changes WHERE revision > ? ORDER BY revision LIMIT ?", (1, 10))
+        assert "TEMP B-TREE" not in changes, changes
+
+
+def test_reads_reuse_one_connection_per_thread(tmp_path):
+    from core.service import ConfigService
+
+    with local_backend(tmp_path) as (store, keys):
+        service = ConfigService(store, keys)
+        service.put(ROOT, Scope(), "k", 1)
+        for _ in range(50):
+            service.get(ROOT, Scope(), "k")
+        threads = [threading.Thread(target=lambda: [store.latest(Scope(), "k") for _ in range(20)]) for _ in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert len(store._readers) == 5  # this thread and four others, never one per request
+
+
+def test_store_reopens_with_everything(tmp_path):
+    with local_backend(tmp_path) as (store, keys):
+        service = ConfigService_for(store, keys)
+        for i in range(5):
+            service.put(ROOT, Scope(), "persist", i)
+        service.put_env(ROOT, "dev", "default")
+    with local_backend(tmp_path) as (store, keys):
+        service = ConfigService_for(store, keys)
+        assert service.get(ROOT, Scope(), "persist").value == 4
+        assert store.current_revision() == 5
+        assert "dev" in service.envs(fresh=True)
+
+
+def ConfigService_for(store, keys):  # noqa: N802 - reads like the constructor it wraps
+    from core.service import ConfigService
+
+    return ConfigService(store, keys)
