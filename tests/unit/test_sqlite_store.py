@@ -6,6 +6,7 @@ import threading
 
 from core.backends.sqlite import VERSION_COLUMNS, SQLiteStore
 from core.model import ROOT, Scope
+from core.service import ConfigService
 from tests.backends import local_backend
 
 
@@ -35,8 +36,6 @@ def test_latest_and_version_reads_are_primary_key_lookups(tmp_path):
 
 
 def test_reads_reuse_one_connection_per_thread(tmp_path):
-    from core.service import ConfigService
-
     with local_backend(tmp_path) as (store, keys):
         service = ConfigService(store, keys)
         service.put(ROOT, Scope(), "k", 1)
@@ -52,18 +51,13 @@ def test_reads_reuse_one_connection_per_thread(tmp_path):
 
 def test_store_reopens_with_everything(tmp_path):
     with local_backend(tmp_path) as (store, keys):
-        service = ConfigService_for(store, keys)
+        service = ConfigService(store, keys)
         for i in range(5):
             service.put(ROOT, Scope(), "persist", i)
         service.put_env(ROOT, "dev", "default")
     with local_backend(tmp_path) as (store, keys):
-        service = ConfigService_for(store, keys)
+        service = ConfigService(store, keys)
         assert service.get(ROOT, Scope(), "persist").value == 4
         assert store.current_revision() == 5
         assert "dev" in service.envs(fresh=True)
 
-
-def ConfigService_for(store, keys):  # noqa: N802 - reads like the constructor it wraps
-    from core.service import ConfigService
-
-    return ConfigService(store, keys)
