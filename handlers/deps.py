@@ -54,12 +54,17 @@ async def json_body(request: Request) -> dict[str, Any]:
         if len(raw) > MAX_BODY_BYTES:
             raise PayloadTooLarge("request body is larger than 1 MiB")
     try:
-        body = json.loads(raw)
+        body = json.loads(raw, parse_constant=_reject_constant)
     except (ValueError, UnicodeDecodeError) as exc:
         raise InvalidRequest("request body is not valid JSON") from exc
     if not isinstance(body, dict):
         raise InvalidRequest("request body must be a JSON object")
     return body
+
+
+def _reject_constant(name: str) -> None:
+    """``NaN`` and ``Infinity`` are not JSON, whatever Python's parser allows."""
+    raise ValueError(f"{name} is not valid JSON")
 
 
 def int_param(raw: str | None, name: str, *, minimum: int = 0, maximum: int = 2**62) -> int | None:

@@ -192,6 +192,8 @@ def test_bad_bodies_write_nothing(client):
         (b'{"value": 1, "expected_version": true}', 400, "invalid_request"),
         (b'{"value": 1, "expected_version": 1e400}', 400, "invalid_request"),
         (b'\xff\xfe', 400, "invalid_request"),
+        (b'{"value": NaN}', 400, "invalid_request"),
+        (b'{"value": Infinity}', 400, "invalid_request"),
         (json.dumps({"value": "x" * (65 * 1024)}).encode(), 413, "value_too_large"),
         (json.dumps({"value": "x" * (2 * 1024 * 1024)}).encode(), 413, "payload_too_large"),
     ]
