@@ -31,3 +31,9 @@ def local_backend(tmp_path: Path) -> Iterator[tuple[SQLiteStore, CachingKeyServi
 
 
 BACKEND_FACTORIES: dict[str, BackendFactory] = {"local": local_backend}
+
+# The aws backend, under moto in-process and behind a real moto_server process (tests/aws/support.py).
+from tests.aws.support import aws_moto_backend, aws_server_backend  # noqa: E402
+
+BACKEND_FACTORIES["aws-moto"] = aws_moto_backend
+BACKEND_FACTORIES["aws-server"] = aws_server_backend
