@@ -2,25 +2,46 @@
 
 The root token's digest lives in the store's meta table (``root_token_sha256``), so every node of a
 cluster accepts the same root token; its string is never stored (outside dev mode's token file).
+
+Service tokens are looked up by the SHA-256 of the presented string in the ``TokenStore``. A node keeps a
+lookup for at most ``cache_seconds`` (0.5 s), so a revocation on any node is effective everywhere within
+one second; expiry is checked against the clock on every request.
 """
 
 from __future__ import annotations
 
 import threading
+import time
+from collections.abc import Callable
+from datetime import datetime
 
+from core.access_model import TokenRecord
 from core.errors import Unauthenticated
-from core.model import ROOT, Principal
-from core.ports import VersionStore
+from core.model import ROOT, Principal, utcnow
+from core.ports import TokenStore, VersionStore
 from core.tokens import generate_token, hash_token, matches
 
 ROOT_HASH_META = "root_token_sha256"
+TOKEN_CACHE_SECONDS = 0.5
+TOKEN_CACHE_ENTRIES = 10_000
 
 
 class Authenticator:
-    def __init__(self, store: VersionStore) -> None:
+    def __init__(
+        self,
+        store: VersionStore,
+        tokens: TokenStore | None = None,
+        cache_seconds: float = TOKEN_CACHE_SECONDS,
+        clock: Callable[[], datetime] = utcnow,
+    ) -> None:
         self.store = store
+        self.tokens = tokens
+        self.cache_seconds = cache_seconds
+        self.clock = clock
         self._root_hash: str | None = None
         self._lock = threading.Lock()
+        # token hash → (monotonic time of lookup, record or None); None caches "unknown" just as briefly
+        self._cache: dict[str, tuple[float, TokenRecord | None]] = {}
 
     def root_hash(self) -> str | None:
         if self._root_hash is None:
@@ -50,4 +71,24 @@ class Authenticator:
         root = self.root_hash()
         if root is not None and matches(token, root):
             return ROOT
-        raise Unauthenticated("unknown, expired or revoked token")
+        record = self._lookup(hash_token(token)) if self.tokens is not None else None
+        # One message for unknown, expired and revoked: a caller learns nothing about which it was.
+        if record is None or not matches(token, record.token_hash) or not record.live(self.clock()):
+            raise Unauthenticated("unknown, expired or revoked token")
+        return Principal(id=record.id, service=record.service, policies=record.policies, expires_at=record.expires_at)
+
+    def _lookup(self, token_hash: str) -> TokenRecord | None:
+        now = time.monotonic()
+        cached = self._cache.get(token_hash)
+        if cached is not None and now - cached[0] < self.cache_seconds:
+            return cached[1]
+        assert self.tokens is not None
+        record = self.tokens.token_by_hash(token_hash)
+        if len(self._cache) >= TOKEN_CACHE_ENTRIES:
+            self._cache.clear()  # crude bound; entries live half a second anyway
+        self._cache[token_hash] = (now, record)
+        return record
+
+    def forget(self, token_hash: str) -> None:
+        """Drop a cached lookup (this node just revoked the token: effective here at once)."""
+        self._cache.pop(token_hash, None)

@@ -12,7 +12,8 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from core.errors import TesseraError
-from handlers import config, envs, health, watch
+from handlers import audit, auth, config, envs, health, policies, watch
+from handlers.audit_middleware import AuditMiddleware
 from handlers.bootstrap import Container
 
 logger = logging.getLogger("tessera")
@@ -33,6 +34,9 @@ def new_request_id() -> str:
 def create_app(container: Container) -> FastAPI:
     app = FastAPI(title="Tessera", version="0.1.0", docs_url="/docs", redoc_url=None)
     app.state.container = container
+    # Added before the request-id middleware, so it runs inside it: the request id is known here and the
+    # id header is added to a 503/429 this middleware substitutes.
+    app.add_middleware(AuditMiddleware)
 
     @app.middleware("http")
     async def request_id_middleware(request: Request, call_next):  # type: ignore[no-untyped-def]
@@ -68,5 +72,8 @@ def create_app(container: Container) -> FastAPI:
     app.include_router(health.router)
     app.include_router(config.router)
     app.include_router(envs.router)
+    app.include_router(auth.router)
+    app.include_router(policies.router)
+    app.include_router(audit.router)
     app.include_router(watch.router)
     return app

@@ -12,6 +12,7 @@ from core.crypto import CachingKeyService
 from core.ports import KeyService, VersionStore
 from core.service import ConfigService
 from core.settings import Settings
+from handlers.access_wiring import build_access
 
 
 @dataclass
@@ -24,6 +25,9 @@ class Container:
     extras: dict[str, Any]
 
     def close(self) -> None:
+        access = self.extras.get("access")
+        if access is not None:
+            access.close()  # flushes the audit writer before the store goes
         self.store.close()
 
 
@@ -59,8 +63,10 @@ def build(settings: Settings | None = None, *, store: VersionStore | None = None
     settings = settings or Settings.from_env()
     store = store or build_store(settings)
     keys = keys or build_keys(settings)
-    service = ConfigService(store, keys, value_cache_entries=settings.value_cache_entries)
-    authenticator = Authenticator(store)
+    access = build_access(settings, store)
+    service = ConfigService(store, keys, authorizer=access.authorizer, value_cache_entries=settings.value_cache_entries)
+    authenticator = Authenticator(store, tokens=access.stores)
+    access.bind(authenticator)
     if settings.root_token:
         authenticator.set_root_token(settings.root_token)
-    return Container(settings, store, keys, service, authenticator, {})
+    return Container(settings, store, keys, service, authenticator, {"access": access})

@@ -1,0 +1,316 @@
+"""The audit log: hash chains, group commit, and verification.
+
+**Chaining scheme.** Entries live in one or more *chains*. Each entry carries ``chain``, ``seq`` (1, 2, 3 …
+within its chain, no gaps), ``prev_hash`` (the ``hash`` of the entry before it; 64 zeros for the first)
+and ``hash = SHA-256(canonical JSON of every field but hash)``. The store appends a batch to a chain in one
+atomic step that reads the chain's head, links the batch to it and moves the head (the ``audit_heads``
+row/item) — so two nodes writing at once can never fork a chain:
+
+- SQLite: one chain (``main``) for the whole file; ``BEGIN IMMEDIATE`` serializes every writer, in this
+  process or another one.
+- DynamoDB: one chain per node (``node-<random>``), so nodes never contend; every put is conditional on
+  the (chain, seq) item not existing, so a chain still cannot fork.
+
+``verify`` walks every chain and reports the first entry that was edited, inserted or removed, and
+compares each chain's last entry with its recorded head (which catches a truncated tail). The head is
+stored next to the entries, so someone able to rewrite *everything* consistently is only caught by
+comparing against a head recorded elsewhere: ``tessera audit verify --json`` prints the heads to keep.
+
+**Group commit.** Requests hand their entry to :class:`AuditLog` and wait on a future; one writer thread
+takes everything queued, appends it in one transaction (one fsync for the batch) and then resolves the
+futures. A request completes only once its batch is durable; if the append fails, every waiter gets
+``Unavailable`` and the HTTP layer answers ``503`` instead of the response (fail-closed).
+
+>>> first = link("main", [AuditEntry(ts=EPOCH, request_id="r1", action="config.read", outcome="allowed", status=200)], 0, GENESIS)
+>>> first[0].seq, first[0].prev_hash == GENESIS, len(first[0].hash)
+(1, True, 64)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import queue
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future
+from dataclasses import asdict, dataclass, field, replace
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+from core.access_model import AuditEntry
+from core.errors import Unavailable
+from core.model import format_time
+
+GENESIS = "0" * 64
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+MAX_BATCH = 1000
+HASHED_FIELDS = (
+    "chain", "seq", "prev_hash", "ts", "request_id", "service", "token_id", "action", "namespace", "env",
+    "key", "version", "outcome", "status", "target", "client", "method", "path",
+)  # fmt: skip
+
+
+def entry_hash(entry: AuditEntry) -> str:
+    """SHA-256 of the canonical JSON of every field but ``hash`` (``ts`` as RFC 3339 to the microsecond)."""
+    fields: list[Any] = []
+    for name in HASHED_FIELDS:
+        value = getattr(entry, name)
+        fields.append(format_time(value) if name == "ts" else value)
+    canonical = json.dumps(fields, separators=(",", ":"), ensure_ascii=True)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def link(chain: str, entries: list[AuditEntry], last_seq: int, last_hash: str) -> list[AuditEntry]:
+    """Give ``entries`` their place after (``last_seq``, ``last_hash``) in ``chain``, and their hashes."""
+    linked = []
+    prev = last_hash
+    for offset, entry in enumerate(entries, start=1):
+        placed = replace(entry, chain=chain, seq=last_seq + offset, prev_hash=prev, hash="")
+        placed = replace(placed, hash=entry_hash(placed))
+        linked.append(placed)
+        prev = placed.hash
+    return linked
+
+
+def entry_to_api(entry: AuditEntry) -> dict[str, Any]:
+    """The ``GET /audit`` shape (plus ``target``, ``client`` and ``hash`` as extensions)."""
+    return {
+        "id": entry.id,
+        "ts": format_time(entry.ts),
+        "request_id": entry.request_id,
+        "service": entry.service,
+        "token_id": entry.token_id,
+        "action": entry.action,
+        "namespace": entry.namespace,
+        "env": entry.env,
+        "key": entry.key,
+        "version": entry.version,
+        "outcome": entry.outcome,
+        "status": entry.status,
+        "target": entry.target,
+        "client": entry.client,
+        "hash": entry.hash,
+    }
+
+
+def entry_to_log(entry: AuditEntry) -> dict[str, Any]:
+    record = asdict(entry)
+    record["ts"] = format_time(entry.ts)
+    record["id"] = entry.id
+    return record
+
+
+# ---------------------------------------------------------------------------------------------- verification
+@dataclass(frozen=True)
+class Problem:
+    kind: str  # "edited" | "inserted" | "removed"
+    chain: str
+    seq: int
+    detail: str
+
+    @property
+    def id(self) -> str:
+        return f"{self.chain}:{self.seq}"
+
+
+@dataclass
+class VerifyReport:
+    entries: int = 0
+    chains: dict[str, tuple[int, str]] = field(default_factory=dict)
+    problem: Problem | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.problem is None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "ok": self.ok,
+            "entries": self.entries,
+            "chains": {name: {"seq": seq, "hash": digest} for name, (seq, digest) in sorted(self.chains.items())},
+            "problem": None
+            if self.problem is None
+            else {"kind": self.problem.kind, "id": self.problem.id, "chain": self.problem.chain,
+                  "seq": self.problem.seq, "detail": self.problem.detail},
+        }  # fmt: skip
+
+
+class AuditReader(Protocol):
+    def chains(self) -> dict[str, tuple[int, str]]: ...
+
+    def chain_entries(self, chain: str, after_seq: int, limit: int) -> list[AuditEntry]: ...
+
+
+def _walk(reader: AuditReader, chain: str, page: int) -> Iterator[AuditEntry]:
+    after = 0
+    while True:
+        batch = reader.chain_entries(chain, after, page)
+        yield from batch
+        if len(batch) < page:
+            return
+        after = batch[-1].seq
+
+
+RECENT_HASHES = 4096  # how far back an out-of-place link is traced to name the inserted entry
+
+
+def verify_chain(chain: str, entries: Iterator[AuditEntry], head: tuple[int, str] | None) -> tuple[int, Problem | None]:
+    """Walk one chain in seq order; returns (entries checked, first problem or None)."""
+    expected_seq, prev_hash, count = 1, GENESIS, 0
+    recent: OrderedDict[str, int] = OrderedDict({GENESIS: 0})  # hash → seq of recent entries
+    for entry in entries:
+        count += 1
+        if entry_hash(entry) != entry.hash:
+            return count, Problem("edited", chain, entry.seq, "the entry's content does not match its hash")
+        if entry.seq != expected_seq or entry.prev_hash != prev_hash:
+            if entry.seq < expected_seq:
+                return count, Problem("inserted", chain, entry.seq, "a second entry with this sequence number")
+            if entry.prev_hash in recent and entry.prev_hash != prev_hash:
+                first_inserted = recent[entry.prev_hash] + 1
+                return count, Problem(
+                    "inserted", chain, first_inserted,
+                    f"entry {chain}:{entry.seq} links to {chain}:{first_inserted - 1}, so the entries from "
+                    f"{chain}:{first_inserted} up to it were inserted",
+                )  # fmt: skip
+            if entry.seq > expected_seq and entry.prev_hash == prev_hash:
+                return count, Problem("removed", chain, expected_seq, f"entries {expected_seq}..{entry.seq - 1} are missing")
+            if entry.seq > expected_seq:
+                return count, Problem("removed", chain, expected_seq, f"entry {chain}:{expected_seq} is missing")
+            return count, Problem(
+                "removed", chain, entry.seq,
+                "the entry does not link to the one before it: an entry before it was removed "
+                "(and the rest renumbered), or the previous entry was edited and re-hashed",
+            )  # fmt: skip
+        expected_seq, prev_hash = entry.seq + 1, entry.hash
+        recent[entry.hash] = entry.seq
+        if len(recent) > RECENT_HASHES:
+            recent.popitem(last=False)
+    last_seq = expected_seq - 1
+    if head is not None and (head[0], head[1]) != (last_seq, prev_hash):
+        if head[0] > last_seq:
+            return count, Problem("removed", chain, last_seq + 1, f"the chain ends at {last_seq} but its head says {head[0]}")
+        if head[0] < last_seq:
+            return count, Problem("inserted", chain, head[0] + 1, f"entries after the recorded head ({head[0]}) were appended")
+        return count, Problem("edited", chain, last_seq, "the last entry does not match the recorded head")
+    return count, None
+
+
+def verify(reader: AuditReader, page: int = 5000) -> VerifyReport:
+    """Check every chain; the report names the first problem found (chains in name order)."""
+    report = VerifyReport(chains=reader.chains())
+    for chain in sorted(report.chains):
+        count, problem = verify_chain(chain, _walk(reader, chain, page), report.chains[chain])
+        report.entries += count
+        if problem is not None:
+            report.problem = problem
+            return report
+    return report
+
+
+# ---------------------------------------------------------------------------------------------- group commit
+class AuditSink(Protocol):
+    def append(self, chain: str, entries: list[AuditEntry]) -> list[AuditEntry]: ...
+
+
+class AuditLog:
+    """Group-committing audit writer. ``submit`` returns a future resolved once the entry is durable.
+
+    ``emit`` receives each entry after its batch is durable (the structured log line); it never sees a
+    value or a token string because entries hold neither.
+    """
+
+    enabled = True
+
+    def __init__(
+        self,
+        sink: AuditSink,
+        chain: str = "main",
+        emit: Callable[[AuditEntry], None] | None = None,
+        max_batch: int = MAX_BATCH,
+    ) -> None:
+        self.sink = sink
+        self.chain = chain
+        self.emit = emit
+        self.max_batch = max_batch
+        self._queue: queue.SimpleQueue[tuple[AuditEntry, Future[AuditEntry]] | None] = queue.SimpleQueue()
+        self._closed = False
+        self._thread = threading.Thread(target=self._run, name="audit-writer", daemon=True)
+        self._thread.start()
+        self.batches = 0  # counters for the benchmark and tests
+        self.written = 0
+
+    def submit(self, entry: AuditEntry) -> Future[AuditEntry]:
+        future: Future[AuditEntry] = Future()
+        if self._closed:
+            future.set_exception(Unavailable("the audit log is closed"))
+            return future
+        self._queue.put((entry, future))
+        return future
+
+    def record(self, entry: AuditEntry, timeout: float = 30.0) -> AuditEntry:
+        """Submit and wait (for callers that are not on an event loop)."""
+        return self.submit(entry).result(timeout)
+
+    def _run(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            batch = [item]
+            stop = False
+            while len(batch) < self.max_batch:
+                try:
+                    more = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if more is None:
+                    stop = True
+                    break
+                batch.append(more)
+            self._write(batch)
+            if stop:
+                return
+
+    def _write(self, batch: list[tuple[AuditEntry, Future[AuditEntry]]]) -> None:
+        try:
+            stored = self.sink.append(self.chain, [entry for entry, _ in batch])
+        except Exception:  # noqa: BLE001 - every failure means "not durable": fail closed
+            for _, future in batch:
+                future.set_exception(Unavailable("the audit log cannot be written"))
+            return
+        self.batches += 1
+        self.written += len(stored)
+        for (_, future), entry in zip(batch, stored, strict=True):
+            future.set_result(entry)
+        if self.emit is not None:
+            for entry in stored:
+                try:
+                    self.emit(entry)
+                except Exception:  # noqa: BLE001 - the durable record exists; a log hiccup must not fail it
+                    pass
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._queue.put(None)
+        self._thread.join(timeout=10)
+
+
+class DisabledAuditLog:
+    """Audit off: only for the benchmark baseline (``TESSERA_AUDIT=off``); never in production."""
+
+    enabled = False
+
+    def submit(self, entry: AuditEntry) -> Future[AuditEntry]:
+        future: Future[AuditEntry] = Future()
+        future.set_result(entry)
+        return future
+
+    def record(self, entry: AuditEntry, timeout: float = 30.0) -> AuditEntry:
+        return entry
+
+    def close(self) -> None:
+        pass

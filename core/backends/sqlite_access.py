@@ -1,0 +1,206 @@
+"""Tokens, policies and the audit log in the embedded backend's SQLite file.
+
+Shares the :class:`SQLiteStore`'s writer connection and transaction (one writer lock, one fsync per
+commit) and its per-thread reader connections. Implements ``TokenStore``, ``PolicyStore`` and
+``AuditStore`` of ``core/ports.py``.
+
+The audit append reads the chain head, links the batch and moves the head inside one ``BEGIN IMMEDIATE``
+transaction, so every process writing to the same file extends one unforked chain (``core/audit.py``).
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+
+from core.access_model import AuditEntry, PolicyDoc, Rule, TokenRecord
+from core.audit import GENESIS, link
+from core.backends.sqlite import SQLiteStore
+
+ACCESS_SCHEMA = """
+CREATE TABLE IF NOT EXISTS tokens (
+    id TEXT PRIMARY KEY, service TEXT NOT NULL, policies TEXT NOT NULL, token_hash TEXT NOT NULL UNIQUE,
+    created_at TEXT NOT NULL, expires_at TEXT, revoked_at TEXT
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS policies (
+    name TEXT PRIMARY KEY, rules TEXT NOT NULL, version INTEGER NOT NULL, updated_at TEXT NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS audit (
+    chain TEXT NOT NULL, seq INTEGER NOT NULL, ts TEXT NOT NULL, request_id TEXT NOT NULL,
+    service TEXT, token_id TEXT, action TEXT NOT NULL, namespace TEXT, env TEXT, key TEXT, version INTEGER,
+    outcome TEXT NOT NULL, status INTEGER NOT NULL, target TEXT, client TEXT, method TEXT, path TEXT,
+    prev_hash TEXT NOT NULL, hash TEXT NOT NULL,
+    PRIMARY KEY (chain, seq)
+);
+CREATE INDEX IF NOT EXISTS audit_by_ts ON audit (ts);
+CREATE INDEX IF NOT EXISTS audit_by_key ON audit (key, ts);
+CREATE INDEX IF NOT EXISTS audit_by_service ON audit (service, ts);
+CREATE TABLE IF NOT EXISTS audit_heads (chain TEXT PRIMARY KEY, seq INTEGER NOT NULL, hash TEXT NOT NULL) WITHOUT ROWID;
+"""
+
+AUDIT_COLUMNS = (
+    "chain, seq, ts, request_id, service, token_id, action, namespace, env, key, version, outcome, status, "
+    "target, client, method, path, prev_hash, hash"
+)
+TOKEN_COLUMNS = "id, service, policies, token_hash, created_at, expires_at, revoked_at"
+
+
+def _stamp(moment: datetime | None) -> str | None:
+    """Fixed-width UTC text, so that text order is time order in indexes."""
+    if moment is None:
+        return None
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _moment(text: str | None) -> datetime | None:
+    return None if text is None else datetime.fromisoformat(text)
+
+
+def _token(row: tuple) -> TokenRecord:
+    return TokenRecord(
+        id=row[0],
+        service=row[1],
+        policies=tuple(json.loads(row[2])),
+        token_hash=row[3],
+        created_at=datetime.fromisoformat(row[4]),
+        expires_at=_moment(row[5]),
+        revoked_at=_moment(row[6]),
+    )
+
+
+def _audit(row: tuple) -> AuditEntry:
+    return AuditEntry(
+        chain=row[0], seq=row[1], ts=datetime.fromisoformat(row[2]), request_id=row[3], service=row[4],
+        token_id=row[5], action=row[6], namespace=row[7], env=row[8], key=row[9], version=row[10],
+        outcome=row[11], status=row[12], target=row[13], client=row[14], method=row[15], path=row[16],
+        prev_hash=row[17], hash=row[18],
+    )  # fmt: skip
+
+
+def _policy(row: tuple) -> PolicyDoc:
+    rules = tuple(Rule.from_dict(raw) for raw in json.loads(row[1]))
+    return PolicyDoc(name=row[0], rules=rules, version=row[2], updated_at=datetime.fromisoformat(row[3]))
+
+
+class SQLiteAccessStore:
+    def __init__(self, store: SQLiteStore) -> None:
+        self.store = store
+        with store.transaction() as db:
+            for statement in ACCESS_SCHEMA.split(";"):
+                if statement.strip():
+                    db.execute(statement)
+
+    # ------------------------------------------------------------------ tokens
+    def create_token(self, record: TokenRecord) -> None:
+        with self.store.transaction() as db:
+            db.execute(
+                f"INSERT INTO tokens ({TOKEN_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (
+                    record.id, record.service, json.dumps(list(record.policies)), record.token_hash,
+                    _stamp(record.created_at), _stamp(record.expires_at), _stamp(record.revoked_at),
+                ),
+            )  # fmt: skip
+
+    def token_by_hash(self, token_hash: str) -> TokenRecord | None:
+        rows = self.store._query(f"SELECT {TOKEN_COLUMNS} FROM tokens WHERE token_hash = ?", (token_hash,))
+        return _token(rows[0]) if rows else None
+
+    def get_token(self, token_id: str) -> TokenRecord | None:
+        rows = self.store._query(f"SELECT {TOKEN_COLUMNS} FROM tokens WHERE id = ?", (token_id,))
+        return _token(rows[0]) if rows else None
+
+    def list_tokens(self) -> list[TokenRecord]:
+        rows = self.store._query(f"SELECT {TOKEN_COLUMNS} FROM tokens WHERE revoked_at IS NULL ORDER BY created_at, id")
+        return [_token(row) for row in rows]
+
+    def revoke_token(self, token_id: str, when: datetime) -> bool:
+        with self.store.transaction() as db:
+            cursor = db.execute(
+                "UPDATE tokens SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL", (_stamp(when), token_id)
+            )
+            return cursor.rowcount == 1
+
+    # ------------------------------------------------------------------ policies
+    def put_policy(self, name: str, rules: tuple[Rule, ...], when: datetime) -> PolicyDoc:
+        body = json.dumps([rule.to_dict() for rule in rules])
+        with self.store.transaction() as db:
+            # Versions come from one counter, so a policy deleted and created again never reuses a
+            # version number (nodes cache compiled policies by (name, version)).
+            version = db.execute(
+                "INSERT INTO counters (name, value) VALUES ('policy_version', 1) "
+                "ON CONFLICT (name) DO UPDATE SET value = value + 1 RETURNING value"
+            ).fetchone()[0]
+            db.execute(
+                "INSERT INTO policies (name, rules, version, updated_at) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT (name) DO UPDATE SET rules = excluded.rules, version = excluded.version, "
+                "updated_at = excluded.updated_at",
+                (name, body, version, _stamp(when)),
+            )
+        return PolicyDoc(name, rules, version, when)
+
+    def get_policy(self, name: str) -> PolicyDoc | None:
+        rows = self.store._query("SELECT name, rules, version, updated_at FROM policies WHERE name = ?", (name,))
+        return _policy(rows[0]) if rows else None
+
+    def list_policies(self) -> list[PolicyDoc]:
+        rows = self.store._query("SELECT name, rules, version, updated_at FROM policies ORDER BY name")
+        return [_policy(row) for row in rows]
+
+    def delete_policy(self, name: str) -> bool:
+        with self.store.transaction() as db:
+            return db.execute("DELETE FROM policies WHERE name = ?", (name,)).rowcount == 1
+
+    # ------------------------------------------------------------------ audit
+    def append(self, chain: str, entries: list[AuditEntry]) -> list[AuditEntry]:
+        if not entries:
+            return []
+        with self.store.transaction() as db:
+            head = db.execute("SELECT seq, hash FROM audit_heads WHERE chain = ?", (chain,)).fetchone()
+            last_seq, last_hash = (head[0], head[1]) if head else (0, GENESIS)
+            linked = link(chain, entries, last_seq, last_hash)
+            db.executemany(
+                f"INSERT INTO audit ({AUDIT_COLUMNS}) VALUES ({', '.join('?' * 19)})",
+                [
+                    (
+                        e.chain, e.seq, _stamp(e.ts), e.request_id, e.service, e.token_id, e.action, e.namespace,
+                        e.env, e.key, e.version, e.outcome, e.status, e.target, e.client, e.method, e.path,
+                        e.prev_hash, e.hash,
+                    )
+                    for e in linked
+                ],
+            )  # fmt: skip
+            db.execute(
+                "INSERT INTO audit_heads (chain, seq, hash) VALUES (?, ?, ?) "
+                "ON CONFLICT (chain) DO UPDATE SET seq = excluded.seq, hash = excluded.hash",
+                (chain, linked[-1].seq, linked[-1].hash),
+            )
+        return linked
+
+    def query(self, key: str | None, service: str | None, since: datetime | None, limit: int) -> list[AuditEntry]:
+        where, params = [], []
+        if key is not None:
+            where.append("key = ?")
+            params.append(key)
+        if service is not None:
+            where.append("service = ?")
+            params.append(service)
+        if since is not None:
+            where.append("ts >= ?")
+            params.append(_stamp(since))
+        clause = f"WHERE {' AND '.join(where)}" if where else ""
+        rows = self.store._query(
+            f"SELECT {AUDIT_COLUMNS} FROM audit {clause} ORDER BY ts DESC, seq DESC LIMIT ?", (*params, limit)
+        )
+        return [_audit(row) for row in rows]
+
+    def chains(self) -> dict[str, tuple[int, str]]:
+        return {chain: (seq, digest) for chain, seq, digest in self.store._query("SELECT chain, seq, hash FROM audit_heads")}
+
+    def chain_entries(self, chain: str, after_seq: int, limit: int) -> list[AuditEntry]:
+        rows = self.store._query(
+            f"SELECT {AUDIT_COLUMNS} FROM audit WHERE chain = ? AND seq > ? ORDER BY seq LIMIT ?", (chain, after_seq, limit)
+        )
+        return [_audit(row) for row in rows]
+
+
+__all__ = ["SQLiteAccessStore"]

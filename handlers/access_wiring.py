@@ -1,0 +1,112 @@
+"""Builds the access-control and audit parts for the composition root (``handlers/bootstrap.py``).
+
+Options come from the environment (documented in ``docs/audit.md``):
+``TESSERA_AUDIT=off`` turns the audit log off — for the benchmark baseline only, never in production;
+``TESSERA_AUTH_FAILURE_LIMIT`` / ``TESSERA_AUTH_FAILURE_WINDOW`` / ``TESSERA_AUTH_PENALTY`` tune the damping.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from core.access_model import AuditEntry
+from core.access_service import AccessService
+from core.audit import AuditLog, DisabledAuditLog, entry_to_log
+from core.auth import Authenticator
+from core.damping import FailureDamper
+from core.policy import PolicyAuthorizer
+from core.ports import VersionStore
+from core.settings import Settings
+
+logger = logging.getLogger("tessera")
+
+
+@dataclass(frozen=True)
+class AccessOptions:
+    audit_enabled: bool = True
+    failure_limit: int = 20
+    failure_window: float = 60.0
+    penalty_seconds: float = 60.0
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> AccessOptions:
+        env = os.environ if environ is None else environ
+        return cls(
+            audit_enabled=env.get("TESSERA_AUDIT", "on").lower() not in ("off", "0", "false", "no"),
+            failure_limit=int(env.get("TESSERA_AUTH_FAILURE_LIMIT", "20")),
+            failure_window=float(env.get("TESSERA_AUTH_FAILURE_WINDOW", "60")),
+            penalty_seconds=float(env.get("TESSERA_AUTH_PENALTY", "60")),
+        )
+
+
+@dataclass
+class AccessParts:
+    stores: Any  # TokenStore + PolicyStore + AuditStore
+    authorizer: PolicyAuthorizer
+    audit_log: AuditLog | DisabledAuditLog
+    damper: FailureDamper
+    options: AccessOptions
+    access: AccessService | None = None
+
+    def bind(self, authenticator: Authenticator) -> AccessService:
+        self.access = AccessService(self.stores, self.stores, self.stores, self.authorizer, authenticator)
+        return self.access
+
+    def close(self) -> None:
+        self.audit_log.close()
+
+
+def build_access_stores(settings: Settings, store: VersionStore) -> Any:
+    """The token, policy and audit stores of the configured backend (one object implements all three)."""
+    from core.backends.sqlite import SQLiteStore
+
+    if isinstance(store, SQLiteStore):
+        from core.backends.sqlite_access import SQLiteAccessStore
+
+        return SQLiteAccessStore(store)
+    if settings.backend == "aws":
+        try:
+            from core.backends.aws_access import DynamoAccessStore  # only when used
+        except ImportError:
+            pass
+        else:
+            return DynamoAccessStore.for_store(store)
+    from core.backends.memory_access import MemoryAccessStore
+
+    logger.warning("no durable token/policy/audit storage for the %s store: using memory (not for production)", type(store).__name__)
+    return MemoryAccessStore()
+
+
+def audit_logger() -> Any:
+    """Powertools' JSON Logger for the audit line (imported lazily: tests and the CLI may never need it)."""
+    from aws_lambda_powertools import Logger
+
+    logger = Logger(service="tessera", logger_name="tessera.audit")
+
+    def emit(entry: AuditEntry) -> None:
+        logger.info("audit", extra={"audit": entry_to_log(entry)})
+
+    return emit
+
+
+def build_access(
+    settings: Settings, store: VersionStore, options: AccessOptions | None = None, stores: Any = None, emit: Any = "default"
+) -> AccessParts:
+    options = options or AccessOptions.from_env()
+    stores = stores if stores is not None else build_access_stores(settings, store)
+    chain = getattr(stores, "chain_name", "main")
+    if options.audit_enabled:
+        audit_log: AuditLog | DisabledAuditLog = AuditLog(stores, chain=chain, emit=audit_logger() if emit == "default" else emit)
+    else:
+        audit_log = DisabledAuditLog()
+    return AccessParts(
+        stores=stores,
+        authorizer=PolicyAuthorizer(stores),
+        audit_log=audit_log,
+        damper=FailureDamper(options.failure_limit, options.failure_window, options.penalty_seconds),
+        options=options,
+    )

@@ -1,0 +1,218 @@
+"""The audit middleware: one audit entry per request to the audited routes, fail-closed, plus damping.
+
+A pure ASGI middleware (no ``BaseHTTPMiddleware``): it lets the route run, holds back the response's
+start message, and only when the first body chunk is ready — before any byte reaches the client — builds
+the entry from what happened (status, principal, scope, key, version), hands it to the group-committing
+audit log and waits until its batch is durable. If that fails the client gets ``503 unavailable``
+instead, and the held response is dropped: nothing is served that the audit log does not know about.
+
+It also turns a ``401`` into ``429 rate_limited`` for an address under brute-force penalty (``core/damping.py``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from datetime import datetime
+from typing import Any
+from urllib.parse import parse_qs, unquote
+
+from core.access_model import AuditEntry
+from core.model import Principal, Scope, utcnow
+
+logger = logging.getLogger("tessera.audit")
+AUDITED_PREFIXES = ("/config", "/watch", "/ws", "/policies", "/auth", "/envs", "/diff", "/audit")
+MAX_FIELD = 256  # audit fields taken from the URL are cut here (they are not validated when the request is refused)
+VERSION_BODY_LIMIT = 256 * 1024
+
+
+def audited(path: str) -> bool:
+    return any(path == prefix or path.startswith(prefix + "/") for prefix in AUDITED_PREFIXES)
+
+
+def _cut(text: str | None) -> str | None:
+    return None if text is None else text[:MAX_FIELD]
+
+
+def classify(method: str, path: str) -> tuple[str, str | None, str | None]:
+    """(action, key, target) of a request: ``PUT /config/a.b`` → ``("config.write", "a.b", None)``."""
+    parts = path.strip("/").split("/", 2)
+    head = parts[0]
+    rest = unquote(path.strip("/")[len(head) + 1 :]) if len(parts) > 1 else ""
+    if head == "config":
+        if rest == "":
+            return "config.list", None, None
+        first, _, tail = rest.partition("/")
+        if first in ("export", "import") and not tail:
+            return f"config.{first}", None, None
+        if first in ("history", "rollback") and tail:
+            return f"config.{first}", _cut(tail), None
+        verb = {"GET": "read", "HEAD": "read", "PUT": "write", "DELETE": "delete"}.get(method, method.lower())
+        return f"config.{verb}", _cut(rest), None
+    if head == "policies":
+        verb = {"GET": "read" if rest else "list", "PUT": "write", "DELETE": "delete"}.get(method, method.lower())
+        return f"policy.{verb}", None, _cut(rest) or None
+    if head == "auth":
+        if rest == "tokens":
+            return ("token.create" if method == "POST" else "token.list"), None, None
+        if rest.startswith("tokens/"):
+            return ("token.revoke" if method == "DELETE" else f"token.{method.lower()}"), None, _cut(rest[7:])
+        return f"auth.{rest or 'root'}", None, None
+    if head == "envs":
+        verb = {"GET": "list", "PUT": "write"}.get(method, method.lower())
+        return f"env.{verb}", None, _cut(rest) or None
+    if head == "audit":
+        return "audit.read", None, None
+    if head == "ws":
+        return "ws.connect", None, None
+    return head, None, None  # watch, diff
+
+
+def outcome_of(status: int) -> str:
+    if status < 400:
+        return "allowed"
+    if status in (401, 429):  # 429 here only ever replaces a 401 (damping)
+        return "unauthenticated"
+    if status == 403:
+        return "denied"
+    if status == 404:
+        return "not_found"
+    return "error"
+
+
+def _version_from(body: bytes) -> int | None:
+    if not body or len(body) > VERSION_BODY_LIMIT or body[:1] != b"{":
+        return None
+    try:
+        parsed = json.loads(body)
+    except ValueError:
+        return None
+    version = parsed.get("version") if isinstance(parsed, dict) else None
+    return version if isinstance(version, int) and not isinstance(version, bool) else None
+
+
+def _error_body(status: int, code: str, message: str, request_id: str) -> tuple[dict[str, Any], bytes]:
+    body = json.dumps({"error": {"code": code, "message": message, "request_id": request_id}}).encode()
+    start = {
+        "type": "http.response.start",
+        "status": status,
+        "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
+    }
+    return start, body
+
+
+def _has_bearer(scope: dict[str, Any]) -> bool:
+    for name, value in scope.get("headers", ()):
+        if name == b"authorization":
+            return value[:7].lower() == b"bearer " and bool(value[7:].strip())
+    return False
+
+
+class AuditMiddleware:
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or not audited(scope.get("path", "")):
+            await self.app(scope, receive, send)
+            return
+        parts = scope["app"].state.container.extras["access"]
+        started = utcnow()
+        held: dict[str, Any] = {}
+        state = {"answered": False, "dropped": False}
+
+        async def guarded_send(message: dict[str, Any]) -> None:
+            if state["dropped"]:
+                return  # the rest of a response that was replaced by a 503
+            if message["type"] == "http.response.start" and not state["answered"]:
+                held["start"] = message
+                return
+            if message["type"] != "http.response.body" or state["answered"]:
+                await send(message)
+                return
+            state["answered"] = True
+            start = held["start"]
+            status = start["status"]
+            body = message.get("body", b"")
+            request_id = scope.get("state", {}).get("request_id") or ""
+            if status == 401 and _has_bearer(scope) and parts.damper.failure(_client(scope)):
+                state["dropped"] = bool(message.get("more_body"))  # drop the rest of the 401's body
+                status = 429
+                start, replaced = _error_body(429, "rate_limited", "too many failed authentications from this address; retry later", request_id)
+                start["headers"].append((b"retry-after", str(parts.damper.retry_after(_client(scope))).encode()))
+                message = {"type": "http.response.body", "body": replaced, "more_body": False}
+            version = _version_from(body) if 200 <= status < 300 and not message.get("more_body") else None
+            entry = _entry(scope, started, status, version, request_id)
+            try:
+                await asyncio.wrap_future(parts.audit_log.submit(entry))
+            except Exception:  # noqa: BLE001 - not durable: fail closed, serve nothing
+                logger.error("audit write failed; answering 503 for request %s", request_id)
+                start, replaced = _error_body(503, "unavailable", "the audit log cannot be written; the request was not served", request_id)
+                state["dropped"] = True
+                await send(start)
+                await send({"type": "http.response.body", "body": replaced, "more_body": False})
+                return
+            await send(start)
+            await send(message)
+
+        try:
+            await self.app(scope, receive, guarded_send)
+        except Exception:
+            if not state["answered"]:
+                # The route failed before answering; record the failure (best effort: a 500 follows anyway).
+                entry = _entry(scope, started, 500, None, scope.get("state", {}).get("request_id") or "")
+                try:
+                    await asyncio.wrap_future(parts.audit_log.submit(entry))
+                except Exception:  # noqa: BLE001
+                    logger.error("audit write failed for a failed request")
+            raise
+
+
+def _client(scope: dict[str, Any]) -> str:
+    client = scope.get("client")
+    return str(client[0]) if client else "unknown"
+
+
+def _entry(scope: dict[str, Any], started: datetime, status: int, version: int | None, request_id: str) -> AuditEntry:
+    method = scope.get("method", "GET")
+    path = scope.get("path", "")
+    action, key, target = classify(method, path)
+    if not action.startswith("config."):
+        version = None  # only a config response's "version" is a key's version
+    state = scope.get("state", {})
+    principal: Principal | None = state.get("principal")
+    resolved: Scope | None = state.get("scope")
+    query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
+    namespace = env = None
+    if resolved is not None:
+        namespace, env = resolved.namespace, resolved.env
+    elif action.startswith("config") or action in ("watch", "diff"):
+        namespace = _cut(query.get("namespace", ["default"])[0]) or "default"
+        env = _cut(query.get("env", ["default"])[0]) or "default"
+    if action == "diff":
+        env = None
+        target = _cut(f"{query.get('from', [''])[0]}..{query.get('to', [''])[0]}")
+    elif action in ("config.list", "config.export") and query.get("prefix"):
+        target = _cut(query["prefix"][0])
+    elif action == "watch" and query.get("keys"):
+        target = _cut(query["keys"][0])
+    service = principal.service if principal is not None else None
+    token_id = principal.id if principal is not None else None
+    return AuditEntry(
+        ts=started,
+        request_id=request_id,
+        action=action,
+        outcome=outcome_of(status),
+        status=status,
+        service=service,
+        token_id=token_id,
+        namespace=namespace,
+        env=env,
+        key=key,
+        version=version,
+        target=target,
+        client=_client(scope),
+        method=method,
+        path=_cut(path),
+    )
