@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import os
 from pathlib import Path
 
 import typer
@@ -33,6 +35,144 @@ def serve(
     from local.server import serve as run_server
 
     run_server(host=host, port=port, data_dir=data_dir, config_file=config_file, root_token=root_token, dev=dev, backend=backend)
+
+
+# ---------------------------------------------------------------------- talking to a server
+def _client(namespace: str | None, env: str | None):
+    from client.sdk import Tessera
+
+    urls = [u.strip().rstrip("/") for u in os.environ.get("TESSERA_URL", "http://127.0.0.1:8200").split(",") if u.strip()]
+    token = os.environ.get("TESSERA_TOKEN")
+    if not token:
+        _fail("set TESSERA_TOKEN (and TESSERA_URL, comma-separated for several nodes)")
+    return Tessera(urls, token, namespace=namespace or "default", env=env or "default")
+
+
+def _fail(message: str, code: int = 1) -> None:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(code)
+
+
+def _call(fn, *args, **kwargs):  # type: ignore[no-untyped-def]
+    from client.sdk import TesseraError
+
+    try:
+        return fn(*args, **kwargs)
+    except TesseraError as exc:
+        _fail(f"{exc.code}: {exc.message}", 2 if exc.status < 500 else 1)
+
+
+NamespaceOpt = typer.Option(None, "--namespace", "-n", envvar="TESSERA_NAMESPACE")
+EnvOpt = typer.Option(None, "--env", "-e", envvar="TESSERA_ENV")
+JsonOpt = typer.Option(False, "--json", help="machine-readable output")
+
+
+@app.command()
+def get(key: str, version: int | None = None, namespace: str | None = NamespaceOpt, env: str | None = EnvOpt, as_json: bool = JsonOpt) -> None:
+    """Print a key's value (a subtree prints as an object)."""
+    with _client(namespace, env) as client:
+        body = _call(client.get, key, version=version)
+    if as_json:
+        typer.echo(json.dumps(body))
+    else:
+        value = body["value"]
+        typer.echo(value if isinstance(value, str) else json.dumps(value, indent=2))
+
+
+@app.command()
+def put(
+    key: str,
+    value: str,
+    secret: bool | None = typer.Option(None, "--secret/--plain", help="mark the key secret when it is created"),
+    raw: bool = typer.Option(False, "--raw", help="store VALUE as a string even if it parses as JSON"),
+    expected_version: int | None = typer.Option(None, help="compare-and-set: the version you expect (0: none)"),
+    namespace: str | None = NamespaceOpt,
+    env: str | None = EnvOpt,
+    as_json: bool = JsonOpt,
+) -> None:
+    """Write a key. VALUE is parsed as JSON when it can be (42, true, [1,2]), else stored as a string."""
+    parsed: object = value
+    if not raw:
+        try:
+            parsed = json.loads(value)
+        except ValueError:
+            parsed = value
+    with _client(namespace, env) as client:
+        body = _call(client.put, key, parsed, secret=secret, expected_version=expected_version)
+    typer.echo(json.dumps(body) if as_json else f"{body['key']} version {body['version']} ({body['action']})")
+
+
+@app.command()
+def export(
+    fmt: str = typer.Option("dotenv", "--format", "-f", help="json, yaml or dotenv"),
+    prefix: str | None = None,
+    namespace: str | None = NamespaceOpt,
+    env: str | None = EnvOpt,
+) -> None:
+    """Print the resolved config (secrets included where the token may read them)."""
+    with _client(namespace, env) as client:
+        typer.echo(_call(client.export, fmt, prefix), nl=False)
+
+
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def run(
+    ctx: typer.Context,
+    prefix: str | None = typer.Option(None, help="inject only keys below this prefix"),
+    namespace: str | None = NamespaceOpt,
+    env: str | None = EnvOpt,
+) -> None:
+    """Run a command with the config injected as environment variables: tessera run -- ./server.
+
+    Names follow the dotenv export (database.host → DATABASE_HOST); injected values replace variables of the
+    same name that the calling shell already has.
+    """
+    from core.formats import dotenv_name, flatten
+
+    command = list(ctx.args)
+    if not command:
+        _fail("give a command after --, e.g. tessera run -- env")
+    with _client(namespace, env) as client:
+        tree = json.loads(_call(client.export, "json", prefix))
+    environment = dict(os.environ)
+    for key, value in flatten(tree):
+        environment[dotenv_name(key)] = value if isinstance(value, str) else json.dumps(value)
+    try:
+        os.execvpe(command[0], command, environment)
+    except FileNotFoundError:
+        _fail(f"command not found: {command[0]}", 127)
+
+
+@app.command()
+def watch(
+    keys: str = typer.Argument("*", help="key patterns, comma-separated: auth.*,database.host"),
+    since: int | None = None,
+    namespace: str | None = NamespaceOpt,
+    env: str | None = EnvOpt,
+    count: int | None = typer.Option(None, help="stop after this many events"),
+) -> None:
+    """Print change events as JSON lines, as they happen."""
+    import threading
+
+    done = threading.Event()
+    seen = 0
+
+    def show(event: dict) -> None:
+        nonlocal seen
+        typer.echo(json.dumps(event))
+        seen += 1
+        if count is not None and seen >= count:
+            done.set()
+
+    with _client(namespace, env) as client:
+        handle = client.watch(keys, show, since=since)
+        try:
+            while not done.wait(0.5):
+                if handle.errors and not handle._thread.is_alive():
+                    _fail(str(handle.errors[-1]))
+        except KeyboardInterrupt:
+            pass
+        finally:
+            handle.stop(timeout=0.1)
 
 
 def main() -> None:
