@@ -1,7 +1,70 @@
-"""`tessera audit ...` commands."""
+"""`tessera audit ...` commands.
+
+    tessera audit verify [--data-dir DIR | --backend aws] [--json]
+
+``verify`` reads the audit log straight from the store (no server needed, and a server cannot lie about it),
+re-computes every entry's hash and every link, compares each chain with its recorded head, and reports the
+first entry that was edited, inserted or removed. Exit status 0 when intact, 1 when not, 2 when the store
+cannot be read. ``--json`` prints one JSON document, including each chain's head (seq, hash): keep those
+somewhere else to catch even a consistent rewrite of the whole log later.
+"""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import typer
+from rich.console import Console
+
+from core.audit import verify as verify_chains
+from core.errors import TesseraError
+from core.settings import Settings
 
 app = typer.Typer(no_args_is_help=True)
+console = Console()
+
+DataDirOption = typer.Option(Path(".tessera"), "--data-dir", envvar="TESSERA_DATA_DIR", help="the embedded store's data dir")
+BackendOption = typer.Option(None, "--backend", envvar="TESSERA_BACKEND", help="local (default) or aws")
+JsonOption = typer.Option(False, "--json", help="print one JSON document on stdout")
+
+
+@app.callback()
+def audit() -> None:
+    """The audit log: verify its hash chains."""
+
+
+@app.command()
+def verify(data_dir: Path = DataDirOption, backend: str | None = BackendOption, as_json: bool = JsonOption) -> None:
+    """Check the audit log's hash chains; name the first edited, inserted or removed entry."""
+    from handlers import bootstrap
+    from handlers.access_wiring import build_access_stores
+
+    try:
+        settings = Settings.from_env(data_dir=data_dir, backend=backend)
+        if settings.backend == "local" and not (Path(settings.data_dir) / "tessera.db").exists():
+            raise TesseraError(f"no store in {settings.data_dir}")
+        store = bootstrap.build_store(settings)
+        try:
+            report = verify_chains(build_access_stores(settings, store))
+        finally:
+            store.close()
+    except (TesseraError, ValueError) as exc:
+        message = getattr(exc, "message", str(exc))
+        if as_json:
+            print(json.dumps({"ok": False, "error": message}))
+        else:
+            console.print(f"[red]cannot read the audit log:[/red] {message}")
+        raise typer.Exit(2) from exc
+    if as_json:
+        print(json.dumps(report.to_dict(), indent=2))
+    elif report.ok:
+        heads = ", ".join(f"{name} at {seq} ({digest[:12]}…)" for name, (seq, digest) in sorted(report.chains.items()))
+        console.print(f"[green]audit log intact[/green]: {report.entries} entries in {len(report.chains)} chain(s){': ' + heads if heads else ''}")
+    else:
+        problem = report.problem
+        assert problem is not None
+        console.print(f"[red]audit log TAMPERED[/red]: entry {problem.id} was {problem.kind}")
+        console.print(f"  {problem.detail}")
+        console.print(f"  ({report.entries} entries checked up to there)")
+    raise typer.Exit(0 if report.ok else 1)
