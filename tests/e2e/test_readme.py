@@ -15,7 +15,8 @@ pytestmark = pytest.mark.slow
 
 def walkthrough_script() -> str:
     blocks = re.findall(r"```sh\n(.*?)```", (REPO / "README.md").read_text(), re.S)
-    return next(block for block in blocks if "TOKEN=$(cat .tessera/root-token)" in block)
+    # the walk-through and every later block that talks to $URL, run in order in one shell
+    return "\n".join(block for block in blocks if "$URL" in block or "URL=" in block)
 
 
 def test_readme_walkthrough(tmp_path):
@@ -35,6 +36,8 @@ def test_readme_walkthrough(tmp_path):
         # the walk-through shows exactly two refusals on purpose: a lost compare-and-set and a read after delete
         assert codes == ["version_conflict", "not_found"], result.stdout
         assert "304" in lines
+        watched = json.loads(next(line for line in lines if line.startswith('{"revision"')))
+        assert [e["key"] for e in watched["events"]] == ["features.new_checkout"]
         assert "DATABASE_PASSWORD=s3cret" in lines
     finally:
         server.stop()
