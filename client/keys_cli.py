@@ -13,6 +13,7 @@ within a second, and an aws node reads the active KMS key id from the store's me
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -54,8 +55,10 @@ def open_tools(data_dir: Path, backend: str | None) -> Iterator[KeyTools]:
         if settings.backend == "aws":
             from core.backends.aws import KmsKeyService
 
-            directory: Any = rotation.MetaKeyDirectory(store, settings.kms_key_id)
-            keys: Any = _kms_key_service(KmsKeyService, settings, directory)
+            source = functools.partial(store.get_meta, rotation.ACTIVE_KMS_KEY_META)
+            keys: Any = KmsKeyService.from_settings(settings, active_key_source=source)
+            keys.refresh_seconds = 0.0  # a CLI run must see its own rotation at once
+            directory: Any = rotation.MetaKeyDirectory(store, settings.kms_key_id, resolve=keys.resolve_key_arn)
         else:
             # No data-key cache here: a rewrap touches each data key once, so caching would only hold plaintext keys.
             keyring = bootstrap.build_local_keyring(settings)
@@ -63,14 +66,6 @@ def open_tools(data_dir: Path, backend: str | None) -> Iterator[KeyTools]:
         yield KeyTools(store, keys, directory, settings.backend)
     finally:
         store.close()
-
-
-def _kms_key_service(kms_key_service: Any, settings: Settings, directory: rotation.MetaKeyDirectory) -> Any:
-    service = kms_key_service.from_settings(settings)
-    # The key service wraps under whatever the store's meta names as active (see MetaKeyDirectory).
-    if hasattr(service, "active_key_source"):
-        service.active_key_source = lambda: directory.active_key_id
-    return service
 
 
 def _fail(exc: TesseraError, as_json: bool) -> None:

@@ -79,13 +79,16 @@ class MetaKeyDirectory:
     stored version needs the key any more, so an operator may schedule its deletion in KMS.
     """
 
-    def __init__(self, store: MetaStore, default_key_id: str) -> None:
+    def __init__(self, store: MetaStore, default_key_id: str, resolve: Callable[[str], str] | None = None) -> None:
         self.store = store
         self.default_key_id = default_key_id
+        # KMS names the key by ARN on every data key; ``resolve`` maps an alias or id to that ARN so the
+        # active key compares equal to the key ids stored envelopes carry.
+        self.resolve = resolve or (lambda key_id: key_id)
 
     @property
     def active_key_id(self) -> str:
-        return self.store.get_meta(ACTIVE_KMS_KEY_META) or self.default_key_id
+        return self.resolve(self.store.get_meta(ACTIVE_KMS_KEY_META) or self.default_key_id)
 
     @property
     def key_ids(self) -> list[str]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -51,18 +52,21 @@ def build_store(settings: Settings) -> VersionStore:
     return SQLiteStore(data_dir / "tessera.db", change_log_retention=settings.change_log_retention)
 
 
-def build_keys(settings: Settings) -> KeyService:
+def build_keys(settings: Settings, store: VersionStore | None = None) -> KeyService:
     if settings.backend == "aws":
         from core.backends.aws import KmsKeyService
+        from core.rotation import ACTIVE_KMS_KEY_META
 
-        return CachingKeyService(KmsKeyService.from_settings(settings))
+        # New writes follow the KMS key `tessera keys rotate --kms-key-id` recorded in the store's meta.
+        source = functools.partial(store.get_meta, ACTIVE_KMS_KEY_META) if store is not None else None
+        return CachingKeyService(KmsKeyService.from_settings(settings, active_key_source=source))
     return CachingKeyService(build_local_keyring(settings))
 
 
 def build(settings: Settings | None = None, *, store: VersionStore | None = None, keys: KeyService | None = None) -> Container:
     settings = settings or Settings.from_env()
     store = store or build_store(settings)
-    keys = keys or build_keys(settings)
+    keys = keys or build_keys(settings, store)
     access = build_access(settings, store)
     service = ConfigService(store, keys, authorizer=access.authorizer, value_cache_entries=settings.value_cache_entries)
     authenticator = Authenticator(store, tokens=access.stores)
