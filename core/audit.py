@@ -156,6 +156,18 @@ def _walk(reader: AuditReader, chain: str, page: int) -> Iterator[AuditEntry]:
 RECENT_HASHES = 4096  # how far back an out-of-place link is traced to name the inserted entry
 
 
+RENUMBER_SEARCH = 64  # how far a renumbered entry's original place is searched for (only after a hash mismatch)
+
+
+def _original_seq(entry: AuditEntry) -> int | None:
+    """The seq this entry's hash was computed for, when only its seq was changed (a renumbering)."""
+    for distance in range(1, RENUMBER_SEARCH + 1):
+        for candidate in (entry.seq + distance, entry.seq - distance):
+            if candidate > 0 and entry_hash(replace(entry, seq=candidate)) == entry.hash:
+                return candidate
+    return None
+
+
 def verify_chain(chain: str, entries: Iterator[AuditEntry], head: tuple[int, str] | None) -> tuple[int, Problem | None]:
     """Walk one chain in seq order; returns (entries checked, first problem or None)."""
     expected_seq, prev_hash, count = 1, GENESIS, 0
@@ -163,7 +175,22 @@ def verify_chain(chain: str, entries: Iterator[AuditEntry], head: tuple[int, str
     for entry in entries:
         count += 1
         if entry_hash(entry) != entry.hash:
-            return count, Problem("edited", chain, entry.seq, "the entry's content does not match its hash")
+            original = _original_seq(entry)
+            if original is None:
+                return count, Problem("edited", chain, entry.seq, "the entry's content does not match its hash")
+            if original > entry.seq:
+                return count, Problem(
+                    "removed", chain, entry.seq,
+                    f"entry {chain}:{original} was renumbered to {entry.seq}: the {original - entry.seq} entr(y/ies) "
+                    "before it were removed",
+                )  # fmt: skip
+            linked_to = recent.get(entry.prev_hash)
+            first_inserted = linked_to + 1 if linked_to is not None else original
+            return count, Problem(
+                "inserted", chain, first_inserted,
+                f"entry {chain}:{original} was renumbered to {entry.seq}: entries from {chain}:{first_inserted} "
+                "up to it were inserted",
+            )  # fmt: skip
         if entry.seq != expected_seq or entry.prev_hash != prev_hash:
             if entry.seq < expected_seq:
                 return count, Problem("inserted", chain, entry.seq, "a second entry with this sequence number")

@@ -1,0 +1,209 @@
+"""The policy evaluator: path syntax, deny wins, no rule → deny, scopes, explain; a hypothesis matrix."""
+
+from __future__ import annotations
+
+import string
+import time
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from core.access_model import PolicyDoc, Rule
+from core.errors import InvalidRequest
+from core.model import ROOT, Principal, Scope
+from core.policy import PolicyAuthorizer, compile_path, compile_policies
+
+segment = st.text(alphabet=string.ascii_lowercase + string.digits + "_-", min_size=1, max_size=6)
+keys = st.lists(segment, min_size=1, max_size=5).map(".".join)
+names = st.sampled_from(["default", "prod", "staging", "payments", "auth"])
+capabilities = st.sampled_from(["read", "list", "history", "write", "delete", "rollback"])
+
+
+def policies(*rules: Rule, name: str = "p"):
+    return compile_policies([PolicyDoc(name, tuple(rules))])
+
+
+@pytest.mark.parametrize(
+    ("path", "key", "expected"),
+    [
+        ("auth.*", "auth.jwt_secret", True),
+        ("auth.*", "auth.a.b.c", True),
+        ("auth.*", "auth", False),
+        ("auth.*", "authz.x", False),
+        ("auth.*", "xauth.y", False),
+        ("*", "anything.at.all", True),
+        ("*", "x", True),
+        ("database.host", "database.host", True),
+        ("database.host", "database.hostname", False),
+        ("database.host", "database.host.x", False),
+        ("services.*.password", "services.billing.password", True),
+        ("services.*.password", "services.billing.x.password", False),
+        ("services.*.password", "services.password", False),
+        ("services.*.password", "services.billing.password.old", False),
+        ("a.*.c.*", "a.b.c.d.e", True),
+        ("a.*.c.*", "a.b.c", False),
+        ("*.password", "db.password", True),
+        ("*.password", "a.db.password", False),
+    ],
+)
+def test_path_syntax(path, key, expected):
+    assert compile_path(path)(key) is expected
+
+
+@pytest.mark.parametrize("bad", ["", "a..b", "a.*x", "a b", "a/b", ".a", "a.", "ä"])
+def test_bad_paths_are_invalid_request(bad):
+    with pytest.raises(InvalidRequest):
+        compile_path(bad)
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        "x",
+        {"path": "a.*"},
+        {"path": "a.*", "capabilities": []},
+        {"path": "a.*", "capabilities": ["fly"]},
+        {"path": "a.*", "capabilities": ["read"], "effect": "maybe"},
+        {"path": "a.*", "capabilities": ["read"], "namespaces": "prod"},
+        {"path": "a.*", "capabilities": ["read"], "envs": ["Prod!"]},
+        {"path": "a.*", "capabilities": ["read"], "colour": "blue"},
+        {"path": 3, "capabilities": ["read"]},
+    ],
+)
+def test_rule_validation(raw):
+    with pytest.raises(InvalidRequest):
+        Rule.from_dict(raw)
+
+
+def test_rule_defaults():
+    rule = Rule.from_dict({"path": "auth.*", "capabilities": ["read"]})
+    assert (rule.effect, rule.namespaces, rule.envs) == ("allow", ("*",), ("*",))
+
+
+def test_no_rule_denies_and_deny_beats_allow_and_explain_names_the_rule():
+    compiled = compile_policies(
+        [
+            PolicyDoc("wide", (Rule("*", ("read",)),)),
+            PolicyDoc("narrow", (Rule("auth.*", ("list",)), Rule("billing.*", ("read",), effect="deny"))),
+        ]
+    )
+    decision = compiled.decide("read", Scope(), "billing.stripe_key")
+    assert not decision.allowed and (decision.policy, decision.index) == ("narrow", 1)
+    assert compiled.decide("read", Scope(), "auth.x").to_dict() == {
+        "allowed": True,
+        "rule": {"policy": "wide", "index": 0, "rule": Rule("*", ("read",)).to_dict()},
+    }
+    assert compiled.decide("write", Scope(), "auth.x").to_dict() == {"allowed": False, "rule": None}
+
+
+def test_scopes():
+    compiled = policies(Rule("db.*", ("read",), namespaces=("payments",), envs=("prod", "staging")))
+    assert compiled.allowed("read", Scope("payments", "prod"), "db.host")
+    assert not compiled.allowed("read", Scope("payments", "dev"), "db.host")
+    assert not compiled.allowed("read", Scope("default", "prod"), "db.host")
+
+
+def test_admin_ignores_path_and_scope():
+    assert policies(Rule("*", ("admin",))).allowed("admin", Scope(), "*")
+    assert policies(Rule("auth.*", ("admin",), namespaces=("x",))).allowed("admin", Scope(), "*")
+    assert not policies(Rule("*", ("read", "write"))).allowed("admin", Scope(), "*")
+
+
+@settings(max_examples=300, deadline=None)
+@given(prefix=keys, rest=keys, other=segment)
+def test_prefix_star_never_matches_the_prefix_or_a_longer_sibling(prefix, rest, other):
+    compiled = policies(Rule(prefix + ".*", ("read",)))
+    assert compiled.allowed("read", Scope(), f"{prefix}.{rest}")
+    assert not compiled.allowed("read", Scope(), prefix)
+    assert not compiled.allowed("read", Scope(), f"{prefix}{other}.{rest}")  # auth.* vs authz.x
+    assert not compiled.allowed("read", Scope(), f"{other}{prefix}.{rest}")
+
+
+rule_strategy = st.builds(
+    Rule,
+    path=st.one_of(st.just("*"), keys, keys.map(lambda k: k + ".*")),
+    capabilities=st.lists(capabilities, min_size=1, max_size=3, unique=True).map(tuple),
+    effect=st.sampled_from(["allow", "deny"]),
+    namespaces=st.one_of(st.just(("*",)), st.lists(names, min_size=1, max_size=2).map(tuple)),
+    envs=st.one_of(st.just(("*",)), st.lists(names, min_size=1, max_size=2).map(tuple)),
+)
+
+
+def _applies(rule: Rule, capability: str, scope: Scope, key: str) -> bool:
+    """A slow, obviously-correct reference for one rule."""
+    if capability not in rule.capabilities:
+        return False
+    if "*" not in rule.namespaces and scope.namespace not in rule.namespaces:
+        return False
+    if "*" not in rule.envs and scope.env not in rule.envs:
+        return False
+    if rule.path == "*":
+        return True
+    if rule.path.endswith(".*"):
+        return key.startswith(rule.path[:-1]) and len(key) > len(rule.path) - 1
+    return key == rule.path
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    rules=st.lists(rule_strategy, min_size=0, max_size=6),
+    capability=capabilities,
+    namespace=names,
+    env=names,
+    key=keys,
+)
+def test_matrix_deny_always_wins_and_scopes_are_respected(rules, capability, namespace, env, key):
+    scope = Scope(namespace, env)
+    half = len(rules) // 2
+    compiled = compile_policies([PolicyDoc("a", tuple(rules[:half])), PolicyDoc("b", tuple(rules[half:]))])
+    applying = [rule for rule in rules if _applies(rule, capability, scope, key)]
+    expected = bool(applying) and all(rule.effect == "allow" for rule in applying)
+    decision = compiled.decide(capability, scope, key)
+    assert decision.allowed is expected
+    if applying:
+        assert decision.rule is not None and _applies(decision.rule, capability, scope, key)
+        assert decision.rule.effect == ("allow" if expected else "deny")
+    else:
+        assert decision.rule is None
+    # Adding a deny that applies always denies, whatever else is there.
+    denied = compile_policies([PolicyDoc("a", tuple(rules)), PolicyDoc("z", (Rule(key, (capability,), effect="deny"),))])
+    assert not denied.allowed(capability, scope, key)
+
+
+class FakePolicies:
+    def __init__(self, docs):
+        self.docs = docs
+        self.calls = 0
+
+    def list_policies(self):
+        self.calls += 1
+        return list(self.docs)
+
+
+def test_authorizer_root_and_caching_by_version():
+    source = FakePolicies([PolicyDoc("p", (Rule("auth.*", ("read",)),), version=1)])
+    now = [0.0]
+    authorizer = PolicyAuthorizer(source, refresh_seconds=1.0, clock=lambda: now[0])
+    caller = Principal("t1", "auth-svc", ("p", "missing"))
+    assert authorizer.allowed(ROOT, "admin", Scope(), "*")
+    assert authorizer.allowed(caller, "read", Scope(), "auth.x")
+    assert not authorizer.allowed(caller, "read", Scope(), "billing.x")
+    assert source.calls == 1  # one listing serves every decision within the refresh interval
+    source.docs = [PolicyDoc("p", (Rule("billing.*", ("read",)),), version=2)]
+    assert authorizer.allowed(caller, "read", Scope(), "auth.x")  # still the cached version
+    now[0] = 1.5
+    assert authorizer.allowed(caller, "read", Scope(), "billing.x")
+    assert not authorizer.allowed(caller, "read", Scope(), "auth.x")
+
+
+def test_decisions_take_microseconds():
+    rules = tuple(Rule(f"svc{i}.*", ("read", "list")) for i in range(50)) + (Rule("svc7.secret", ("read",), effect="deny"),)
+    authorizer = PolicyAuthorizer(FakePolicies([PolicyDoc("p", rules)]))
+    caller = Principal("t", "s", ("p",))
+    authorizer.allowed(caller, "read", Scope(), "svc49.x")
+    started = time.perf_counter()
+    for _ in range(10_000):
+        authorizer.allowed(caller, "read", Scope(), "svc49.x")
+    per_decision = (time.perf_counter() - started) / 10_000
+    assert per_decision < 200e-6, f"{per_decision * 1e6:.1f} µs per decision"
