@@ -193,6 +193,8 @@ class RewrapReport:
 class RewrapSource(RewrapStore, MetaStore, Protocol):
     def get_version(self, scope: Any, key: str, version: int) -> Version | None: ...
 
+    def load_envelope(self, version: Version) -> bytes: ...
+
 
 def rewrap(
     store: RewrapSource,
@@ -263,18 +265,19 @@ def _rewrap_one(
 ) -> None:
     current: Version | None = version
     for _ in range(REPLACE_ATTEMPTS):
-        if current is None or current.envelope is None:
+        if current is None or current.deleted:
             return  # gone or not sealed: nothing to protect
         try:
-            envelope_key_id = crypto.envelope_key_id(current.envelope)
-            if envelope_key_id == target_key_id:
+            # A store may return versions without their envelope (loaded lazily): fetch it then.
+            envelope = current.envelope if current.envelope is not None else store.load_envelope(current)
+            if crypto.envelope_key_id(envelope) == target_key_id:
                 report.already += 1
                 return
-            new = crypto.rewrap_envelope(keys, target, current.scope, current.key, current.version, current.envelope)
+            new = crypto.rewrap_envelope(keys, target, current.scope, current.key, current.version, envelope)
         except IntegrityError as exc:
             _record_failure(report, current, exc)
             return
-        if store.replace_envelope(current, current.envelope, new, crypto.envelope_key_id(new)):
+        if store.replace_envelope(current, envelope, new, crypto.envelope_key_id(new)):
             report.rewrapped += 1
             return
         # Someone changed this envelope since we read it (another rewrap, most likely): look again.

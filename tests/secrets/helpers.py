@@ -24,3 +24,32 @@ def find_leaks(blob: bytes, canary: str) -> list[bytes]:
 def sqlite_files(data_dir: Path) -> dict[str, bytes]:
     """The embedded store's database file and its WAL and shared-memory files, whatever exists now."""
     return {p.name: p.read_bytes() for p in Path(data_dir).iterdir() if p.name.startswith("tessera.db")}
+
+
+def raw_storage(store) -> dict[str, bytes]:
+    """Every byte a backend keeps, by where it lives: the SQLite files (incl. WAL), or every S3 object
+    (all versions, if the bucket is versioned) and every DynamoDB item of the aws backend."""
+    if hasattr(store, "path"):
+        return sqlite_files(Path(store.path).parent)
+    blobs: dict[str, bytes] = {}
+    s3, bucket = store.s3, store.bucket
+    token: dict = {}
+    while True:
+        page = s3.list_object_versions(Bucket=bucket, **token)
+        for entry in page.get("Versions", []):
+            body = s3.get_object(Bucket=bucket, Key=entry["Key"], VersionId=entry["VersionId"])["Body"].read()
+            blobs[f"s3://{bucket}/{entry['Key']}?v={entry['VersionId']}"] = body
+        if not page.get("IsTruncated"):
+            break
+        token = {"KeyMarker": page["NextKeyMarker"], "VersionIdMarker": page["NextVersionIdMarker"]}
+    scan: dict = {"TableName": store.table, "ConsistentRead": True}
+    while True:
+        page = store.dynamodb.scan(**scan)
+        for item in page["Items"]:
+            blobs[f"ddb:{item['PK']['S']}|{item['SK']['S']}"] = repr(item).encode() + b"".join(
+                value["B"] for value in item.values() if "B" in value
+            )
+        if "LastEvaluatedKey" not in page:
+            break
+        scan["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+    return blobs
