@@ -274,3 +274,52 @@ def test_cli_refuses_rotating_an_environment_keyring(tmp_path, monkeypatch):
 
 def test_errors_are_tessera_errors():
     assert issubclass(rotation.KeyInUse, TesseraError) and rotation.KeyInUse.status == 409
+
+
+@pytest.mark.aws
+def test_keys_cli_on_the_aws_backend_against_moto_server(tmp_path, monkeypatch):
+    """`tessera keys rotate --kms-key-id` records the new key in the store's meta; a running node follows it."""
+    from client.cli import app
+    from core.settings import Settings
+    from handlers.bootstrap import build
+    from tests.aws.support import shared_server
+
+    target = shared_server().target()
+    for name, value in target.env().items():
+        monkeypatch.setenv(name, value)
+    container = build(Settings.from_env(data_dir=tmp_path / "data"))
+    container.keys.inner.refresh_seconds = 0.0  # the node re-reads the active key id on every write
+    expected = {}
+    for i in range(6):
+        result = container.service.put(ROOT, Scope(), f"svc.k{i % 3}", f"v{i}", secret=True if i < 3 else None)
+        expected[(Scope(), f"svc.k{i % 3}", result.version.version)] = f"v{i}"
+    runner = CliRunner()
+
+    def keys(*args):
+        result = runner.invoke(app, ["keys", *args, "--json"])
+        return result.exit_code, json.loads(result.stdout) if result.stdout.strip() else None
+
+    code, status = keys("status")
+    assert code == 0 and status["keys"] == [{"key_id": target.key_arn, "versions": 6, "active": True, "retired": False}]
+    code, error = keys("rotate")
+    assert code == 1 and "--kms-key-id" in error["error"]["message"]
+    new_arn = target.clients.kms.create_key(Description="rotation target")["KeyMetadata"]["Arn"]
+    target.clients.kms.create_alias(AliasName="alias/tessera-next-" + new_arn[-8:], TargetKeyId=new_arn)
+    code, rotated = keys("rotate", "--kms-key-id", "alias/tessera-next-" + new_arn[-8:])
+    assert code == 0 and rotated == {"previous_key_id": target.key_arn, "active_key_id": new_arn}  # kept as the ARN
+    written = container.service.put(ROOT, Scope(), "after.rotation", "x")
+    assert container.store.get_version(Scope(), "after.rotation", written.version.version).key_id == new_arn
+    code, report = keys("rewrap", "--limit", "2", "--batch-size", "2")
+    assert code == 0 and report["rewrapped"] == 2 and not report["finished"]
+    code, error = keys("retire", target.key_arn)
+    assert code == 1 and error["error"]["code"] == "key_in_use"
+    code, report = keys("rewrap")
+    assert code == 0 and report["finished"] and report["rewrapped"] == 4 and report["remaining_on_other_keys"] == {}
+    code, status = keys("status")
+    assert {k["key_id"]: k["versions"] for k in status["keys"]} == {target.key_arn: 0, new_arn: 7}
+    code, _ = keys("retire", target.key_arn)
+    assert code == 0
+    code, status = keys("status")
+    assert [k for k in status["keys"] if k["key_id"] == target.key_arn][0]["retired"]
+    assert_all_readable(container.store, container.keys, expected)
+    container.close()
