@@ -124,8 +124,9 @@ def rewrap_envelope(source: KeyService, target: KeyService, scope: Scope, key: s
     Because the AAD names the master key id (so an envelope cannot be relabelled with another key id), the
     ciphertext is re-sealed too: under the *same* data key, a fresh nonce and the new AAD. The value is
     authenticated on the way (a tampered envelope is refused, never re-blessed) and exists only in this
-    process's memory for the moment it takes; the data key is never sent anywhere except to be wrapped.
-    Version numbers and the value's bytes stay the same.
+    process's memory for the moment it takes. The data key is re-wrapped by the key service itself where it
+    can (KMS ``ReEncrypt``), so its plaintext is not sent out again. Version numbers and the value's bytes
+    stay the same.
     """
     parts = parse_envelope(envelope)
     context = encryption_context(scope, key, version)
@@ -135,10 +136,23 @@ def rewrap_envelope(source: KeyService, target: KeyService, scope: Scope, key: s
         value = aesgcm.decrypt(parts.nonce, parts.ciphertext, associated_data(scope, key, version, parts.key_id))
     except (InvalidTag, ValueError) as exc:
         raise IntegrityError("stored value failed its integrity check") from exc
-    new_key_id, new_wrapped = target_wrap(target, plaintext_key, context)
+    new_key_id, new_wrapped = _rewrap_data_key(target, parts.key_id, parts.wrapped, plaintext_key, context)
     nonce = os.urandom(NONCE_BYTES)
     ciphertext = aesgcm.encrypt(nonce, value, associated_data(scope, key, version, new_key_id))
     return build_envelope(new_key_id, new_wrapped, nonce, ciphertext)
+
+
+def _rewrap_data_key(
+    target: KeyService, key_id: str, wrapped: bytes, plaintext_key: bytes, context: Mapping[str, str]
+) -> tuple[str, bytes]:
+    """Prefer a key service's own re-wrap (KMS ``ReEncrypt``: the plaintext key is not sent to KMS again);
+    otherwise wrap the plaintext key here (the local keyring, which never leaves this process anyway)."""
+    inner = getattr(target, "inner", target)  # past a CachingKeyService
+    rewrap = getattr(inner, "rewrap_data_key", None)
+    if rewrap is not None:
+        result: tuple[str, bytes] = rewrap(key_id, wrapped, context)
+        return result
+    return target_wrap(target, plaintext_key, context)
 
 
 def target_wrap(target: KeyService, plaintext_key: bytes, context: Mapping[str, str]) -> tuple[str, bytes]:

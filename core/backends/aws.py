@@ -931,6 +931,23 @@ class KmsKeyService:
         response = self._kms("Encrypt", KeyId=self.current_key_id(), Plaintext=plaintext_key, EncryptionContext=dict(context))
         return response["KeyId"], response["CiphertextBlob"]
 
+    def rewrap_data_key(self, key_id: str, wrapped: bytes, context: Mapping[str, str]) -> tuple[str, bytes]:
+        """Re-wrap under the active key inside KMS (``ReEncrypt``): the plaintext data key is never sent back
+        to KMS, and KMS checks the source encryption context on the way. Used by ``tessera keys rewrap``."""
+        try:
+            response = self._kms(
+                "ReEncrypt",
+                frozenset({"InvalidCiphertextException", "IncorrectKeyException"}),
+                CiphertextBlob=wrapped,
+                SourceKeyId=key_id,
+                SourceEncryptionContext=dict(context),
+                DestinationKeyId=self.current_key_id(),
+                DestinationEncryptionContext=dict(context),
+            )
+        except _ClientFailure as failure:
+            raise IntegrityError("stored data key failed its integrity check") from failure
+        return response["KeyId"], response["CiphertextBlob"]
+
 
 __all__ = [
     "AwsClients",
