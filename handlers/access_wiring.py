@@ -15,7 +15,7 @@ from typing import Any
 
 from core.access_model import AuditEntry
 from core.access_service import AccessService
-from core.audit import AuditLog, DisabledAuditLog, entry_to_log
+from core.audit import MAX_BATCH, AuditLog, DisabledAuditLog, entry_to_log
 from core.auth import Authenticator
 from core.damping import FailureDamper
 from core.policy import PolicyAuthorizer
@@ -100,7 +100,12 @@ def build_access(
     stores = stores if stores is not None else build_access_stores(settings, store)
     chain = getattr(stores, "chain_name", "main")
     if options.audit_enabled:
-        audit_log: AuditLog | DisabledAuditLog = AuditLog(stores, chain=chain, emit=audit_logger() if emit == "default" else emit)
+        audit_log: AuditLog | DisabledAuditLog = AuditLog(
+            stores,
+            chain=chain,
+            emit=audit_logger() if emit == "default" else emit,
+            max_batch=getattr(stores, "max_batch", MAX_BATCH),  # DynamoDB: 100 items per transaction
+        )
     else:
         audit_log = DisabledAuditLog()
     return AccessParts(
