@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import uuid
 from datetime import datetime
 from typing import Any
 from urllib.parse import parse_qs, unquote
@@ -114,6 +115,9 @@ class AuditMiddleware:
         self.app = app
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "websocket" and audited(scope.get("path", "")):
+            await self._websocket(scope, receive, send)
+            return
         if scope["type"] != "http" or not audited(scope.get("path", "")):
             await self.app(scope, receive, send)
             return
@@ -167,6 +171,83 @@ class AuditMiddleware:
                 except Exception:  # noqa: BLE001
                     logger.error("audit write failed for a failed request")
             raise
+
+
+    async def _websocket(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        """``/ws``: the auth message and every subscribe are recorded (and durable) before the app sees them.
+
+        The middleware authenticates the first message itself (the lookup is cached) to know who it is; if
+        the entry cannot be written the socket gets ``{"type": "error", "code": "unavailable"}`` and is closed
+        before the app acts on the message, so nothing is streamed unaudited.
+        """
+        parts = scope["app"].state.container.extras["access"]
+        authenticator = scope["app"].state.container.authenticator
+        session: dict[str, Any] = {"authenticated": False, "principal": None}
+
+        async def record(action: str, status: int, body: dict[str, Any]) -> bool:
+            entry = _ws_entry(scope, action, status, session["principal"], body)
+            try:
+                await asyncio.wrap_future(parts.audit_log.submit(entry))
+                return True
+            except Exception:  # noqa: BLE001 - fail closed
+                logger.error("audit write failed; closing a websocket")
+                await send({"type": "websocket.send", "text": json.dumps(
+                    {"type": "error", "code": "unavailable", "message": "the audit log cannot be written"})})  # fmt: skip
+                await send({"type": "websocket.close", "code": 1011})
+                return False
+
+        async def audited_receive() -> dict[str, Any]:
+            message = await receive()
+            if message["type"] != "websocket.receive":
+                return message
+            raw = message.get("text") if message.get("text") is not None else (message.get("bytes") or b"").decode("utf-8", "replace")
+            try:
+                body = json.loads(raw)
+            except ValueError:
+                body = None
+            body = body if isinstance(body, dict) else {}
+            if not session["authenticated"]:
+                session["authenticated"] = True
+                status = 401
+                token = body.get("token")
+                if body.get("type") == "auth" and isinstance(token, str):
+                    try:
+                        session["principal"] = await asyncio.to_thread(authenticator.authenticate, token)
+                        status = 101
+                    except Exception:  # noqa: BLE001 - the app answers the refusal itself
+                        pass
+                ok = await record("ws.connect", status, {})
+            elif body.get("type") == "subscribe":
+                ok = await record("ws.subscribe", 200, body)
+            else:
+                return message
+            return message if ok else {"type": "websocket.disconnect", "code": 1011}
+
+        await self.app(scope, audited_receive, send)
+
+
+def _ws_entry(scope: dict[str, Any], action: str, status: int, principal: Principal | None, body: dict[str, Any]) -> AuditEntry:
+    namespace = env = target = None
+    if action == "ws.subscribe":
+        namespace = _cut(str(body.get("namespace") or "default"))
+        env = _cut(str(body.get("env") or "default"))
+        keys = body.get("keys")
+        target = _cut(",".join(str(k) for k in keys)) if isinstance(keys, list) else None
+    return AuditEntry(
+        ts=utcnow(),
+        request_id=scope.get("state", {}).get("request_id") or uuid.uuid4().hex,
+        action=action,
+        outcome=outcome_of(status),
+        status=status,
+        service=principal.service if principal else None,
+        token_id=principal.id if principal else None,
+        namespace=namespace,
+        env=env,
+        target=target,
+        client=_client(scope),
+        method="WS",
+        path=_cut(scope.get("path", "")),
+    )
 
 
 def _client(scope: dict[str, Any]) -> str:

@@ -258,3 +258,30 @@ def test_repeated_401s_from_one_address_become_429(client):
     error(client.get("/config/x"), 401, "unauthenticated")
     outcomes = {(e["status"], e["outcome"]) for e in client.get("/audit", headers=ROOT).json()["entries"]}
     assert (429, "unauthenticated") in outcomes
+
+
+def test_websocket_sessions_are_audited_and_fail_closed(seeded, container):
+    token = make_token(seeded, "watcher", rules=[{"path": "auth.*", "capabilities": ["read"]}])
+    with seeded.websocket_connect("/ws") as ws:
+        ws.send_json({"type": "auth", "token": token})
+        ws.send_json({"type": "subscribe", "keys": ["auth.*"], "since": 0})
+        event = ws.receive_json()
+        assert event["type"] == "event" and event["key"].startswith("auth.")
+    with seeded.websocket_connect("/ws") as ws:
+        ws.send_json({"type": "auth", "token": "tsr_wrong"})
+        assert ws.receive_json()["code"] == "unauthenticated"
+    entries = seeded.get("/audit?limit=10", headers=ROOT).json()["entries"]
+    ws_entries = [(e["action"], e["service"], e["outcome"], e["status"]) for e in entries if e["action"].startswith("ws.")]
+    assert ws_entries[:3] == [
+        ("ws.connect", None, "unauthenticated", 401),
+        ("ws.subscribe", "watcher", "allowed", 200),
+        ("ws.connect", "watcher", "allowed", 101),
+    ]
+    with container.store.transaction() as db:
+        db.execute("CREATE TRIGGER audit_broken BEFORE INSERT ON audit BEGIN SELECT RAISE(ABORT, 'no'); END")
+    with seeded.websocket_connect("/ws") as ws:
+        ws.send_json({"type": "auth", "token": token})
+        message = ws.receive_json()
+        assert message == {"type": "error", "code": "unavailable", "message": "the audit log cannot be written"}
+    with container.store.transaction() as db:
+        db.execute("DROP TRIGGER audit_broken")
