@@ -38,14 +38,17 @@ def init(
     from core.backends.aws_setup import provision
 
     region = region or "us-east-1"
+    plain_http = bool(endpoint_url and endpoint_url.startswith("http://"))
     clients = AwsClients.create(region, endpoint_url)
     try:
-        result = provision(clients, bucket=bucket, table=table, kms_key_id=kms_key_id, region=region)
+        result = provision(clients, bucket=bucket, table=table, kms_key_id=kms_key_id, region=region, tls_only=not plain_http)
     except Exception as exc:  # botocore's errors carry the useful text; print it, not a stack trace
         _fail(f"could not create the aws resources: {exc}")
         return
     created = ", ".join(result.created) or "nothing (all existed)"
     typer.echo(f"# created: {created}", err=True)
+    if plain_http:
+        typer.echo("# plain-HTTP endpoint: the bucket's TLS-only policy was not applied (it would refuse every request)", err=True)
     exports = {
         "TESSERA_BACKEND": "aws",
         "TESSERA_BUCKET": result.bucket,

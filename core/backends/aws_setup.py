@@ -73,20 +73,24 @@ def ensure_key(clients: AwsClients, key_id: str) -> tuple[str, bool]:
     return metadata["Arn"], True
 
 
-def ensure_bucket(clients: AwsClients, bucket: str, kms_key_arn: str | None, region: str | None, *, hardened: bool = True) -> bool:
-    """True when created. ``hardened`` applies versioning, encryption, public access block, TLS-only policy
-    and lifecycle every time (each is an idempotent put)."""
+def ensure_bucket(
+    clients: AwsClients, bucket: str, kms_key_arn: str | None, region: str | None, *, hardened: bool = True, tls_only: bool = True
+) -> bool:
+    """True when created. ``hardened`` applies versioning, encryption, public access block, lifecycle and
+    (with ``tls_only``) the TLS-only policy every time (each is an idempotent put). A plain-HTTP endpoint
+    (moto server, LocalStack) enforces that policy too and would refuse every request: skip it there."""
     s3 = clients.s3
     created = False
     try:
+        s3.head_bucket(Bucket=bucket)  # us-east-1 answers 200 to re-creating your own bucket: ask first
+    except Exception as exc:
+        if _code(exc) not in ("404", "NoSuchBucket", "NotFound"):
+            raise
         params: dict[str, Any] = {"Bucket": bucket}
         if region and region != "us-east-1":
             params["CreateBucketConfiguration"] = {"LocationConstraint": region}
         s3.create_bucket(**params)
         created = True
-    except Exception as exc:
-        if _code(exc) not in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"):
-            raise
     if not hardened:
         return created
     s3.put_bucket_versioning(Bucket=bucket, VersioningConfiguration={"Status": "Enabled"})
@@ -104,7 +108,8 @@ def ensure_bucket(clients: AwsClients, bucket: str, kms_key_arn: str | None, reg
                            "BucketKeyEnabled": True}]
             },
         )
-    s3.put_bucket_policy(Bucket=bucket, Policy=json.dumps(tls_only_policy(bucket)))
+    if tls_only:
+        s3.put_bucket_policy(Bucket=bucket, Policy=json.dumps(tls_only_policy(bucket)))
     s3.put_bucket_lifecycle_configuration(Bucket=bucket, LifecycleConfiguration=lifecycle_rules())
     return created
 
@@ -147,7 +152,14 @@ def lifecycle_rules() -> dict[str, Any]:
 
 
 def provision(
-    clients: AwsClients, *, bucket: str, table: str, kms_key_id: str, region: str | None, hardened: bool = True
+    clients: AwsClients,
+    *,
+    bucket: str,
+    table: str,
+    kms_key_id: str,
+    region: str | None,
+    hardened: bool = True,
+    tls_only: bool = True,
 ) -> Provisioned:
     created: list[str] = []
     arn, key_created = ensure_key(clients, kms_key_id)
@@ -155,6 +167,6 @@ def provision(
         created.append("key")
     if ensure_table(clients, table, pitr=hardened):
         created.append("table")
-    if ensure_bucket(clients, bucket, arn, region, hardened=hardened):
+    if ensure_bucket(clients, bucket, arn, region, hardened=hardened, tls_only=tls_only):
         created.append("bucket")
     return Provisioned(bucket, table, kms_key_id, arn, tuple(created))
