@@ -36,8 +36,33 @@ def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     if _handler is None:
         with _lock:
             if _handler is None:
-                _handler = _build()
+                try:
+                    _handler = _build()
+                except Exception as exc:  # noqa: BLE001 — the client gets the contract's shape, never a trace
+                    return _unavailable(event, exc)
     return _handler(event, context)
+
+
+def _unavailable(event: dict[str, Any], exc: Exception) -> dict[str, Any]:
+    """The app could not be built (store unreachable, root digest not writable yet): ``503`` in the contract's
+    error shape; the next invocation tries again."""
+    import json
+    import logging
+    import uuid
+
+    from core.errors import TesseraError
+
+    logging.getLogger("tessera").error("could not start: %s", type(exc).__name__)
+    headers = {k.lower(): v for k, v in (event.get("headers") or {}).items()}
+    request_id = headers.get("x-request-id") or uuid.uuid4().hex
+    message = exc.message if isinstance(exc, TesseraError) else "the service could not start"
+    body = {"error": {"code": "unavailable", "message": message, "request_id": request_id}}
+    return {
+        "statusCode": 503,
+        "headers": {"content-type": "application/json", "x-request-id": request_id},
+        "body": json.dumps(body),
+        "isBase64Encoded": False,
+    }
 
 
 def reset() -> None:

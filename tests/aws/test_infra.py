@@ -216,3 +216,22 @@ def test_lambda_entry_point_serves_a_value_through_mangum(monkeypatch):
             assert denied["statusCode"] == 401 and json.loads(denied["body"])["error"]["code"] == "unauthenticated"
         finally:
             lambda_.reset()
+
+
+def test_lambda_that_cannot_start_answers_503_in_the_contract_shape(monkeypatch):
+    from handlers import lambda_
+
+    with moto_target() as target:
+        for name, value in target.env().items():
+            monkeypatch.setenv(name, value)
+        monkeypatch.setenv("TESSERA_TABLE", "no-such-table")
+        monkeypatch.setenv("TESSERA_ROOT_TOKEN", ROOT_TOKEN)
+        lambda_.reset()
+        try:
+            response = lambda_.get_handler(_event("get.json"), _Context())
+            assert response["statusCode"] == 503
+            error = json.loads(response["body"])["error"]
+            assert error["code"] == "unavailable" and error["request_id"] == "sample-request-1"
+            assert lambda_._handler is None  # the next invocation tries again
+        finally:
+            lambda_.reset()
