@@ -3,9 +3,9 @@
 Limits (defaults; ``TESSERA_AUTH_FAILURE_LIMIT`` / ``_WINDOW`` / ``_PENALTY`` override them):
 more than ``limit`` = 20 failed authentications with a presented token (a ``401`` for an unknown, expired or
 revoked bearer token; a request without any token guesses nothing and is not counted) from one client
-address within ``window`` = 60 s put the address in a penalty of ``penalty`` = 60 s. During the penalty every further request from it that fails
-authentication is answered ``429 rate_limited`` (with ``Retry-After``) and extends the penalty; requests
-that authenticate are still served, so a legitimate service sharing an address (a NAT, a load balancer)
+address within ``window`` = 60 s put the address in a penalty of ``penalty`` = 30 s. During the penalty every further request from it that fails
+authentication is answered ``429 rate_limited`` (with ``Retry-After``); the penalty is not extended by them
+(it stays short and predictable, and the next 20 guesses start it again). Requests that authenticate are still served, so a legitimate service sharing an address (a NAT, a load balancer)
 keeps working. State is per node and in memory.
 
 >>> damper = FailureDamper(limit=2, window=60, penalty=30, clock=lambda: 0.0)
@@ -32,7 +32,7 @@ class _Track:
 
 class FailureDamper:
     def __init__(
-        self, limit: int = 20, window: float = 60.0, penalty: float = 60.0, clock: Callable[[], float] = time.monotonic
+        self, limit: int = 20, window: float = 60.0, penalty: float = 30.0, clock: Callable[[], float] = time.monotonic
     ) -> None:
         self.limit = limit
         self.window = window
@@ -52,7 +52,6 @@ class FailureDamper:
                     self._tracks.popitem(last=False)
             self._tracks.move_to_end(address)
             if now < track.penalty_until:
-                track.penalty_until = now + self.penalty
                 return True
             track.failures.append(now)
             while track.failures and track.failures[0] <= now - self.window:

@@ -30,7 +30,7 @@ class AccessOptions:
     audit_enabled: bool = True
     failure_limit: int = 20
     failure_window: float = 60.0
-    penalty_seconds: float = 60.0
+    penalty_seconds: float = 30.0
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> AccessOptions:
@@ -39,7 +39,7 @@ class AccessOptions:
             audit_enabled=env.get("TESSERA_AUDIT", "on").lower() not in ("off", "0", "false", "no"),
             failure_limit=int(env.get("TESSERA_AUTH_FAILURE_LIMIT", "20")),
             failure_window=float(env.get("TESSERA_AUTH_FAILURE_WINDOW", "60")),
-            penalty_seconds=float(env.get("TESSERA_AUTH_PENALTY", "60")),
+            penalty_seconds=float(env.get("TESSERA_AUTH_PENALTY", "30")),
         )
 
 
