@@ -135,13 +135,21 @@ def test_transient_faults_are_retried_by_botocore(faulty, service_name, operatio
     assert node.get(ROOT, SCOPE, "k").value == "after"
 
 
-def test_http_api_answers_503_with_the_error_shape(faulty, fast_backoff):
+@pytest.mark.parametrize(
+    ("service_name", "operation", "status", "code"),
+    [
+        ("dynamodb", "TransactWriteItems", 400, "ThrottlingException"),
+        ("s3", "PutObject", 503, "SlowDown"),
+        ("kms", "GenerateDataKey", 400, "ThrottlingException"),
+    ],
+)
+def test_http_api_answers_503_with_the_error_shape(faulty, fast_backoff, service_name, operation, status, code):
     target, store, keys, injector = faulty
     settings = Settings(backend="aws", bucket=target.bucket, table=target.table, region=REGION, root_token=ROOT_TOKEN)
     container = build(settings, store=store, keys=keys)
     with TestClient(create_app(container), headers={"Authorization": f"Bearer {ROOT_TOKEN}"}) as client:
         assert client.put("/config/database.host", json={"value": "db"}).status_code == 201
-        injector.fail("dynamodb", "TransactWriteItems", 400, "ThrottlingException")
+        injector.fail(service_name, operation, status, code)
         response = client.put("/config/database.host", json={"value": "other"}, headers={"X-Request-Id": "req-1"})
         assert response.status_code == 503
         error = response.json()["error"]
