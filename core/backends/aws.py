@@ -918,7 +918,8 @@ class KmsKeyService:
         try:
             response = self._kms(
                 "Decrypt",
-                frozenset({"InvalidCiphertextException", "IncorrectKeyException"}),
+                # NotFoundException: the envelope names a KMS key that does not exist — a damaged or forged key id.
+                frozenset({"InvalidCiphertextException", "IncorrectKeyException", "NotFoundException"}),
                 KeyId=key_id,
                 CiphertextBlob=wrapped,
                 EncryptionContext=dict(context),

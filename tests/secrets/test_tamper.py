@@ -167,3 +167,54 @@ def test_history_of_a_tampered_plain_key_fails_whole(seeded, caplog):
         assert flip_target.status_code == 200 and "value" not in flip_target.json()["versions"][0]
         assert_logged_without_values(caplog, canaries)
     container.close()
+
+
+# ------------------------------------------------------------------------------ every backend, at the service
+@pytest.mark.parametrize("where", ["key id", "wrapped key", "nonce", "ciphertext", "tag"])
+def test_service_refuses_a_flipped_byte_on_every_backend(backend, where):
+    from core import crypto
+    from core.errors import IntegrityError
+    from core.model import ROOT, Scope
+    from core.service import ConfigService
+
+    store, keys = backend
+    ConfigService(store, keys).put(ROOT, Scope(), "db.password", "canary-value", secret=True)
+    version = store.get_version(Scope(), "db.password", 1)
+    envelope = store.load_envelope(version)
+    parts = crypto.parse_envelope(envelope)
+    start_of_wrapped = 5 + len(parts.key_id) + 2
+    offset = {
+        "key id": 5 + len(parts.key_id) // 2,
+        "wrapped key": start_of_wrapped + len(parts.wrapped) // 2,
+        "nonce": start_of_wrapped + len(parts.wrapped) + 6,
+        "ciphertext": len(envelope) - 20,
+        "tag": len(envelope) - 1,
+    }[where]
+    tampered = bytearray(envelope)
+    tampered[offset] ^= 0x01
+    assert store.replace_envelope(version, envelope, bytes(tampered), version.key_id)
+    fresh = ConfigService(store, crypto.CachingKeyService(getattr(keys, "inner", keys)))
+    with pytest.raises(IntegrityError):
+        fresh.get(ROOT, Scope(), "db.password")
+
+
+def test_service_refuses_envelopes_swapped_between_keys_and_versions_on_every_backend(backend):
+    from core import crypto
+    from core.errors import IntegrityError
+    from core.model import ROOT, Scope
+    from core.service import ConfigService
+
+    store, keys = backend
+    service = ConfigService(store, keys)
+    service.put(ROOT, Scope(), "a", "value-a1", secret=True)
+    service.put(ROOT, Scope(), "a", "value-a2")
+    service.put(ROOT, Scope(), "b", "value-b1", secret=True)
+    a1, a2, b1 = (store.get_version(Scope(), k, v) for k, v in (("a", 1), ("a", 2), ("b", 1)))
+    env_a1, env_a2, env_b1 = (store.load_envelope(v) for v in (a1, a2, b1))
+    assert store.replace_envelope(a2, env_a2, env_a1, a1.key_id)  # a v1's envelope as a v2
+    assert store.replace_envelope(b1, env_b1, env_a1, a1.key_id)  # a's envelope as b's
+    fresh = ConfigService(store, crypto.CachingKeyService(getattr(keys, "inner", keys)))
+    for key, number in (("a", 2), ("b", 1)):
+        with pytest.raises(IntegrityError):
+            fresh.get(ROOT, Scope(), key, number)
+    assert fresh.get(ROOT, Scope(), "a", 1).value == "value-a1"
