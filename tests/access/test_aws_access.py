@@ -148,3 +148,40 @@ def test_mission_over_the_api_on_aws(target, monkeypatch):
         assert report.ok and report.entries >= 8
     finally:
         container.close()
+
+
+def test_real_node_on_moto_server_and_cli_verify(tmp_path):
+    """A real ``tessera serve`` on the aws backend (moto_server on 127.0.0.1), then ``tessera audit verify
+    --backend aws`` from another process: intact, and after an entry is deleted, the first removed one."""
+    import json
+    import subprocess
+    import sys
+
+    from tests.aws.support import shared_server
+    from tests.servers import REPO, ServerProcess
+
+    target = shared_server(serialized=True).target()
+    root_token = "tsr_aws-node-root-token-0123456789ab"
+    tmp_path.joinpath("node").mkdir()
+    node = ServerProcess(tmp_path / "node" / "data", root_token=root_token, env=target.env()).start()
+    try:
+        with node.client() as root:
+            root.put("/config/auth.jwt_secret", json={"value": "k", "secret": True}).raise_for_status()
+            assert root.get("/config/auth.jwt_secret").status_code == 200
+            assert root.get("/config/nope").status_code == 404
+            entries = root.get("/audit").json()["entries"]
+            assert [e["status"] for e in entries[:2]] == [404, 200]
+    finally:
+        node.stop()
+
+    def verify_cli() -> tuple[int, dict]:
+        run = subprocess.run([sys.executable, "-m", "client.cli", "audit", "verify", "--backend", "aws", "--json"],
+                             cwd=REPO, env={**__import__("os").environ, **target.env()}, capture_output=True, text=True, timeout=60)  # fmt: skip
+        return run.returncode, json.loads(run.stdout)
+
+    code, report = verify_cli()
+    assert code == 0 and report["ok"] and report["entries"] >= 4, report
+    (chain,) = report["chains"]
+    target.clients.dynamodb.delete_item(TableName=target.table, Key=key_of(chain, 2))
+    code, report = verify_cli()
+    assert code == 1 and report["problem"]["kind"] == "removed" and report["problem"]["id"] == f"{chain}:2"
