@@ -15,6 +15,7 @@ import asyncio
 import json
 import logging
 import uuid
+from dataclasses import replace
 from datetime import datetime
 from typing import Any
 from urllib.parse import parse_qs, unquote
@@ -83,6 +84,7 @@ def outcome_of(status: int) -> str:
 
 
 def _version_from(body: bytes) -> int | None:
+    """The ``version`` of a JSON response body (a config key's version on /config routes)."""
     if not body or len(body) > VERSION_BODY_LIMIT or body[:1] != b"{":
         return None
     try:
@@ -91,6 +93,16 @@ def _version_from(body: bytes) -> int | None:
         return None
     version = parsed.get("version") if isinstance(parsed, dict) else None
     return version if isinstance(version, int) and not isinstance(version, bool) else None
+
+
+def _created_token_id(body: bytes) -> str | None:
+    """The id of a token ``POST /auth/tokens`` just created, so the entry names it (never the token string)."""
+    try:
+        parsed = json.loads(body)
+    except ValueError:
+        return None
+    token_id = parsed.get("id") if isinstance(parsed, dict) else None
+    return _cut(token_id) if isinstance(token_id, str) else None
 
 
 def _error_body(status: int, code: str, message: str, request_id: str) -> tuple[dict[str, Any], bytes]:
@@ -148,6 +160,8 @@ class AuditMiddleware:
                 message = {"type": "http.response.body", "body": replaced, "more_body": False}
             version = _version_from(body) if 200 <= status < 300 and not message.get("more_body") else None
             entry = _entry(scope, started, status, version, request_id)
+            if entry.action == "token.create" and status == 201 and not message.get("more_body"):
+                entry = replace(entry, target=_created_token_id(body))
             try:
                 await asyncio.wrap_future(parts.audit_log.submit(entry))
             except Exception:  # noqa: BLE001 - not durable: fail closed, serve nothing

@@ -215,6 +215,8 @@ def test_every_request_is_audited_with_filters(seeded):
     by_key = seeded.get("/audit?key=auth.jwt_secret", headers=ROOT).json()["entries"]
     assert [e["outcome"] for e in by_key][:2] == ["unauthenticated", "allowed"]
     assert by_key[0]["service"] is None and by_key[0]["status"] == 401
+    created = [e for e in seeded.get("/audit?limit=1000", headers=ROOT).json()["entries"] if e["action"] == "token.create"]
+    assert created[0]["target"].startswith("tok_")  # the new token's id, never its string
     newest = seeded.get("/audit?limit=1", headers=ROOT).json()["entries"]
     assert len(newest) == 1 and newest[0]["action"] == "audit.read"
     since = seeded.get("/audit?since=2999-01-01T00:00:00Z", headers=ROOT).json()["entries"]
