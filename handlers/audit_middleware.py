@@ -186,7 +186,6 @@ class AuditMiddleware:
                     logger.error("audit write failed for a failed request")
             raise
 
-
     async def _websocket(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         """``/ws``: the auth message and every subscribe are recorded (and durable) before the app sees them.
 
