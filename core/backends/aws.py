@@ -31,7 +31,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from core.errors import IntegrityError, KeyConflict, TesseraError, Unavailable, VersionConflict
+from core.errors import IntegrityError, KeyConflict, RevisionCompacted, TesseraError, Unavailable, VersionConflict
 from core.model import Action, Change, Environment, Scope, Version, ancestors, is_under
 from core.ports import DataKey
 
@@ -489,7 +489,7 @@ class AwsStore:
             KeyConditionExpression="PK = :pk AND SK > :after",
             ExpressionAttributeValues={":pk": _s(CHANGES_PK), ":after": _s(pad(max(revision, 0)))},
         )
-        return [
+        changes = [
             Change(
                 revision=int(item["rev"]["N"]),
                 scope=Scope(item["ns"]["S"], item["env"]["S"]),
@@ -500,6 +500,16 @@ class AwsStore:
             )
             for item in items
         ]
+        # Revisions are gap-free, so a gap means TTL has deleted entries (it deletes in no particular order):
+        # refuse rather than let a watcher skip a change silently.
+        expected = max(revision, 0) + 1
+        for change in changes:
+            if change.revision != expected:
+                raise RevisionCompacted(
+                    "changes after this revision are no longer retained; resync", self.current_revision()
+                )
+            expected += 1
+        return changes
 
     def oldest_retained_revision(self) -> int:
         first = next(

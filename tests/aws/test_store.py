@@ -213,3 +213,18 @@ def test_version_item_layout(target):
     assert item["sec"] == {"BOOL": True} and item["obj"]["S"].startswith("v/default/default/layout.key/")
     body = target.clients.s3.get_object(Bucket=target.bucket, Key=item["obj"]["S"])["Body"].read()
     assert body.startswith(b"TSE1") and b'"v"' not in body  # sealed, never plaintext
+
+
+def test_a_change_log_gap_left_by_ttl_is_refused_not_skipped(target):
+    """TTL deletes expired entries in no particular order; revisions are gap-free, so a hole means compaction."""
+    from core.errors import RevisionCompacted
+
+    service = node(target)
+    for i in range(4):
+        service.put(ROOT, SCOPE, "k", i)
+    target.clients.dynamodb.delete_item(TableName=target.table, Key={"PK": {"S": "CHANGES"}, "SK": {"S": pad(3)}})
+    assert [c.revision for c in service.store.changes_since(3, 10)] == [4]
+    for since in (0, 2):
+        with pytest.raises(RevisionCompacted) as raised:
+            service.store.changes_since(since, 10)
+        assert raised.value.extra["current_revision"] == 4
