@@ -89,6 +89,14 @@ class Authenticator:
         self._cache[token_hash] = (now, record)
         return record
 
+    def identify(self, token: str) -> TokenRecord | None:
+        """The stored record of a token string whatever its state (expired, revoked): lets the audit log name
+        the token behind a refused request. Never used to let anything in."""
+        if self.tokens is None or not token:
+            return None
+        record = self._lookup(hash_token(token))
+        return record if record is not None and matches(token, record.token_hash) else None
+
     def forget(self, token_hash: str) -> None:
         """Drop a cached lookup (this node just revoked the token: effective here at once)."""
         self._cache.pop(token_hash, None)

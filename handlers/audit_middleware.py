@@ -115,6 +115,19 @@ def _error_body(status: int, code: str, message: str, request_id: str) -> tuple[
     return start, body
 
 
+async def _name_refused_token(scope: dict[str, Any], entry: AuditEntry) -> AuditEntry:
+    """A refused token that exists (expired or revoked) is named in the entry: who is still using it."""
+    token = ""
+    for name, value in scope.get("headers", ()):
+        if name == b"authorization":
+            token = value[7:].decode("latin-1").strip()
+    try:
+        record = await asyncio.to_thread(scope["app"].state.container.authenticator.identify, token)
+    except Exception:  # noqa: BLE001 - naming is a nicety; the refusal is recorded either way
+        return entry
+    return replace(entry, service=record.service, token_id=record.id) if record is not None else entry
+
+
 def _has_bearer(scope: dict[str, Any]) -> bool:
     for name, value in scope.get("headers", ()):
         if name == b"authorization":
@@ -160,6 +173,8 @@ class AuditMiddleware:
                 message = {"type": "http.response.body", "body": replaced, "more_body": False}
             version = _version_from(body) if 200 <= status < 300 and not message.get("more_body") else None
             entry = _entry(scope, started, status, version, request_id)
+            if status in (401, 429) and _has_bearer(scope):
+                entry = await _name_refused_token(scope, entry)
             if entry.action == "token.create" and status == 201 and not message.get("more_body"):
                 entry = replace(entry, target=_created_token_id(body))
             try:

@@ -43,6 +43,9 @@ def test_token_lifecycle_and_self(client):
     assert client.get("/auth/self", headers=ROOT).json()["service"] == "root"
     assert client.delete(f"/auth/tokens/{created['id']}", headers=ROOT).status_code == 204
     error(client.get("/auth/self", headers=bearer(created["token"])), 401, "unauthenticated")
+    refused = client.get("/audit?limit=1", headers=ROOT).json()["entries"][0]
+    assert (refused["status"], refused["outcome"], refused["token_id"], refused["service"]) == (
+        401, "unauthenticated", created["id"], "auth-svc")  # the revoked token is named: who still uses it
     assert client.get("/auth/tokens", headers=ROOT).json()["tokens"] == []
     error(client.delete("/auth/tokens/tok_nope", headers=ROOT), 404, "not_found")
 
