@@ -213,7 +213,12 @@ def shared_clients(region: str | None, endpoint_url: str | None) -> AwsClients:
     with _shared_lock:
         clients = _shared_clients.get((region, endpoint_url))
         if clients is None:
-            clients = AwsClients.create(region, endpoint_url)
+            from botocore.exceptions import BotoCoreError
+
+            try:
+                clients = AwsClients.create(region, endpoint_url)
+            except BotoCoreError as exc:  # a bad profile or endpoint: say so, without botocore's trace
+                raise Unavailable(f"cannot configure the AWS clients ({type(exc).__name__})") from exc
             _shared_clients[(region, endpoint_url)] = clients
         return clients
 
