@@ -48,6 +48,8 @@ def parse_rules(body: dict[str, Any]) -> tuple[Rule, ...]:
 
 
 def parse_time(raw: str) -> datetime:
+    # An unencoded "+00:00" arrives as " 00:00" (a query string's "+" is a space): take it as meant.
+    raw = raw.strip().replace(" ", "+")
     try:
         moment = datetime.fromisoformat(raw)
     except ValueError as exc:

@@ -224,6 +224,7 @@ def test_every_request_is_audited_with_filters(seeded):
     assert len(newest) == 1 and newest[0]["action"] == "audit.read"
     since = seeded.get("/audit?since=2999-01-01T00:00:00Z", headers=ROOT).json()["entries"]
     assert since == []
+    assert seeded.get("/audit?since=2000-01-01T00:00:00+00:00", headers=ROOT).json()["entries"]  # "+" unencoded
     error(seeded.get("/audit?limit=0", headers=ROOT), 400, "invalid_request")
     error(seeded.get("/audit?since=yesterday", headers=ROOT), 400, "invalid_request")
     # Entries never hold values or token strings.
