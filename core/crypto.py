@@ -159,7 +159,8 @@ def target_wrap(target: KeyService, plaintext_key: bytes, context: Mapping[str, 
     wrap = getattr(target, "wrap_data_key", None)
     if wrap is None:
         raise NotImplementedError("this key service cannot wrap an existing data key")
-    return wrap(plaintext_key, context)
+    wrapped: tuple[str, bytes] = wrap(plaintext_key, context)
+    return wrapped
 
 
 def active_key_id(keys: KeyService) -> str | None:
