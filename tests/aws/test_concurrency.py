@@ -81,3 +81,48 @@ def test_concurrent_cas_writers_lose_nothing():
     assert {(c.key, c.version, c.revision) for c in changes} == set(committed)
     # The contention was real: some writers lost compare-and-set rounds and retried.
     assert sum(r["conflicts"] for r in results) > 0
+
+
+def prefix_worker(endpoint: str, table: str, bucket: str, deep: bool, rounds: int, barrier) -> list[bool]:
+    """Round i: one process writes ``r<i>.leaf``, the other ``r<i>.leaf.below``, at the same moment."""
+    from core.backends.aws import AwsClients, AwsStore, KmsKeyService
+    from core.crypto import CachingKeyService
+    from core.errors import KeyConflict
+    from core.model import ROOT, Scope
+    from core.service import ConfigService
+
+    clients = AwsClients.create(REGION, endpoint)
+    store = AwsStore(table=table, bucket=bucket, dynamodb=clients.dynamodb, s3=clients.s3)
+    service = ConfigService(store, CachingKeyService(KmsKeyService(clients.kms, "alias/tessera")))
+    won = []
+    for round_number in range(rounds):
+        key = f"r{round_number}.leaf" + (".below" if deep else "")
+        barrier.wait()
+        try:
+            service.put(ROOT, Scope(), key, round_number)
+            won.append(True)
+        except KeyConflict:
+            won.append(False)
+    return won
+
+
+@pytest.mark.slow
+def test_concurrent_writers_cannot_make_a_key_and_its_prefix_both_live():
+    server = shared_server(serialized=True)
+    target = server.target()
+    rounds = 8
+    context = multiprocessing.get_context("spawn")
+    with context.Manager() as manager:
+        barrier = manager.Barrier(2)
+        with context.Pool(2) as pool:
+            shallow, deep = pool.starmap(
+                prefix_worker,
+                [(server.url, target.table, target.bucket, deep, rounds, barrier) for deep in (False, True)],
+            )
+    store, _ = target.pair()
+    from core.model import Scope
+
+    for round_number in range(rounds):
+        live = [v.key for v in store.list_latest(Scope(), f"r{round_number}")]
+        assert len(live) == 1, live  # exactly one of the two writes won the round
+        assert shallow[round_number] != deep[round_number]
