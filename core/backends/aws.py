@@ -148,6 +148,17 @@ def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def _is_this_commit(item: Mapping[str, Any], version: Version, obj: str | None) -> bool:
+    """Whether a head or version item was written by this very commit: a live write by its unique object
+    key, a deletion (no object) by its version, author and timestamp."""
+    if _get_n(item, "ver") != version.version:
+        return False
+    if obj is not None:
+        return _get_s(item, "obj") == obj
+    return _get_s(item, "obj") is None and _get_s(item, "by") == version.updated_by \
+        and _get_s(item, "at") == version.updated_at.isoformat()
+
+
 # ---------------------------------------------------------------------- clients, calls, errors
 class CallCounter(Counter):
     """AWS calls made, by ``"<service>:<Operation>"`` (one per logical call; botocore's retries are not counted)."""
@@ -569,7 +580,6 @@ class AwsStore:
         scope, key = version.scope, version.key
         live = not version.deleted
         ancestor_keys = ancestors(key)
-        ambiguous: Unavailable | None = None
         for attempt in range(COUNTER_ATTEMPTS):
             current_revision = self.current_revision()
             revision = current_revision + 1
@@ -586,16 +596,19 @@ class AwsStore:
                 return revision
             except _ClientFailure as failure:
                 reasons = failure.response.get("CancellationReasons") or []
+                head_now = reasons[0].get("Item") if reasons and reasons[0].get("Code") == "ConditionalCheckFailed" else None
+                if head_now is not None and _is_this_commit(head_now, version, obj):
+                    # A botocore retry of an attempt that had landed (its answer lost) met its own head.
+                    return int(head_now["rev"]["N"])
                 self._raise_for_conflict(reasons, scope, key, previous, ancestor_keys, live and not previous_live)
-            except Unavailable as exc:
-                ambiguous = exc
+            except Unavailable:
                 landed = self._landed(version, obj)
                 if landed is not None:
                     return landed
                 raise
             # Lost the revision counter (another key committed) or a transient conflict: go again.
             self._sleep(random.uniform(0, min(0.25, 0.004 * 2**attempt)))
-        raise Unavailable("too much write contention; nothing was changed") from ambiguous
+        raise Unavailable("too much write contention; nothing was changed")
 
     def _transaction_items(
         self,
@@ -741,12 +754,7 @@ class AwsStore:
             item = self._get_item(version_pk(version.scope, version.key), pad(version.version))
         except Unavailable:
             return None
-        if item is None:
-            return None
-        if version.deleted and _get_s(item, "obj") is None and item["by"]["S"] == version.updated_by \
-                and item["at"]["S"] == version.updated_at.isoformat():
-            return int(item["rev"]["N"])
-        if obj is not None and _get_s(item, "obj") == obj:
+        if item is not None and _is_this_commit(item, version, obj):
             return int(item["rev"]["N"])
         return None
 

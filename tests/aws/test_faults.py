@@ -177,3 +177,19 @@ def test_a_commit_whose_answer_is_lost_is_recognised_as_landed(faulty):
     assert result.version.version == 2 and result.version.revision == 2
     injector.clear()
     assert store.current_revision() == 2 and len(objects(target)) == 2
+
+
+def test_a_retry_that_meets_its_own_landed_commit_succeeds(faulty):
+    """moto has no idempotency tokens: botocore's retry of a landed transaction is refused by the head's
+    condition; the store recognises its own write in the returned head and reports success."""
+    target, store, keys, injector = faulty
+    service = ConfigService(store, keys)
+    service.put(ROOT, SCOPE, "k", 1)
+    injector.fail("dynamodb", "TransactWriteItems", 500, "InternalServerError", times=1, landed=True)
+    result = service.put(ROOT, SCOPE, "k", 2)  # attempt 1 lands (500), botocore's attempt 2 is refused
+    assert result.version.version == 2 and result.version.revision == 2 and result.changed
+    injector.clear()
+    assert store.current_revision() == 2 and len(objects(target)) == 2
+    injector.fail("dynamodb", "TransactWriteItems", 500, "InternalServerError", times=1, landed=True)
+    deleted = service.delete(ROOT, SCOPE, "k")  # the same for a deletion (no object to recognise it by)
+    assert deleted.version == 3 and store.current_revision() == 3
