@@ -61,7 +61,7 @@ def open_tools(data_dir: Path, backend: str | None) -> Iterator[KeyTools]:
             directory: Any = rotation.MetaKeyDirectory(store, settings.kms_key_id, resolve=keys.resolve_key_arn)
         else:
             # No data-key cache here: a rewrap touches each data key once, so caching would only hold plaintext keys.
-            keyring = bootstrap.build_local_keyring(settings)
+            keyring = bootstrap.build_local_keyring(settings, store)
             directory = keys = keyring
         yield KeyTools(store, keys, directory, settings.backend)
     finally:

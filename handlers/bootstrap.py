@@ -32,10 +32,14 @@ class Container:
         self.store.close()
 
 
-def build_local_keyring(settings: Settings) -> LocalKeyring:
+def build_local_keyring(settings: Settings, store: VersionStore | None = None) -> LocalKeyring:
     if settings.master_key:
         return LocalKeyring.from_env_value(settings.master_key)
-    return LocalKeyring.load_or_create(Path(settings.data_dir) / "keyring.json")
+    path = Path(settings.data_dir) / "keyring.json"
+    # A missing keyring next to sealed values is a lost keyring, not a first start: refuse to make a new one.
+    sealed = getattr(store, "iter_sealed_versions", None)
+    first_start = path.exists() or sealed is None or not sealed(None, 1)
+    return LocalKeyring.load_or_create(path, create=first_start)
 
 
 def build_store(settings: Settings) -> VersionStore:
@@ -60,7 +64,7 @@ def build_keys(settings: Settings, store: VersionStore | None = None) -> KeyServ
         # New writes follow the KMS key `tessera keys rotate --kms-key-id` recorded in the store's meta.
         source = functools.partial(store.get_meta, ACTIVE_KMS_KEY_META) if store is not None else None
         return CachingKeyService(KmsKeyService.from_settings(settings, active_key_source=source))
-    return CachingKeyService(build_local_keyring(settings))
+    return CachingKeyService(build_local_keyring(settings, store))
 
 
 def build(settings: Settings | None = None, *, store: VersionStore | None = None, keys: KeyService | None = None) -> Container:

@@ -101,9 +101,16 @@ class LocalKeyring:
         return cls(keys, active)
 
     @classmethod
-    def load_or_create(cls, path: Path) -> LocalKeyring:
+    def load_or_create(cls, path: Path, *, create: bool = True) -> LocalKeyring:
+        """Load ``path``, or make a first keyring there. ``create=False`` (the store already holds sealed
+        values) refuses instead: a new keyring could never open them, and writing one would hide the loss."""
         path = Path(path)
         if not path.exists():
+            if not create:
+                raise KeyringError(
+                    f"{path} is missing, but the store holds values sealed by a local master key: restore the "
+                    "keyring from backup (or set TESSERA_MASTER_KEY); a new keyring could not open them"
+                )
             cls._create(path)
         info = path.stat()
         signature_before = (info.st_ino, info.st_mtime_ns, info.st_size)

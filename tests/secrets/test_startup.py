@@ -30,7 +30,8 @@ def test_tessera_serve_refuses_a_group_or_world_readable_keyring(tmp_path, mode)
     server = ServerProcess(data, root_token=TOKEN)
     with pytest.raises(RuntimeError, match="exited early"):
         server.start()
-    assert "chmod 600" in server.log() and "group or others" in server.log()
+    output = " ".join(server.log().split())  # rich wraps long lines
+    assert "chmod 600" in output and "group or others" in output
     assert server.process.returncode != 0
     # Key material never reaches the output, even in the refusal.
     for material in __import__("json").loads(keyring.read_text())["keys"].values():
@@ -63,4 +64,24 @@ def test_master_key_from_the_environment_needs_no_file(tmp_path):
         response = client.get("/config/db.password")
         assert response.status_code == 500 and response.json()["error"]["code"] == "integrity_error"
         assert canary not in response.text
+    container.close()
+
+
+def test_a_lost_keyring_is_not_silently_replaced(tmp_path):
+    """Deleting keyring.json next to sealed values must not yield a fresh keyring (and unreadable data)."""
+    data = tmp_path / "data"
+    container = build(Settings(data_dir=data))
+    container.service.put(ROOT, Scope(), "db.password", "x", secret=True)
+    container.close()
+    (data / "keyring.json").rename(tmp_path / "keyring.backup")
+    with pytest.raises(KeyringError, match="restore the keyring"):
+        build(Settings(data_dir=data))
+    assert not (data / "keyring.json").exists()
+    server = ServerProcess(data, root_token=TOKEN)
+    with pytest.raises(RuntimeError, match="exited early"):
+        server.start()
+    assert "restore the keyring" in " ".join(server.log().split())  # rich wraps long lines
+    (tmp_path / "keyring.backup").rename(data / "keyring.json")
+    container = build(Settings(data_dir=data))
+    assert container.service.get(ROOT, Scope(), "db.password").value == "x"
     container.close()
