@@ -31,7 +31,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from core.errors import IntegrityError, KeyConflict, RevisionCompacted, TesseraError, Unavailable, VersionConflict
+from core.errors import IntegrityError, KeyConflict, RevisionCompacted, Unavailable, VersionConflict
 from core.model import Action, Change, Environment, Scope, Version, ancestors, is_under
 from core.ports import DataKey
 
@@ -979,7 +979,6 @@ __all__ = [
     "CallCounter",
     "KmsKeyService",
     "OrphanReport",
-    "TesseraError",
     "parse_object_key",
     "shared_clients",
 ]
