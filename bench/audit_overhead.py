@@ -88,6 +88,51 @@ def audit_entries(server: ServerProcess) -> int:
         return int(root.get("/audit", params={"limit": 1}).json()["entries"][0]["id"].split(":")[1])
 
 
+def micro(count: int = 2000) -> None:
+    """Per-entry CPU of the audit path, in-process: where the time goes when the fsync is shared."""
+    import contextlib
+    import io
+    import sys
+    from datetime import UTC, datetime
+
+    from core.access_model import AuditEntry
+    from core.audit import entry_hash, link
+    from core.backends.sqlite import SQLiteStore
+    from core.backends.sqlite_access import SQLiteAccessStore
+    from handlers.access_wiring import audit_logger
+    from handlers.audit_middleware import _entry
+
+    entry = AuditEntry(ts=datetime.now(UTC), request_id="0" * 32, action="config.read", outcome="allowed", status=200,
+                       service="bench", token_id="tok_0123456789abcdef", namespace="default", env="default",
+                       key=KEY, version=1, client="127.0.0.1", method="GET", path=f"/config/{KEY}")  # fmt: skip
+    scope = {"method": "GET", "path": f"/config/{KEY}", "query_string": b"", "state": {}, "client": ("127.0.0.1", 1)}
+
+    def per_call(fn: Any, n: int = count) -> float:
+        started = time.perf_counter()
+        for _ in range(n):
+            fn()
+        return (time.perf_counter() - started) / n * 1e6
+
+    with contextlib.redirect_stdout(io.StringIO()):
+        emit = audit_logger()  # powertools binds stdout when created: keep its lines out of the report
+        costs = {
+            "build the entry from the ASGI scope": per_call(lambda: _entry(scope, entry.ts, 200, 1, "r")),
+            "hash it (canonical JSON + SHA-256)": per_call(lambda: entry_hash(entry)),
+            "link a batch of 50 (per entry)": per_call(lambda: link("main", [entry] * 50, 0, "0" * 64), count // 50) / 50,
+            "powertools JSON log line": per_call(lambda: emit(entry)),
+        }
+    with tempfile.TemporaryDirectory() as tmp:
+        store = SQLiteStore(Path(tmp) / "t.db")
+        access = SQLiteAccessStore(store)
+        costs["durable append, batch of 1 (fsync)"] = per_call(lambda: access.append("main", [entry]), 100)
+        costs["durable append, batch of 50 (per entry)"] = per_call(lambda: access.append("main", [entry] * 50), 40) / 50
+        store.close()
+    print(f"audit path, in-process, per entry ({sys.platform})")
+    for name, micros in costs.items():
+        print(f"  {name:<44}{micros:>10.1f} us")
+    print()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--clients", type=int, default=8)
@@ -95,6 +140,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--sequential", type=int, default=500)
     args = parser.parse_args()
+    micro()
     with tempfile.TemporaryDirectory() as tmp:
         for name in ("on", "off"):
             (Path(tmp) / name).mkdir()

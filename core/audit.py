@@ -52,14 +52,19 @@ HASHED_FIELDS = (
 )  # fmt: skip
 
 
-def entry_hash(entry: AuditEntry) -> str:
-    """SHA-256 of the canonical JSON of every field but ``hash`` (``ts`` as RFC 3339 to the microsecond)."""
-    fields: list[Any] = []
-    for name in HASHED_FIELDS:
-        value = getattr(entry, name)
-        fields.append(format_time(value) if name == "ts" else value)
+_ENTRY_FIELDS = HASHED_FIELDS[4:]  # after chain, seq, prev_hash, ts
+
+
+def _digest(entry: AuditEntry, chain: str, seq: int, prev_hash: str) -> str:
+    fields: list[Any] = [chain, seq, prev_hash, format_time(entry.ts)]
+    fields.extend(getattr(entry, name) for name in _ENTRY_FIELDS)
     canonical = json.dumps(fields, separators=(",", ":"), ensure_ascii=True)
     return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def entry_hash(entry: AuditEntry) -> str:
+    """SHA-256 of the canonical JSON of every field but ``hash`` (``ts`` as RFC 3339 to the microsecond)."""
+    return _digest(entry, entry.chain, entry.seq, entry.prev_hash)
 
 
 def link(chain: str, entries: list[AuditEntry], last_seq: int, last_hash: str) -> list[AuditEntry]:
@@ -67,10 +72,10 @@ def link(chain: str, entries: list[AuditEntry], last_seq: int, last_hash: str) -
     linked = []
     prev = last_hash
     for offset, entry in enumerate(entries, start=1):
-        placed = replace(entry, chain=chain, seq=last_seq + offset, prev_hash=prev, hash="")
-        placed = replace(placed, hash=entry_hash(placed))
-        linked.append(placed)
-        prev = placed.hash
+        seq = last_seq + offset
+        digest = _digest(entry, chain, seq, prev)
+        linked.append(replace(entry, chain=chain, seq=seq, prev_hash=prev, hash=digest))
+        prev = digest
     return linked
 
 
