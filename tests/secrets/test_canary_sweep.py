@@ -15,8 +15,9 @@ import secrets
 import sqlite3
 
 import httpx
+import pytest
 
-from tests.secrets.helpers import find_leaks
+from tests.secrets.helpers import find_leaks, sqlite_files
 from tests.servers import ServerProcess
 
 TOKEN = "tsr_canary-root-token-0123456789abcdef"
@@ -67,11 +68,9 @@ def websocket_messages(url: str, token: str, subscribe: dict) -> list[str]:
     return messages
 
 
-def test_canary_sweep(tmp_path):
-    data = tmp_path / "data"
-    canary = "canary-" + secrets.token_hex(16)
+def sweep_server(server: ServerProcess, canary: str) -> Sweep:
+    """The whole sweep against one running server; then its captured stdout/stderr."""
     sweep = Sweep(canary)
-    server = ServerProcess(data, root_token=TOKEN).start()
     try:
         with server.client() as root:
             run_root_sweep(root, sweep, server)
@@ -79,11 +78,36 @@ def test_canary_sweep(tmp_path):
             run_openapi_sweep(root, sweep)
     finally:
         server.stop()
-    # The server's own output: never the value, in any form.
     log = server.log()
     assert not find_leaks(log.encode(), canary), "the canary reached the server's logs"
     assert TOKEN not in log
     assert len(sweep.checked) > 60 and len(sweep.authorized) >= 6
+    return sweep
+
+
+@pytest.mark.slow
+@pytest.mark.aws
+def test_canary_sweep_on_the_aws_backend(tmp_path):
+    """The same sweep with ``tessera serve --backend aws`` on a moto_server; then every S3 object version and
+    DynamoDB item the run left behind is searched too."""
+    from tests.aws.support import shared_server
+    from tests.secrets.helpers import raw_storage
+
+    target = shared_server().target()
+    canary = "canary-" + secrets.token_hex(16)
+    sweep_server(ServerProcess(tmp_path / "data", root_token=TOKEN, env=target.env()).start(), canary)
+    store = target.store()
+    blobs = raw_storage(store)
+    assert any(name.startswith("s3://") for name in blobs) and any(name.startswith("ddb:") for name in blobs)
+    for where, blob in blobs.items():
+        assert not find_leaks(blob, canary), where
+
+
+def test_canary_sweep(tmp_path):
+    data = tmp_path / "data"
+    canary = "canary-" + secrets.token_hex(16)
+    sweep = sweep_server(ServerProcess(data, root_token=TOKEN).start(), canary)
+    assert not find_leaks(b"".join(sqlite_files(data).values()), canary)
 
     # Tampering on the real server: 500 integrity_error, and a log line that names the failure, not the value.
     with sqlite3.connect(data / "tessera.db") as db:
