@@ -1,12 +1,13 @@
 """`tessera audit ...` commands.
 
-    tessera audit verify [--data-dir DIR | --backend aws] [--json]
+    tessera audit verify [--data-dir DIR | --backend aws] [--json] [--anchor EARLIER.json]
 
 ``verify`` reads the audit log straight from the store (no server needed, and a server cannot lie about it),
 re-computes every entry's hash and every link, compares each chain with its recorded head, and reports the
 first entry that was edited, inserted or removed. Exit status 0 when intact, 1 when not, 2 when the store
-cannot be read. ``--json`` prints one JSON document, including each chain's head (seq, hash): keep those
-somewhere else to catch even a consistent rewrite of the whole log later.
+cannot be read. ``--json`` prints one JSON document, including each chain's head (seq, hash): keep it somewhere else and pass
+it back later with ``--anchor FILE`` to catch even a consistent rewrite of the log (every hash and the stored
+head recomputed) up to those heads.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
+from core.audit import anchors_from
 from core.audit import verify as verify_chains
 from core.errors import TesseraError
 from core.settings import Settings
@@ -27,6 +29,9 @@ console = Console()
 DataDirOption = typer.Option(Path(".tessera"), "--data-dir", envvar="TESSERA_DATA_DIR", help="the embedded store's data dir")
 BackendOption = typer.Option(None, "--backend", envvar="TESSERA_BACKEND", help="local (default) or aws")
 JsonOption = typer.Option(False, "--json", help="print one JSON document on stdout")
+AnchorOption = typer.Option(
+    None, "--anchor", help="an earlier `verify --json` output kept elsewhere: its chain heads must still be in the log, unchanged"
+)
 
 
 @app.callback()
@@ -35,21 +40,27 @@ def audit() -> None:
 
 
 @app.command()
-def verify(data_dir: Path = DataDirOption, backend: str | None = BackendOption, as_json: bool = JsonOption) -> None:
+def verify(
+    data_dir: Path = DataDirOption,
+    backend: str | None = BackendOption,
+    as_json: bool = JsonOption,
+    anchor: Path | None = AnchorOption,
+) -> None:
     """Check the audit log's hash chains; name the first edited, inserted or removed entry."""
     from handlers import bootstrap
     from handlers.access_wiring import build_access_stores
 
     try:
+        anchors = anchors_from(json.loads(anchor.read_text())) if anchor is not None else None
         settings = Settings.from_env(data_dir=data_dir, backend=backend)
         if settings.backend == "local" and not (Path(settings.data_dir) / "tessera.db").exists():
             raise TesseraError(f"no store in {settings.data_dir}")
         store = bootstrap.build_store(settings)
         try:
-            report = verify_chains(build_access_stores(settings, store))
+            report = verify_chains(build_access_stores(settings, store), anchors=anchors)
         finally:
             store.close()
-    except (TesseraError, ValueError) as exc:
+    except (TesseraError, ValueError, OSError, KeyError, TypeError) as exc:
         message = getattr(exc, "message", str(exc))
         if as_json:
             print(json.dumps({"ok": False, "error": message}))

@@ -234,8 +234,13 @@ def verify_chain(chain: str, entries: Iterator[AuditEntry], head: tuple[int, str
     return count, None
 
 
-def verify(reader: AuditReader, page: int = 5000) -> VerifyReport:
-    """Check every chain; the report names the first problem found (chains in name order)."""
+def verify(reader: AuditReader, page: int = 5000, anchors: dict[str, tuple[int, str]] | None = None) -> VerifyReport:
+    """Check every chain; the report names the first problem found (chains in name order).
+
+    ``anchors`` are heads recorded earlier and kept elsewhere (``verify --json`` prints them): each must still
+    be in the log with the same hash. Since every link up to the head is checked, a matching anchor proves that
+    nothing up to it was rewritten — even by someone who recomputed every hash and the stored head.
+    """
     report = VerifyReport(chains=reader.chains())
     for chain in sorted(report.chains):
         count, problem = verify_chain(chain, _walk(reader, chain, page), report.chains[chain])
@@ -243,7 +248,21 @@ def verify(reader: AuditReader, page: int = 5000) -> VerifyReport:
         if problem is not None:
             report.problem = problem
             return report
+    for chain, (seq, digest) in sorted((anchors or {}).items()):
+        found = reader.chain_entries(chain, seq - 1, 1) if chain in report.chains else []
+        if not found or found[0].seq != seq:
+            report.problem = Problem("removed", chain, seq, "an anchored entry is no longer in the log")
+            return report
+        if found[0].hash != digest:
+            report.problem = Problem("edited", chain, seq, "the log was rewritten up to an anchored entry (its hash changed)")
+            return report
     return report
+
+
+def anchors_from(document: dict[str, Any]) -> dict[str, tuple[int, str]]:
+    """Anchors from an earlier ``verify --json`` document (its ``chains``)."""
+    chains = document.get("chains", {})
+    return {name: (int(head["seq"]), str(head["hash"])) for name, head in chains.items()}
 
 
 # ---------------------------------------------------------------------------------------------- group commit
