@@ -10,7 +10,10 @@ import typer
 
 from client import audit_cli, aws_cli, keys_cli
 
-app = typer.Typer(help="Tessera: versioned, encrypted configuration and secrets.", no_args_is_help=True)
+# No local variables in tracebacks: they could hold a token or key material.
+app = typer.Typer(
+    help="Tessera: versioned, encrypted configuration and secrets.", no_args_is_help=True, pretty_exceptions_show_locals=False
+)
 app.add_typer(aws_cli.app, name="aws", help="Create and tend the AWS resources of the aws backend.")
 app.add_typer(keys_cli.app, name="keys", help="Master keys: status, rotate, rewrap, retire.")
 app.add_typer(audit_cli.app, name="audit", help="The audit log: verify its hash chain.")

@@ -9,15 +9,18 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
 class Settings(BaseModel):
+    # A refused setting must not echo its input: it may be the root token or the master key.
+    model_config = ConfigDict(hide_input_in_errors=True)
+
     backend: Literal["local", "aws"] = "local"
     data_dir: Path = Path(".tessera")
-    root_token: str | None = None
+    root_token: str | None = Field(default=None, repr=False)
     dev: bool = False
-    master_key: str | None = None  # TESSERA_MASTER_KEY: overrides the keyring file of the data dir
+    master_key: str | None = Field(default=None, repr=False)  # TESSERA_MASTER_KEY: overrides the keyring file
     # aws backend
     bucket: str | None = None
     table: str | None = None

@@ -37,3 +37,18 @@ def test_formats_round_trip():
     assert nest(flat) == {"database": {"host": "db", "port": 5432}, "api-key": "a b"}
     assert to_dotenv(flat) == 'API_KEY="a b"\nDATABASE_HOST=db\nDATABASE_PORT=5432\n'
     assert parse_dotenv('export DATABASE__HOST="db"\nAPI_KEY=x # note\n') == {"database.host": "db", "api_key": "x"}
+
+
+def test_refused_settings_never_echo_secrets():
+    import pytest
+    from pydantic import ValidationError
+
+    from core.settings import Settings
+
+    with pytest.raises(ValidationError) as info:
+        Settings(root_token="short-secret-x", master_key="bWFzdGVyLWtleS1tYXRlcmlhbA==")
+    assert "short-secret-x" not in str(info.value)
+    with pytest.raises(ValidationError) as info:
+        Settings(backend="aws", master_key="bWFzdGVyLWtleS1tYXRlcmlhbA==", root_token="a-long-enough-root-token")
+    assert "bWFzdGVy" not in str(info.value) and "a-long-enough-root-token" not in str(info.value)
+    assert "a-long-enough-root-token" not in repr(Settings(root_token="a-long-enough-root-token"))
