@@ -1,7 +1,7 @@
 """Brute-force damping: an address that keeps failing authentication is answered ``429`` for a while.
 
 Limits (defaults; ``TESSERA_AUTH_FAILURE_LIMIT`` / ``_WINDOW`` / ``_PENALTY`` override them):
-more than ``limit`` = 20 failed authentications with a presented token (a ``401`` for an unknown, expired or
+more than ``limit`` = 100 failed authentications with a presented token (a ``401`` for an unknown, expired or
 revoked bearer token; a request without any token guesses nothing and is not counted) from one client
 address within ``window`` = 60 s put the address in a penalty of ``penalty`` = 30 s. During the penalty every further request from it that fails
 authentication is answered ``429 rate_limited`` (with ``Retry-After``); the penalty is not extended by them
@@ -32,7 +32,7 @@ class _Track:
 
 class FailureDamper:
     def __init__(
-        self, limit: int = 20, window: float = 60.0, penalty: float = 30.0, clock: Callable[[], float] = time.monotonic
+        self, limit: int = 100, window: float = 60.0, penalty: float = 30.0, clock: Callable[[], float] = time.monotonic
     ) -> None:
         self.limit = limit
         self.window = window

@@ -28,7 +28,7 @@ logger = logging.getLogger("tessera")
 @dataclass(frozen=True)
 class AccessOptions:
     audit_enabled: bool = True
-    failure_limit: int = 20
+    failure_limit: int = 100
     failure_window: float = 60.0
     penalty_seconds: float = 30.0
 
@@ -37,7 +37,7 @@ class AccessOptions:
         env = os.environ if environ is None else environ
         return cls(
             audit_enabled=env.get("TESSERA_AUDIT", "on").lower() not in ("off", "0", "false", "no"),
-            failure_limit=int(env.get("TESSERA_AUTH_FAILURE_LIMIT", "20")),
+            failure_limit=int(env.get("TESSERA_AUTH_FAILURE_LIMIT", "100")),
             failure_window=float(env.get("TESSERA_AUTH_FAILURE_WINDOW", "60")),
             penalty_seconds=float(env.get("TESSERA_AUTH_PENALTY", "30")),
         )

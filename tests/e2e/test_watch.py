@@ -152,7 +152,9 @@ def test_websocket_replays_from_since_and_supports_several_subscriptions(client,
         assert ws_messages(ws, 1)[0]["value"] == "b2"
 
 
-def test_websocket_refuses_bad_auth_and_bad_subscriptions(server):
+def test_websocket_refuses_bad_auth_and_bad_subscriptions(server, client):
+    for i in range(60):  # more changes than the server's 50-revision change log keeps, so revision 1 is gone
+        client.put("/config/w9.churn", json={"value": i})
     with connect(server.url.replace("http", "ws") + "/ws") as ws:
         ws.send(json.dumps({"type": "auth", "token": "tsr_wrong"}))
         assert json.loads(ws.recv(timeout=5)) | {"message": ""} == {"type": "error", "code": "unauthenticated", "message": ""}
