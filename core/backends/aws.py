@@ -19,6 +19,7 @@ Adapters take their clients as arguments and do no I/O at import (``AwsClients.c
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import random
 import secrets
@@ -328,6 +329,23 @@ class OrphanReport:
 
 
 # ---------------------------------------------------------------------- the store
+
+def query_items(query: Callable[..., dict[str, Any]], params: dict[str, Any], limit: int | None) -> Iterator[dict[str, Any]]:
+    """Items of a DynamoDB ``Query``, following ``LastEvaluatedKey`` pages until ``limit`` items (or all)."""
+    params = dict(params)
+    returned = 0
+    while True:
+        if limit is not None:
+            params["Limit"] = limit - returned
+        page = query(**params)
+        for item in page.get("Items", []):
+            yield item
+            returned += 1
+        if "LastEvaluatedKey" not in page or (limit is not None and returned >= limit):
+            return
+        params["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+
+
 class AwsStore:
     """``VersionStore`` + ``RewrapStore`` over one S3 bucket and one DynamoDB table."""
 
@@ -383,18 +401,8 @@ class AwsStore:
 
     def _query(self, limit: int | None = None, **params: Any) -> Iterator[dict[str, Any]]:
         """All items of a query (strongly consistent), following pages until ``limit`` items."""
-        params = {"TableName": self.table, "ConsistentRead": True, **params}
-        returned = 0
-        while True:
-            if limit is not None:
-                params["Limit"] = limit - returned
-            page = self._ddb("Query", **params)
-            for item in page.get("Items", []):
-                yield item
-                returned += 1
-            if "LastEvaluatedKey" not in page or (limit is not None and returned >= limit):
-                return
-            params["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+        query = functools.partial(self._ddb, "Query")
+        return query_items(query, {"TableName": self.table, "ConsistentRead": True, **params}, limit)
 
     def _scan_versions(self, projection: str | None = None) -> Iterator[dict[str, Any]]:
         params: dict[str, Any] = {

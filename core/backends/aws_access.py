@@ -18,6 +18,7 @@ No botocore exception leaves the module (``call_aws`` turns them into ``Unavaila
 
 from __future__ import annotations
 
+import functools
 import json
 import secrets
 import threading
@@ -27,7 +28,7 @@ from typing import Any
 
 from core.access_model import AuditEntry, PolicyDoc, Rule, TokenRecord
 from core.audit import GENESIS, link
-from core.backends.aws import AwsStore, CallCounter, _ClientFailure, _n, _s, call_aws, pad
+from core.backends.aws import AwsStore, CallCounter, _ClientFailure, _n, _s, call_aws, pad, query_items
 from core.errors import Unavailable
 
 TOKEN_PK, TOKEN_HASH_PK, POLICY_PK = "TOKEN", "TOKENHASH", "POLICY"
@@ -137,17 +138,7 @@ class DynamoAccessStore:
             "KeyConditionExpression": "PK = :pk" + (" AND SK > :after" if after is not None else ""),
             "ExpressionAttributeValues": {":pk": _s(pk), **({":after": _s(after)} if after is not None else {})},
         }
-        returned = 0
-        while True:
-            if limit is not None:
-                params["Limit"] = limit - returned
-            page = self._ddb("Query", **params)
-            for item in page.get("Items", []):
-                yield item
-                returned += 1
-            if "LastEvaluatedKey" not in page or (limit is not None and returned >= limit):
-                return
-            params["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+        return query_items(functools.partial(self._ddb, "Query"), params, limit)
 
     # ------------------------------------------------------------------ tokens
     def create_token(self, record: TokenRecord) -> None:
