@@ -5,7 +5,8 @@ Items (``PK``/``SK`` strings; ``<seq>`` zero-padded to 20 digits so it sorts)::
     TOKEN             <id>            a token: service, policies, token_hash, created/expires/revoked_at
     TOKENHASH         <sha256>        the same record, addressed by the digest of its string (the login lookup)
     POLICY            <name>          rules (JSON), version, updated_at
-    COUNTER           policy_version  the policy version counter (``#v``): versions never repeat
+    POLICYCOUNTER     version         the policy version counter (``#v``): versions never repeat; kept apart
+                                      from the revision counter so the policy function cannot touch that one
     AUDIT#<chain>     <seq>           an audit entry (fields, prev_hash, hash)
     AUDITHEAD         <chain>         a chain's head: seq and hash of its last entry
 
@@ -32,7 +33,7 @@ from core.backends.aws import AwsStore, CallCounter, _ClientFailure, _n, _s, cal
 from core.errors import Unavailable
 
 TOKEN_PK, TOKEN_HASH_PK, POLICY_PK = "TOKEN", "TOKENHASH", "POLICY"
-COUNTER_PK, POLICY_COUNTER_SK = "COUNTER", "policy_version"
+POLICY_COUNTER_PK, POLICY_COUNTER_SK = "POLICYCOUNTER", "version"
 AUDIT_PREFIX, AUDIT_HEAD_PK = "AUDIT#", "AUDITHEAD"
 MAX_TRANSACTION_ITEMS = 100  # DynamoDB's limit per TransactWriteItems
 SINCE_SLACK_SECONDS = 60  # entries of one chain are in time order up to a batch; keep reading a little past ``since``
@@ -186,7 +187,7 @@ class DynamoAccessStore:
         counter = self._ddb(
             "UpdateItem",
             TableName=self.table,
-            Key={"PK": _s(COUNTER_PK), "SK": _s(POLICY_COUNTER_SK)},
+            Key={"PK": _s(POLICY_COUNTER_PK), "SK": _s(POLICY_COUNTER_SK)},
             UpdateExpression="ADD #v :one",
             ExpressionAttributeNames={"#v": "v"},
             ExpressionAttributeValues={":one": _n(1)},

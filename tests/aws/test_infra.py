@@ -97,6 +97,10 @@ def test_each_function_has_least_privilege(translated):
     for function in ("Policy", "Auth"):
         actions = {a for s in _role_statements(translated, function) for a in s["Action"]}
         assert not any(a.startswith(("s3:", "kms:")) for a in actions), function
+        for statement in _role_statements(translated, function):
+            if WRITE_ACTIONS & set(statement["Action"]):  # never the config items nor the revision counter
+                leading = statement["Condition"]["ForAllValues:StringLike"]["dynamodb:LeadingKeys"]
+                assert not {"COUNTER", "H#*", "V#*", "*"} & set(leading), (function, leading)
 
 
 def test_routes_reach_their_function(translated):
