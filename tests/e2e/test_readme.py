@@ -33,11 +33,13 @@ def test_readme_walkthrough(tmp_path):
                 body = json.loads(line)
                 if "error" in body:
                     codes.append(body["error"]["code"])
-        # the walk-through shows exactly two refusals on purpose: a lost compare-and-set and a read after delete
-        assert codes == ["version_conflict", "not_found"], result.stdout
+        # the walk-through shows its refusals on purpose: a lost compare-and-set, a read after delete, a forbidden read
+        assert codes == ["version_conflict", "not_found", "forbidden"], result.stdout
         assert "304" in lines
         watched = json.loads(next(line for line in lines if line.startswith('{"revision"')))
         assert [e["key"] for e in watched["events"]] == ["features.new_checkout"]
         assert "DATABASE_PASSWORD=s3cret" in lines
+        assert '"value":"jwt-signing-key"' in result.stdout and '"allowed":false' in result.stdout
+        assert '"outcome":"denied"' in result.stdout and '"outcome":"allowed"' in result.stdout
     finally:
         server.stop()
