@@ -17,6 +17,8 @@ app = typer.Typer(
 app.add_typer(aws_cli.app, name="aws", help="Create and tend the AWS resources of the aws backend.")
 app.add_typer(keys_cli.app, name="keys", help="Master keys: status, rotate, rewrap, retire.")
 app.add_typer(audit_cli.app, name="audit", help="The audit log: verify its hash chain.")
+# `tessera gc` is the same command as `tessera aws gc`: only the aws backend can leave orphaned value objects.
+app.command(name="gc", help="Delete orphaned S3 value objects of the aws backend (same as `tessera aws gc`).")(aws_cli.gc)
 
 
 @app.callback()

@@ -65,7 +65,7 @@ def test_gc_reports_json_and_dry_run(target):
         report = json.loads(dry.stdout)
         assert report["orphans"] == ["v/default/default/ghost/00000000000000000001-deadbeef"] and report["deleted"] == 0
         assert report["scanned"] == 3 and report["dry_run"] is True
-        text = runner.invoke(app, ["aws", "gc", "--grace-seconds", "0"], env=env)
+        text = runner.invoke(app, ["gc", "--grace-seconds", "0"], env=env)  # `tessera gc` is `tessera aws gc`
         assert text.exit_code == 0 and "1 orphaned; deleted 1" in text.stdout
     keys_left = {o["Key"] for o in target.clients.s3.list_objects_v2(Bucket=target.bucket)["Contents"]}
     assert len(keys_left) == 2 and "v/not-a-value-object" in keys_left
