@@ -45,8 +45,12 @@ VERSION_COLUMNS = (
     "v.namespace, v.env, v.key, v.version, v.action, v.secret, v.updated_at, v.updated_by, "
     "v.revision, v.rolled_back_from, v.envelope, v.key_id"
 )
+# The same columns without the sealed value: the hot path reads metadata only, and the value cache (or
+# ``load_envelope`` on a miss) supplies the value.
+META_COLUMNS = VERSION_COLUMNS.replace("v.envelope", "NULL")
 # ``.`` is followed by ``/`` in ASCII, so [prefix + ".", prefix + "/") is exactly the keys below ``prefix``.
 BELOW_UPPER_BOUND = "/"
+MAX_IDLE_READERS = 16  # more concurrent readers than this open extra connections, closed when they finish
 
 
 def _row_to_version(row: tuple) -> Version:
@@ -93,25 +97,39 @@ class SQLiteStore:
         self._compaction_every = max(1, min(1000, change_log_retention // 10))
         self._writer = connect(self.path)
         self._write_lock = threading.Lock()
-        self._local = threading.local()
-        self._readers: list[sqlite3.Connection] = []
+        # Idle reader connections, reused across requests and threads. Checked out per query rather than held
+        # per thread: worker threads come and go (anyio retires idle ones), connections must not go with them.
+        self._idle_readers: list[sqlite3.Connection] = []
         self._readers_lock = threading.Lock()
+        self.readers_opened = 0
         with self._write_lock, translated_errors():
             self._writer.executescript(SCHEMA)
 
     # ------------------------------------------------------------------ connections
-    def _reader(self) -> sqlite3.Connection:
-        connection = getattr(self._local, "connection", None)
-        if connection is None:
-            connection = connect(self.path)
-            self._local.connection = connection
-            with self._readers_lock:
-                self._readers.append(connection)
-        return connection
+    def _checkout_reader(self) -> sqlite3.Connection:
+        with self._readers_lock:
+            if self._idle_readers:
+                return self._idle_readers.pop()
+            self.readers_opened += 1
+        return connect(self.path)
+
+    def _checkin_reader(self, connection: sqlite3.Connection) -> None:
+        with self._readers_lock:
+            if len(self._idle_readers) < MAX_IDLE_READERS:
+                self._idle_readers.append(connection)
+                return
+        connection.close()
 
     def _query(self, sql: str, params: tuple = ()) -> list[tuple]:
         with translated_errors():
-            return self._reader().execute(sql, params).fetchall()
+            connection = self._checkout_reader()
+            try:
+                rows = connection.execute(sql, params).fetchall()
+            except BaseException:
+                connection.close()  # never hand a connection in an unknown state to the next reader
+                raise
+            self._checkin_reader(connection)
+            return rows
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
@@ -120,23 +138,26 @@ class SQLiteStore:
             self._writer.execute("BEGIN IMMEDIATE")
             try:
                 yield self._writer
+                self._writer.execute("COMMIT")
             except BaseException:
-                self._writer.execute("ROLLBACK")
+                # Also after a failed COMMIT (SQLITE_BUSY, I/O error): a connection left inside its transaction
+                # would refuse every later BEGIN, i.e. every write until a restart.
+                if self._writer.in_transaction:
+                    self._writer.execute("ROLLBACK")
                 raise
-            self._writer.execute("COMMIT")
 
     def close(self) -> None:
         with self._readers_lock:
-            for connection in self._readers:
+            for connection in self._idle_readers:
                 connection.close()
-            self._readers.clear()
+            self._idle_readers.clear()
         with self._write_lock:
             self._writer.close()
 
     # ------------------------------------------------------------------ reads
     def latest(self, scope: Scope, key: str) -> Version | None:
         rows = self._query(
-            f"SELECT {VERSION_COLUMNS} FROM heads h JOIN versions v ON v.namespace = h.namespace "
+            f"SELECT {META_COLUMNS} FROM heads h JOIN versions v ON v.namespace = h.namespace "
             "AND v.env = h.env AND v.key = h.key AND v.version = h.version "
             "WHERE h.namespace = ? AND h.env = ? AND h.key = ?",
             (scope.namespace, scope.env, key),
@@ -151,10 +172,13 @@ class SQLiteStore:
         return _row_to_version(rows[0]) if rows else None
 
     def load_envelope(self, version: Version) -> bytes:
-        stored = self.get_version(version.scope, version.key, version.version)
-        if stored is None or stored.envelope is None:
+        rows = self._query(
+            "SELECT envelope FROM versions WHERE namespace = ? AND env = ? AND key = ? AND version = ?",
+            (version.scope.namespace, version.scope.env, version.key, version.version),
+        )
+        if not rows or rows[0][0] is None:
             raise Unavailable("the stored value is missing")
-        return stored.envelope
+        return rows[0][0]
 
     def history(self, scope: Scope, key: str, limit: int, before: int | None) -> list[Version]:
         rows = self._query(
@@ -171,7 +195,7 @@ class SQLiteStore:
             where += " AND (h.key = ? OR (h.key > ? AND h.key < ?))"
             params += (prefix, prefix + ".", prefix + BELOW_UPPER_BOUND)
         rows = self._query(
-            f"SELECT {VERSION_COLUMNS} FROM heads h JOIN versions v ON v.namespace = h.namespace "
+            f"SELECT {META_COLUMNS} FROM heads h JOIN versions v ON v.namespace = h.namespace "
             "AND v.env = h.env AND v.key = h.key AND v.version = h.version "
             f"WHERE {where} ORDER BY h.key",
             params,

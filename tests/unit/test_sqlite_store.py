@@ -11,7 +11,7 @@ from tests.backends import local_backend
 
 
 def plan(store: SQLiteStore, sql: str, params: tuple) -> str:
-    rows = store._reader().execute("EXPLAIN QUERY PLAN " + sql, params).fetchall()
+    rows = store._query("EXPLAIN QUERY PLAN " + sql, params)
     return " | ".join(row[-1] for row in rows)
 
 
@@ -35,18 +35,36 @@ def test_latest_and_version_reads_are_primary_key_lookups(tmp_path):
         assert "TEMP B-TREE" not in changes, changes
 
 
-def test_reads_reuse_one_connection_per_thread(tmp_path):
+def test_reader_connections_are_reused_and_bounded_as_threads_come_and_go(tmp_path):
     with local_backend(tmp_path) as (store, keys):
         service = ConfigService(store, keys)
         service.put(ROOT, Scope(), "k", 1)
         for _ in range(50):
             service.get(ROOT, Scope(), "k")
-        threads = [threading.Thread(target=lambda: [store.latest(Scope(), "k") for _ in range(20)]) for _ in range(4)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
-        assert len(store._readers) == 5  # this thread and four others, never one per request
+        assert store.readers_opened == 1  # never one per request
+        for _burst in range(10):  # worker threads retire and new ones start: connections must not pile up
+            threads = [threading.Thread(target=lambda: [store.latest(Scope(), "k") for _ in range(20)]) for _ in range(4)]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+        assert store.readers_opened <= 5
+        assert len(store._idle_readers) <= 5
+
+
+def test_a_failed_commit_leaves_the_writer_usable(tmp_path):
+    import sqlite3
+
+    import pytest
+
+    with local_backend(tmp_path) as (store, keys):
+        with pytest.raises(Exception):  # noqa: B017 - any failure inside the transaction
+            with store.transaction() as db:
+                db.execute("INSERT INTO meta (name, value) VALUES ('x', '1')")
+                raise sqlite3.OperationalError("disk I/O error")
+        assert not store._writer.in_transaction
+        ConfigService(store, keys).put(ROOT, Scope(), "after", 1)
+        assert store.get_meta("x") is None
 
 
 def test_store_reopens_with_everything(tmp_path):
