@@ -39,23 +39,29 @@ class Authenticator:
         self.cache_seconds = cache_seconds
         self.clock = clock
         self._root_hash: str | None = None
+        self._root_read_at = 0.0
         self._lock = threading.Lock()
         # token hash → (monotonic time of lookup, record or None); None caches "unknown" just as briefly
         self._cache: dict[str, tuple[float, TokenRecord | None]] = {}
 
     def root_hash(self) -> str | None:
-        if self._root_hash is None:
-            with self._lock:
-                if self._root_hash is None:
-                    self._root_hash = self.store.get_meta(ROOT_HASH_META)
-        return self._root_hash
+        """The root token's digest, re-read like a token lookup (at most ``cache_seconds`` old): replacing a
+        leaked root token on one node takes effect on every node within a second."""
+        now = time.monotonic()
+        with self._lock:
+            if self._root_hash is not None and now - self._root_read_at < self.cache_seconds:
+                return self._root_hash
+        digest = self.store.get_meta(ROOT_HASH_META)
+        with self._lock:
+            self._root_hash, self._root_read_at = digest, now
+        return digest
 
     def set_root_token(self, token: str) -> None:
         digest = hash_token(token)
         if self.store.get_meta(ROOT_HASH_META) != digest:
             self.store.put_meta(ROOT_HASH_META, digest)
         with self._lock:
-            self._root_hash = digest
+            self._root_hash, self._root_read_at = digest, time.monotonic()
 
     def ensure_root_token(self) -> str | None:
         """Create a root token on first start; returns the new string (shown once) or None if one exists."""
