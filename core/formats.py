@@ -19,15 +19,32 @@ from core.errors import InvalidRequest
 FORMATS = ("json", "yaml", "dotenv")
 
 
-def flatten(values: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
-    """Nested or dotted objects → ``[(dotted.key, leaf value)]``; empty objects contribute nothing."""
+MAX_IMPORT_KEYS = 10_000
+
+
+def flatten(values: dict[str, Any], prefix: str = "", max_keys: int = MAX_IMPORT_KEYS) -> list[tuple[str, Any]]:
+    """Nested or dotted objects → ``[(dotted.key, leaf value)]``; empty objects contribute nothing.
+
+    Stops with ``invalid_request`` past ``max_keys`` leaves: YAML aliases can make a few hundred bytes expand
+    to millions of leaves (an "alias bomb"), so the count is checked as leaves are produced, not afterwards.
+    """
     leaves: list[tuple[str, Any]] = []
-    for name, value in values.items():
-        key = f"{prefix}.{name}" if prefix else str(name)
+    # Depth-first in document order, with an explicit stack: no recursion limit to hit on deep documents.
+    stack = [(prefix, iter(values.items()))]
+    while stack:
+        base, items = stack[-1]
+        entry = next(items, None)
+        if entry is None:
+            stack.pop()
+            continue
+        name, value = entry
+        key = f"{base}.{name}" if base else str(name)
         if isinstance(value, dict):
-            leaves.extend(flatten(value, key))
-        else:
-            leaves.append((key, value))
+            stack.append((key, iter(value.items())))
+            continue
+        leaves.append((key, value))
+        if len(leaves) > max_keys:
+            raise InvalidRequest(f"an import may hold at most {max_keys} keys")
     return leaves
 
 
@@ -52,7 +69,10 @@ def _dotenv_quote(value: Any) -> str:
     text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
     if re.fullmatch(r"[A-Za-z0-9_./:@+-]*", text):
         return text
-    escaped = text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n").replace("$", "\\$")
+    # Inside double quotes a shell still expands $ and backticks: escape both, so sourcing the file runs nothing.
+    escaped = (
+        text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n").replace("$", "\\$").replace("`", "\\`")
+    )
     return f'"{escaped}"'
 
 
@@ -98,7 +118,7 @@ def parse_content(fmt: str, content: str) -> dict[str, Any]:
                 data = {}
         else:
             data = parse_dotenv(content)
-    except (ValueError, yaml.YAMLError) as exc:
+    except (ValueError, RecursionError, yaml.YAMLError) as exc:
         raise InvalidRequest(f"content is not valid {fmt}") from exc
     if not isinstance(data, dict):
         raise InvalidRequest(f"{fmt} content must hold an object at the top")

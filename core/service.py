@@ -62,7 +62,7 @@ def check_value(value: Any) -> bytes:
         raise InvalidValue("a value may not be a JSON object: write its leaves as keys, or use import")
     try:
         encoded = encode_value(value)
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, RecursionError) as exc:
         raise InvalidValue("value is not representable as JSON") from exc
     if len(encoded) > MAX_VALUE_BYTES:
         raise ValueTooLarge(f"value is larger than {MAX_VALUE_BYTES} bytes encoded")

@@ -55,7 +55,7 @@ async def json_body(request: Request) -> dict[str, Any]:
             raise PayloadTooLarge("request body is larger than 1 MiB")
     try:
         body = json.loads(raw, parse_constant=_reject_constant)
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
         raise InvalidRequest("request body is not valid JSON") from exc
     if not isinstance(body, dict):
         raise InvalidRequest("request body must be a JSON object")
