@@ -84,7 +84,7 @@ class ReadResult:
         if self.version is not None:
             parts: Iterable[object] = (self.scope.namespace, self.key, self.version.version, self.resolved_env)
         else:
-            parts = (self.scope.namespace, self.key, *self.leaves)
+            parts = (self.scope.namespace, self.key, *self.leaves, *self.redacted)
         digest = hashlib.sha256(json.dumps(list(parts), default=list).encode()).hexdigest()[:32]
         return f'"{digest}"'
 
@@ -280,11 +280,24 @@ class ConfigService:
         return ReadResult(key, tree, scope, None, None, redacted, signature)
 
     def _resolve_leaf(self, scope: Scope, key: str, chain: list[str]) -> ResolvedLeaf | None:
-        for env in chain:
-            latest = self.store.latest(scope.with_env(env), key)
+        """The nearest env's live version of ``key``, unless a nearer env holds an ancestor or a descendant of
+        it: that env's shape wins, exactly as in :meth:`resolved_leaves` (so leaf, subtree and export agree)."""
+        for depth, env in enumerate(chain):
+            env_scope = scope.with_env(env)
+            latest = self.store.latest(env_scope, key)
             if latest is not None and not latest.deleted:
                 return ResolvedLeaf(latest, env)
+            if depth < len(chain) - 1 and self._shapes_key(env_scope, key):
+                return None
         return None
+
+    def _shapes_key(self, scope: Scope, key: str) -> bool:
+        """Does ``scope`` hold a live ancestor or descendant of ``key``? (One range read: both share its first segment.)"""
+        first_segment = key.split(".", 1)[0]
+        return any(
+            other.key != key and (key.startswith(other.key + ".") or other.key.startswith(key + "."))
+            for other in self.store.list_latest(scope, first_segment)
+        )
 
     def resolved_leaves(self, scope: Scope, prefix: str, chain: list[str] | None = None) -> list[ResolvedLeaf]:
         """Live leaves at or under ``prefix`` as env ``scope.env`` sees them (nearest env wins), sorted by key.

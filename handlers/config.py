@@ -104,7 +104,8 @@ def read(
 ) -> Response:
     result = service.get(principal, scope, key, int_param(version, "version", minimum=1))
     etag = result.etag
-    if etag in _if_none_match(request):
+    tags = _if_none_match(request)
+    if etag in tags or "*" in tags:
         return Response(status_code=304, headers={"ETag": etag})
     return JSONResponse(read_body(result), headers={"ETag": etag})
 

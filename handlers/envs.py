@@ -19,7 +19,7 @@ def list_envs(principal: PrincipalDep, service: ServiceDep) -> dict:
 
 @router.put("/envs/{name}")
 def put_env(name: str, principal: PrincipalDep, body: JsonBody, service: ServiceDep) -> JSONResponse:
-    parent = body.get("parent", "default")
+    parent = body.get("parent")  # absent: "default" for any env but default itself, which has none
     if parent is not None and not isinstance(parent, str):
         raise InvalidRequest("'parent' must be a string")
     created = service.put_env(principal, parse_name(name, "env"), parent)

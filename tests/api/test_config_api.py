@@ -78,6 +78,9 @@ def test_etag_and_if_none_match(client):
     client.put("/config/e", json={"value": 2})
     fresh = client.get("/config/e", headers={"If-None-Match": etag})
     assert fresh.status_code == 200 and fresh.headers["etag"] != etag
+    assert client.get("/config/e", headers={"If-None-Match": f'"other", {fresh.headers["etag"]}'}).status_code == 304
+    assert client.get("/config/e", headers={"If-None-Match": "*"}).status_code == 304
+    assert client.get("/config/missing", headers={"If-None-Match": "*"}).status_code == 404
 
 
 def test_request_id_is_echoed_or_made(client):
@@ -251,6 +254,9 @@ def test_environments_over_http(client):
     error_of(client.put("/envs/staging", json={"parent": "prod"}), 400, "invalid_request")
     error_of(client.put("/envs/Bad_Name", json={}), 400, "invalid_request")
     error_of(client.put("/envs/x", json={"parent": "missing"}), 404, "not_found")
+    assert client.put("/envs/default", json={}).status_code == 200
+    assert client.put("/envs/qa", json={}).json() == {"name": "qa", "parent": "default"}
+    error_of(client.put("/envs/default", json={"parent": "prod"}), 400, "invalid_request")
     envs = client.get("/envs").json()["envs"]
     assert {"name": "default", "parent": None} in envs and {"name": "prod", "parent": "staging"} in envs
     client.put("/config/db.host", json={"value": "base"})

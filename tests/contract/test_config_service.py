@@ -325,3 +325,19 @@ def test_non_root_is_refused_without_revealing_existence(service, scope):
             service.get(nobody, scope, key)
     with pytest.raises(Forbidden):
         service.put(nobody, scope, "exists", 2)
+
+
+def test_leaf_subtree_and_export_agree_when_envs_disagree_on_shape(service, scope):
+    service.put_env(ROOT, "prod", "default")
+    service.put(ROOT, scope, "a.b", 1)  # a leaf in default
+    service.put(ROOT, PROD, "a.b.c", 2)  # a branch in prod, at the same path
+    service.put(ROOT, scope, "x.y.z", 3)  # a branch in default
+    service.put(ROOT, PROD, "x.y", 4)  # a leaf in prod
+    read = service.get(ROOT, PROD, "a.b")
+    assert read.version is None and read.value == {"c": 2}  # prod's shape wins, as in the subtree
+    assert service.get(ROOT, PROD, "a").value == {"b": {"c": 2}}
+    assert service.get(ROOT, PROD, "x.y").value == 4
+    with pytest.raises(NotFound):
+        service.get(ROOT, PROD, "x.y.z")
+    assert service.export(ROOT, PROD, None) == {"a.b.c": 2, "x.y": 4}
+    assert service.get(ROOT, scope, "a.b").value == 1  # default alone is untouched
