@@ -118,26 +118,36 @@ class ResolvedLeaf:
 
 
 class ValueCache:
-    """Bounded LRU of decrypted values by (scope, key, version): versions are immutable, so entries never go stale."""
+    """Bounded LRU of decrypted values by (scope, key, version): versions are immutable, so entries never go stale.
 
-    def __init__(self, max_entries: int = 10_000) -> None:
+    Bounded by count and by the values' encoded size (64 KiB values × 10,000 entries would be 640 MB).
+    """
+
+    def __init__(self, max_entries: int = 10_000, max_bytes: int = 64 * 1024 * 1024) -> None:
         self.max_entries = max_entries
-        self._entries: OrderedDict[tuple[Scope, str, int], Any] = OrderedDict()
+        self.max_bytes = max_bytes
+        self.total_bytes = 0
+        self._entries: OrderedDict[tuple[Scope, str, int], tuple[Any, int]] = OrderedDict()
         self._lock = threading.Lock()
 
     def get(self, cache_key: tuple[Scope, str, int]) -> tuple[bool, Any]:
         with self._lock:
-            if cache_key in self._entries:
+            entry = self._entries.get(cache_key)
+            if entry is not None:
                 self._entries.move_to_end(cache_key)
-                return True, self._entries[cache_key]
+                return True, entry[0]
         return False, None
 
-    def put(self, cache_key: tuple[Scope, str, int], value: Any) -> None:
+    def put(self, cache_key: tuple[Scope, str, int], value: Any, size: int) -> None:
         with self._lock:
-            self._entries[cache_key] = value
-            self._entries.move_to_end(cache_key)
-            while len(self._entries) > self.max_entries:
-                self._entries.popitem(last=False)
+            previous = self._entries.pop(cache_key, None)
+            if previous is not None:
+                self.total_bytes -= previous[1]
+            self._entries[cache_key] = (value, size)
+            self.total_bytes += size
+            while len(self._entries) > self.max_entries or (self.total_bytes > self.max_bytes and len(self._entries) > 1):
+                _, (_, evicted) = self._entries.popitem(last=False)
+                self.total_bytes -= evicted
 
 
 class ConfigService:
@@ -180,7 +190,7 @@ class ConfigService:
         envelope = version.envelope if version.envelope is not None else self.store.load_envelope(version)
         plaintext = crypto.open_envelope(self.keys, version.scope, version.key, version.version, envelope)
         value = json.loads(plaintext)
-        self.values.put(cache_key, value)
+        self.values.put(cache_key, value, len(plaintext))
         return value
 
     # ------------------------------------------------------------------ environments
@@ -451,10 +461,10 @@ class ConfigService:
         value: Any,
         rolled_back_from: int | None = None,
     ) -> Version:
-        envelope = None
-        key_id = None
+        envelope = key_id = encoded = None
         if action is not Action.DELETE:
-            envelope = crypto.seal(self.keys, scope, key, number, encode_value(value))
+            encoded = encode_value(value)
+            envelope = crypto.seal(self.keys, scope, key, number, encoded)
             key_id = crypto.envelope_key_id(envelope)
         pending = Version(
             scope=scope,
@@ -469,8 +479,8 @@ class ConfigService:
             key_id=key_id,
         )
         committed = self.store.commit(pending)
-        if action is not Action.DELETE:
-            self.values.put((scope, key, number), json.loads(encode_value(value)))
+        if encoded is not None:
+            self.values.put((scope, key, number), json.loads(encoded), len(encoded))
         self.notifier.notify()
         return committed
 

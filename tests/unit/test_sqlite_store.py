@@ -79,3 +79,15 @@ def test_store_reopens_with_everything(tmp_path):
         assert store.current_revision() == 5
         assert "dev" in service.envs(fresh=True)
 
+
+
+def test_value_cache_is_bounded_by_bytes_too():
+    from core.service import ValueCache
+
+    cache = ValueCache(max_entries=100, max_bytes=1000)
+    for version in range(1, 21):
+        cache.put((Scope(), "k", version), "x" * 100, 100)
+    assert cache.total_bytes <= 1000 and len(cache._entries) == 10
+    assert cache.get((Scope(), "k", 20)) == (True, "x" * 100) and cache.get((Scope(), "k", 1)) == (False, None)
+    cache.put((Scope(), "big", 1), "y", 5000)  # one oversized value is kept alone rather than never cached
+    assert len(cache._entries) == 1
