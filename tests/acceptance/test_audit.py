@@ -1,0 +1,185 @@
+"""API.md § Audit."""
+
+from __future__ import annotations
+
+import json
+import time
+from datetime import datetime, timedelta, timezone
+
+import pytest
+from websockets.sync.client import connect
+
+from tests.acceptance.conftest import assert_error, make_token, parse_time, uid
+
+pytestmark = pytest.mark.slow
+
+FIELDS = {"id", "ts", "request_id", "service", "token_id", "action", "namespace", "env", "key", "version", "outcome",
+          "status"}
+OUTCOMES = {"allowed", "denied", "not_found", "error", "unauthenticated"}
+
+
+def entry_for(root, rid: str, tries: int = 20) -> dict:
+    for _ in range(tries):
+        entries = root.get("/audit?limit=1000").json()["entries"]
+        found = [e for e in entries if e["request_id"] == rid]
+        if found:
+            assert len(found) == 1, found
+            return found[0]
+        time.sleep(0.1)
+    raise AssertionError(f"no audit entry for request {rid}")
+
+
+def test_audit_entry_shape_for_allowed_write(root):
+    k = uid()
+    rid = uid("req")
+    root.put(f"/config/{k}.a", json={"value": "audit-plain-value"}, headers={"X-Request-Id": rid})
+    entry = entry_for(root, rid)
+    assert FIELDS <= set(entry)
+    parse_time(entry["ts"])
+    assert entry["outcome"] == "allowed" and entry["status"] == 201
+    assert entry["key"] == f"{k}.a" and entry["version"] == 1
+    assert entry["namespace"] == "default" and entry["env"] == "default"
+    assert entry["service"] == "root"
+    assert isinstance(entry["action"], str) and entry["action"]
+
+
+def test_audit_response_shape_newest_first(root):
+    for _ in range(3):
+        root.get("/envs")
+    response = root.get("/audit?limit=50")
+    assert response.status_code == 200
+    entries = response.json()["entries"]
+    assert 3 <= len(entries) <= 50
+    times = [parse_time(e["ts"]) for e in entries]
+    assert times == sorted(times, reverse=True)
+    for e in entries:
+        assert FIELDS <= set(e) and e["outcome"] in OUTCOMES and isinstance(e["status"], int)
+
+
+def test_audit_limit_default_100(root):
+    for _ in range(105):
+        root.get("/auth/self")
+    assert len(root.get("/audit").json()["entries"]) == 100
+    assert len(root.get("/audit?limit=7").json()["entries"]) == 7
+    big = root.get("/audit?limit=1000").json()["entries"]
+    assert 100 < len(big) <= 1000
+
+
+def test_audit_outcomes_for_refused_requests(root, anon, token_client):
+    k = uid()
+    root.put(f"/config/{k}.a", json={"value": 1})
+    nobody = token_client([], service=uid("svc"))
+    cases = []
+    rid = uid("req")
+    nobody.get(f"/config/{k}.a", headers={"X-Request-Id": rid})
+    cases.append((rid, "denied", 403))
+    rid = uid("req")
+    root.get(f"/config/{k}.missing", headers={"X-Request-Id": rid})
+    cases.append((rid, "not_found", 404))
+    rid = uid("req")
+    root.put(f"/config/{k}.a", json={"value": {"obj": 1}}, headers={"X-Request-Id": rid})
+    cases.append((rid, "error", 400))
+    rid = uid("req")
+    anon.get(f"/config/{k}.a", headers={"X-Request-Id": rid})
+    cases.append((rid, "unauthenticated", 401))
+    rid = uid("req")
+    anon.get(f"/config/{k}.a", headers={"X-Request-Id": rid, "Authorization": "Bearer tsr_unknown-audit-token-xyz"})
+    cases.append((rid, "unauthenticated", 401))
+    rid = uid("req")
+    root.put(f"/config/{k}.a", json={"value": 5, "expected_version": 9}, headers={"X-Request-Id": rid})
+    cases.append((rid, "error", 409))
+    for rid, outcome, status in cases:
+        entry = entry_for(root, rid)
+        assert (entry["outcome"], entry["status"]) == (outcome, status), (rid, entry)
+    denied = entry_for(root, cases[0][0])
+    assert denied["service"] == nobody.token_info["service"] and denied["token_id"] == nobody.token_info["id"]
+    assert denied["key"] == f"{k}.a"
+
+
+@pytest.mark.parametrize("method,path", [
+    ("GET", "/config/{k}.a"), ("GET", "/watch?timeout=0&keys={k}.*"), ("GET", "/policies"), ("GET", "/auth/self"),
+    ("GET", "/envs"), ("GET", "/diff?from=default&to=default&prefix={k}"), ("GET", "/config?prefix={k}"),
+    ("GET", "/auth/tokens"),
+])
+def test_every_audited_route_is_recorded_including_refusals(root, anon, method, path, token_client):
+    k = uid()
+    path = path.format(k=k)
+    rid_ok = uid("req")
+    root.request(method, path, headers={"X-Request-Id": rid_ok})
+    assert entry_for(root, rid_ok)["status"] < 500
+    rid_401 = uid("req")
+    anon.request(method, path, headers={"X-Request-Id": rid_401})
+    assert entry_for(root, rid_401)["outcome"] == "unauthenticated"
+
+
+def test_ws_is_recorded(root, server):
+    created = make_token(root, [{"path": "*", "capabilities": ["read"]}], service=uid("wssvc"))
+    with connect(server.url.replace("http", "ws") + "/ws") as ws:
+        ws.send(json.dumps({"type": "auth", "token": created["token"]}))
+        ws.send(json.dumps({"type": "subscribe", "keys": ["nothing.here"]}))
+        time.sleep(0.3)
+    for _ in range(20):
+        entries = root.get(f"/audit?service={created['service']}").json()["entries"]
+        if entries:
+            break
+        time.sleep(0.1)
+    assert entries and all(e["service"] == created["service"] for e in entries)
+    # an unauthenticated socket is recorded too
+    before = len(root.get("/audit?limit=1000").json()["entries"])
+    with connect(server.url.replace("http", "ws") + "/ws") as ws:
+        ws.send(json.dumps({"type": "auth", "token": "tsr_bad-ws-token"}))
+        json.loads(ws.recv(timeout=5))
+    time.sleep(0.3)
+    recent = root.get("/audit?limit=20").json()["entries"]
+    assert any(e["outcome"] == "unauthenticated" for e in recent), recent
+    assert before >= 0
+
+
+def test_audit_never_holds_values_or_token_strings(root, anon, server):
+    k = uid()
+    secret_value = "AUDIT-SECRET-" + uid()
+    plain_value = "AUDIT-PLAIN-" + uid()
+    root.put(f"/config/{k}.pw", json={"value": secret_value, "secret": True})
+    root.put(f"/config/{k}.plain", json={"value": plain_value})
+    root.get(f"/config/{k}.pw")
+    root.post("/config/import", json={"values": {f"{k}.imp": plain_value + "-imp"}})
+    created = make_token(root, [{"path": "*", "capabilities": ["read"]}])
+    with server.client(created["token"]) as client:
+        client.get(f"/config/{k}.plain")
+    bad = "tsr_presented-but-unknown-" + uid()
+    anon.get("/envs", headers={"Authorization": f"Bearer {bad}"})
+    text = root.get("/audit?limit=1000").text
+    for needle in (secret_value, plain_value, created["token"], bad, "acceptance-root-token"):
+        assert needle not in text, needle
+
+
+def test_audit_filters(root, token_client):
+    k = uid()
+    service = uid("svc")
+    caller = token_client([{"path": f"{k}.*", "capabilities": ["write", "read"]}], service=service)
+    caller.put(f"/config/{k}.a", json={"value": 1})
+    caller.get(f"/config/{k}.a")
+    root.put(f"/config/{k}.a", json={"value": 2})
+    root.put(f"/config/{k}.b", json={"value": 2})
+    by_key = root.get(f"/audit?key={k}.a").json()["entries"]
+    assert len(by_key) >= 3 and all(e["key"] == f"{k}.a" for e in by_key)
+    by_service = root.get(f"/audit?service={service}").json()["entries"]
+    assert len(by_service) >= 2 and all(e["service"] == service for e in by_service)
+    assert {e["key"] for e in by_service} == {f"{k}.a"}
+    both = root.get(f"/audit?service={service}&key={k}.a&limit=1").json()["entries"]
+    assert len(both) == 1 and both[0]["service"] == service
+    future = (datetime.now(timezone.utc) + timedelta(hours=1)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    assert root.get("/audit", params={"since": future}).json()["entries"] == []
+    cutoff_dt = datetime.now(timezone.utc)
+    time.sleep(0.05)
+    root.put(f"/config/{k}.c", json={"value": 1})
+    cutoff = cutoff_dt.isoformat().replace("+00:00", "Z")
+    recent = root.get("/audit", params={"since": cutoff}).json()["entries"]
+    assert recent and all(parse_time(e["ts"]) >= cutoff_dt for e in recent)
+    assert any(e["key"] == f"{k}.c" for e in recent)
+    assert all(e["key"] != f"{k}.b" for e in recent)
+
+
+def test_audit_needs_admin(token_client):
+    caller = token_client([{"path": "*", "capabilities": ["read", "write", "list", "history"]}])
+    assert_error(caller.get("/audit"), 403, "forbidden")
