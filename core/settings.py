@@ -29,6 +29,7 @@ class Settings(BaseModel):
     endpoint_url: str | None = None
     # limits
     value_cache_entries: int = 10_000
+    max_watch_seconds: float = 60.0  # the contract's clamp; 25 on Lambda, where API Gateway ends requests at 30 s
     change_log_retention: int = 100_000
 
     @model_validator(mode="after")
@@ -60,6 +61,10 @@ class Settings(BaseModel):
                 values[field_name] = env[variable]
         if not values.get("region") and env.get("AWS_DEFAULT_REGION"):
             values["region"] = env["AWS_DEFAULT_REGION"]
+        if env.get("AWS_LAMBDA_FUNCTION_NAME"):
+            values["max_watch_seconds"] = 25.0
+        if env.get("TESSERA_MAX_WATCH_SECONDS"):
+            values["max_watch_seconds"] = env["TESSERA_MAX_WATCH_SECONDS"]
         if env.get("TESSERA_DEV") in ("1", "true", "yes"):
             values["dev"] = True
         values.update({k: v for k, v in overrides.items() if v is not None})

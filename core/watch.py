@@ -26,19 +26,26 @@ if TYPE_CHECKING:
 
 DEFAULT_TIMEOUT = 30.0
 MAX_TIMEOUT = 60.0
+MAX_SUBSCRIPTIONS_PER_SOCKET = 64
 POLL_INTERVAL = 0.5
 BATCH = 1000
 
 
 class ChangeNotifier:
-    """Wakes asyncio waiters (on any event loop) when this node commits a change."""
+    """Wakes asyncio waiters (on any event loop) when this node commits a change.
+
+    ``generation`` counts commits: a waiter passes the generation it saw before it last read the change log,
+    so a commit that lands between that read and the wait is not slept through.
+    """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._waiters: set[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = set()
+        self.generation = 0
 
     def notify(self) -> None:
         with self._lock:
+            self.generation += 1
             waiters = list(self._waiters)
         for loop, event in waiters:
             try:
@@ -46,11 +53,13 @@ class ChangeNotifier:
             except RuntimeError:  # the loop has closed: its waiter is gone
                 pass
 
-    async def wait(self, timeout: float) -> None:
-        """Return when a change is committed here, or after ``timeout`` seconds."""
+    async def wait(self, timeout: float, seen_generation: int | None = None) -> None:
+        """Return when a change is committed here (or was, since ``seen_generation``), or after ``timeout`` seconds."""
         event = asyncio.Event()
         entry = (asyncio.get_running_loop(), event)
         with self._lock:
+            if seen_generation is not None and self.generation != seen_generation:
+                return
             self._waiters.add(entry)
         try:
             await asyncio.wait_for(event.wait(), timeout)
@@ -93,12 +102,14 @@ def parse_patterns(raw: str | Sequence[str] | None) -> list[str]:
     return patterns or ["*"]
 
 
-def clamp_timeout(timeout: float | None) -> float:
+def clamp_timeout(timeout: float | None, maximum: float = MAX_TIMEOUT) -> float:
+    """The contract's default (30 s) and clamp (60 s); ``maximum`` is lower where the platform cuts requests
+    sooner (API Gateway ends an HTTP API request after 30 s, so Lambda watches hold at most 25 s)."""
     if timeout is None:
-        return DEFAULT_TIMEOUT
-    if timeout < 0:
+        return min(DEFAULT_TIMEOUT, maximum)
+    if timeout < 0 or timeout != timeout:
         raise InvalidRequest("timeout must not be negative")
-    return min(float(timeout), MAX_TIMEOUT)
+    return min(float(timeout), maximum)
 
 
 class Watcher:
@@ -119,7 +130,10 @@ class Watcher:
         self.envs = set(service.env_chain(scope.env))  # unknown env → 404 here, before anything waits
         if since is not None and since < 0:
             raise InvalidRequest("since must be 0 or a positive integer")
-        self.cursor = service.store.current_revision() if since is None else since
+        current = service.store.current_revision()
+        if since is not None and since > current:
+            raise InvalidRequest(f"since is ahead of the store's current revision ({current})", current_revision=current)
+        self.cursor = current if since is None else since
         self.check_retained()
 
     def check_retained(self) -> None:
