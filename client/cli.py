@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from pathlib import Path
 
 import typer
@@ -95,7 +96,14 @@ def put(
     env: str | None = EnvOpt,
     as_json: bool = JsonOpt,
 ) -> None:
-    """Write a key. VALUE is parsed as JSON when it can be (42, true, [1,2]), else stored as a string."""
+    """Write a key. VALUE is parsed as JSON when it can be (42, true, [1,2]), else stored as a string.
+
+    VALUE `-` reads it from standard input (one trailing newline dropped), which keeps a secret out of the
+    process list and the shell history: `tessera put db.password - --secret < password.txt`.
+    """
+    if value == "-":
+        value = sys.stdin.read()
+        value = value[:-1] if value.endswith("\n") else value
     parsed: object = value
     if not raw:
         try:

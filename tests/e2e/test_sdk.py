@@ -71,7 +71,9 @@ def test_cli_get_put_export_and_run(two_nodes):
 
     assert tessera("put", "database.host", "db.internal").returncode == 0
     assert tessera("put", "database.port", "5432").returncode == 0
-    assert tessera("put", "database.password", "pw-123", "--secret").returncode == 0
+    from_stdin = subprocess.run([*cli, "put", "database.password", "-", "--secret"], input="pw-123\n", cwd=REPO, env=env,
+                                capture_output=True, text=True, timeout=60)
+    assert from_stdin.returncode == 0, from_stdin.stderr
     assert tessera("get", "database.port").stdout.strip() == "5432"
     body = json.loads(tessera("get", "database.host", "--json").stdout)
     assert body["value"] == "db.internal" and body["version"] == 1
