@@ -9,7 +9,7 @@
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
 
@@ -154,7 +154,6 @@ class Principal:
     policies: tuple[str, ...] = ()
     expires_at: datetime | None = None
     is_root: bool = False
-    attributes: dict[str, str] = field(default_factory=dict, compare=False)
 
 
 ROOT = Principal(id="root", service="root", is_root=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import Annotated, Any
 
-from fastapi import Depends, Query, Request
+from fastapi import Depends, Request
 
 from core.errors import InvalidRequest, PayloadTooLarge
 from core.model import Principal, Scope, parse_scope
@@ -85,4 +85,3 @@ ServiceDep = Annotated[ConfigService, Depends(get_service)]
 PrincipalDep = Annotated[Principal, Depends(get_principal)]
 ScopeDep = Annotated[Scope, Depends(get_scope)]
 JsonBody = Annotated[dict[str, Any], Depends(json_body)]
-OptionalStr = Annotated[str | None, Query()]
