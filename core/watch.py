@@ -98,7 +98,7 @@ def parse_patterns(raw: str | Sequence[str] | None) -> list[str]:
     items = raw.split(",") if isinstance(raw, str) else list(raw)
     if not all(isinstance(item, str) for item in items):
         raise InvalidRequest("keys must be a list of key patterns")
-    patterns = [item.strip() for item in items if item.strip()]
+    patterns = [item.strip(" ") for item in items if item.strip(" ")]  # spaces after commas; nothing else
     return patterns or ["*"]
 
 
@@ -130,16 +130,18 @@ class Watcher:
         self.envs = set(service.env_chain(scope.env))  # unknown env → 404 here, before anything waits
         if since is not None and since < 0:
             raise InvalidRequest("since must be 0 or a positive integer")
-        current = service.store.current_revision()
-        if since is not None and since > current:
-            raise InvalidRequest(f"since is ahead of the store's current revision ({current})", current_revision=current)
-        self.cursor = current if since is None else since
+        self.cursor = service.store.current_revision() if since is None else since
         self.check_retained()
 
     def check_retained(self) -> None:
         store = self.service.store
         if self.cursor + 1 < store.oldest_retained_revision():
             raise RevisionCompacted("that revision is older than the retained change log; resync", store.current_revision())
+
+    def latest_revision(self) -> int:
+        """What a response reports as ``revision``: the cursor, or the store's revision if the caller asked for a
+        ``since`` ahead of it (then nothing was skipped and nothing can be: the next call may start there)."""
+        return min(self.cursor, self.service.store.current_revision())
 
     def _visible(self, change: Change) -> bool:
         return (

@@ -17,7 +17,9 @@ from handlers.audit_middleware import AuditMiddleware
 from handlers.bootstrap import Container
 
 logger = logging.getLogger("tessera")
-REQUEST_ID_PATTERN = re.compile(r"[A-Za-z0-9._:-]{1,128}\Z")
+# Any visible ASCII (and spaces) a client or a tracing proxy uses for ids is echoed; nothing that could split a
+# header or a log line.
+REQUEST_ID_PATTERN = re.compile(r"[\x20-\x7e]{1,200}\Z")
 HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large", 400: "invalid_request"}
 
 

@@ -6,12 +6,29 @@ from typing import Any
 
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
+from starlette.convertors import Convertor, register_url_convertor
 
 from core.errors import InvalidRequest
 from core.formats import parse_content, render
 from handlers.deps import JsonBody, PrincipalDep, ScopeDep, ServiceDep, int_param
 from handlers.render import history_item, list_item, read_body, write_body
 
+
+class AnyKeyConvertor(Convertor[str]):
+    """Like Starlette's ``path`` convertor, but matching newlines too: with ``.*`` a key ending in ``%0A`` would
+    match without its newline (``$`` matches before a final newline) and one with a newline inside would match
+    no route at all; with this, every such key reaches ``parse_key`` and is refused as ``invalid_key``."""
+
+    regex = r"[\s\S]*"
+
+    def convert(self, value: str) -> str:
+        return value
+
+    def to_string(self, value: str) -> str:
+        return value
+
+
+register_url_convertor("anykey", AnyKeyConvertor())
 router = APIRouter(prefix="/config")
 
 
@@ -70,7 +87,7 @@ def import_values(principal: PrincipalDep, scope: ScopeDep, body: JsonBody, serv
     return {"created": result.created, "updated": result.updated, "unchanged": result.unchanged, "errors": result.errors}
 
 
-@router.get("/history/{key:path}")
+@router.get("/history/{key:anykey}")
 def history(
     key: str,
     principal: PrincipalDep,
@@ -89,7 +106,7 @@ def history(
     return {"key": key, "namespace": scope.namespace, "env": scope.env, "versions": [history_item(e) for e in entries]}
 
 
-@router.post("/rollback/{key:path}")
+@router.post("/rollback/{key:anykey}")
 def rollback(key: str, principal: PrincipalDep, scope: ScopeDep, service: ServiceDep, version: str | None = None) -> dict:
     target = int_param(version, "version", minimum=1)
     if target is None:
@@ -98,7 +115,7 @@ def rollback(key: str, principal: PrincipalDep, scope: ScopeDep, service: Servic
     return {**write_body(committed), "rolled_back_from": target}
 
 
-@router.get("/{key:path}")
+@router.get("/{key:anykey}")
 def read(
     key: str, request: Request, principal: PrincipalDep, scope: ScopeDep, service: ServiceDep, version: str | None = None
 ) -> Response:
@@ -115,7 +132,7 @@ def _if_none_match(request: Request) -> set[str]:
     return {tag.strip().removeprefix("W/") for tag in header.split(",") if tag.strip()}
 
 
-@router.put("/{key:path}")
+@router.put("/{key:anykey}")
 def write(key: str, principal: PrincipalDep, scope: ScopeDep, body: JsonBody, service: ServiceDep) -> JSONResponse:
     if "value" not in body:
         raise InvalidRequest("'value' is required")
@@ -125,7 +142,7 @@ def write(key: str, principal: PrincipalDep, scope: ScopeDep, body: JsonBody, se
     return JSONResponse(write_body(result.version), status_code=201 if result.created else 200)
 
 
-@router.delete("/{key:path}")
+@router.delete("/{key:anykey}")
 def delete(key: str, principal: PrincipalDep, scope: ScopeDep, service: ServiceDep, expected_version: str | None = None) -> dict:
     tombstone = service.delete(principal, scope, key, int_param(expected_version, "expected_version", minimum=0))
     return {"key": tombstone.key, "version": tombstone.version, "revision": tombstone.revision}

@@ -11,19 +11,19 @@ from starlette.concurrency import run_in_threadpool
 
 from core.errors import InvalidRequest, TesseraError
 from core.model import Principal, parse_scope
-from core.watch import POLL_INTERVAL, Watcher, clamp_timeout, parse_patterns
-from handlers.deps import PrincipalDep, ScopeDep, ServiceDep, int_param
+from core.watch import MAX_SUBSCRIPTIONS_PER_SOCKET, POLL_INTERVAL, Watcher, clamp_timeout, parse_patterns
+from handlers.deps import ContainerDep, PrincipalDep, ScopeDep, bearer_token, int_param
 
 router = APIRouter()
 AUTH_TIMEOUT_SECONDS = 10.0
 REAUTH_SECONDS = 1.0  # a revoked token's socket closes within about a second
 
 
-def _timeout(raw: str | None) -> float:
+def _timeout(raw: str | None, maximum: float) -> float:
     if raw is None or raw == "":
-        return clamp_timeout(None)
+        return clamp_timeout(None, maximum)
     try:
-        return clamp_timeout(float(raw))
+        return clamp_timeout(float(raw), maximum)
     except ValueError as exc:
         raise InvalidRequest("timeout must be a number of seconds") from exc
 
@@ -33,23 +33,28 @@ async def watch(
     request: Request,
     principal: PrincipalDep,
     scope: ScopeDep,
-    service: ServiceDep,
+    container: ContainerDep,
     keys: str | None = None,
     since: str | None = None,
     timeout: str | None = None,
 ) -> dict[str, Any]:
-    wait_seconds = _timeout(timeout)
+    service = container.service
+    wait_seconds = _timeout(timeout, container.settings.max_watch_seconds)
     since_revision = int_param(since, "since", minimum=0)
     watcher = await run_in_threadpool(Watcher, service, principal, scope, parse_patterns(keys), since_revision)
     loop = asyncio.get_running_loop()
     deadline = loop.time() + wait_seconds
     while True:
+        seen = service.notifier.generation  # before reading: a commit after this read wakes the wait below
         events = await run_in_threadpool(watcher.poll)
         remaining = deadline - loop.time()
         if events or remaining <= 0 or await request.is_disconnected():
             break
-        await service.notifier.wait(min(remaining, POLL_INTERVAL))
-    return {"revision": watcher.cursor, "events": [event.as_dict() for event in events]}
+        await service.notifier.wait(min(remaining, POLL_INTERVAL), seen)
+        # A token revoked (or expired) while its watch is held stops receiving within a second (cached lookup).
+        await run_in_threadpool(container.authenticator.authenticate, bearer_token(request))
+    revision = watcher.cursor if events else await run_in_threadpool(watcher.latest_revision)
+    return {"revision": revision, "events": [event.as_dict() for event in events]}
 
 
 class Socket:
@@ -62,6 +67,7 @@ class Socket:
         self.tasks: list[asyncio.Task] = []
         self.principal: Principal | None = None
         self.token: str | None = None
+        self.subscriptions = 0
 
     async def send(self, message: dict[str, Any]) -> None:
         async with self.send_lock:
@@ -71,11 +77,22 @@ class Socket:
         await self.send({"type": "error", "code": code, "message": message, **extra})
 
     async def authenticate(self) -> bool:
+        # The timeout bounds the client, not the server: once the auth message has arrived (the audit middleware
+        # marks it in the connection state) its lookup and audit record are waited for (they are bounded there),
+        # so a timeout never cancels a half-done record or drops a message that came in time.
+        receiving = asyncio.ensure_future(self.websocket.receive_json())
         try:
-            first = await asyncio.wait_for(self.websocket.receive_json(), AUTH_TIMEOUT_SECONDS)
+            await asyncio.wait({receiving}, timeout=AUTH_TIMEOUT_SECONDS)
+            if not receiving.done() and getattr(self.websocket.state, "auth_message_received", False):
+                await asyncio.wait({receiving}, timeout=AUTH_TIMEOUT_SECONDS)
+            if not receiving.done():
+                raise TimeoutError
+            first = receiving.result()
         except (TimeoutError, ValueError, KeyError):
             await self.error("unauthenticated", "the first message must be {\"type\": \"auth\", \"token\": ...}")
             return False
+        finally:
+            receiving.cancel()  # a no-op once it is done
         if not isinstance(first, dict) or first.get("type") != "auth" or not isinstance(first.get("token"), str):
             await self.error("unauthenticated", "the first message must be {\"type\": \"auth\", \"token\": ...}")
             return False
@@ -100,6 +117,9 @@ class Socket:
 
     async def subscribe(self, message: dict[str, Any]) -> None:
         service = self.container.service
+        if self.subscriptions >= MAX_SUBSCRIPTIONS_PER_SOCKET:
+            await self.error("invalid_request", f"at most {MAX_SUBSCRIPTIONS_PER_SOCKET} subscriptions per socket")
+            return
         try:
             scope = parse_scope(message.get("namespace"), message.get("env"))
             since = message.get("since")
@@ -112,11 +132,13 @@ class Socket:
         except TesseraError as exc:
             await self.error(exc.code, exc.message, **exc.extra)
             return
+        self.subscriptions += 1
         self.tasks.append(asyncio.create_task(self.pump(watcher)))
 
     async def pump(self, watcher: Watcher) -> None:
         service = self.container.service
         while True:
+            seen = service.notifier.generation
             try:
                 events = await run_in_threadpool(watcher.poll)
             except TesseraError as exc:
@@ -125,7 +147,7 @@ class Socket:
             for event in events:
                 await self.send({"type": "event", **event.as_dict()})
             if not events:
-                await service.notifier.wait(POLL_INTERVAL)
+                await service.notifier.wait(POLL_INTERVAL, seen)
 
     def close(self) -> None:
         for task in self.tasks:

@@ -324,20 +324,17 @@ def test_env_inheritance_for_subtree_listing_export_consistent(root):
 
 # --- newline inside a key ------------------------------------------------------------------------------------------
 
-@pytest.mark.xfail(strict=True, reason="key with an embedded newline: product answers 404 'no such route'; API.md: anything else is 400 invalid_key")
 @pytest.mark.parametrize("method", ["PUT", "GET", "DELETE"])
 def test_key_with_embedded_newline_is_invalid_key(root, method):
     response = root.request(method, f"/config/{uid()}.a%0Ab", json={"value": 1} if method == "PUT" else None)
     assert_error(response, 400, "invalid_key")
 
 
-@pytest.mark.xfail(strict=True, reason="key with an embedded newline on history/rollback: product 404 'no such route'; API.md: 400 invalid_key")
 def test_key_with_embedded_newline_is_invalid_key_on_history_and_rollback(root):
     assert_error(root.get(f"/config/history/{uid()}.a%0Ab"), 400, "invalid_key")
     assert_error(root.post(f"/config/rollback/{uid()}.a%0Ab?version=1"), 400, "invalid_key")
 
 
-@pytest.mark.xfail(strict=True, reason="PUT /config/<k>.a%0A (trailing newline) is accepted (201) and silently writes key <k>.a; API.md: 400 invalid_key")
 def test_key_with_trailing_newline_is_invalid_key(root):
     k = uid()
     response = root.put(f"/config/{k}.a%0A", json={"value": "smuggled"})
@@ -345,7 +342,6 @@ def test_key_with_trailing_newline_is_invalid_key(root):
     assert_error(response, 400, "invalid_key")
 
 
-@pytest.mark.xfail(strict=True, reason="GET/DELETE /config/<k>.a%0A act on key <k>.a (200); API.md: 400 invalid_key")
 def test_read_and_delete_with_trailing_newline_are_invalid_key(root):
     k = uid()
     root.put(f"/config/{k}.a", json={"value": 1})
@@ -354,7 +350,6 @@ def test_read_and_delete_with_trailing_newline_are_invalid_key(root):
     assert root.get(f"/config/{k}.a").json()["value"] == 1
 
 
-@pytest.mark.xfail(strict=True, reason="/watch?keys=<k>.a%0A is accepted (200); a bad key in keys should be refused like keys=a..b (400)")
 def test_watch_keys_with_trailing_newline_refused(root):
     response = root.get(f"/watch?keys={uid()}.a%0A&timeout=0")
     assert response.status_code == 400
@@ -393,7 +388,6 @@ def test_common_request_ids_are_echoed(root, rid):
     assert root.get("/envs", headers={"X-Request-Id": rid}).headers["x-request-id"] == rid
 
 
-@pytest.mark.xfail(strict=True, reason="X-Request-Id is echoed only if it matches [A-Za-z0-9._:-]{1,128}; an id with '=' or '/' is replaced; API.md: echo the client's")
 @pytest.mark.parametrize("rid", ["Root=1-5759e988-bd862e3fe1be46a994272793", "trace/2026/abc"])
 def test_request_id_with_other_characters_is_echoed(root, rid):
     response = root.get("/envs", headers={"X-Request-Id": rid})
@@ -402,7 +396,6 @@ def test_request_id_with_other_characters_is_echoed(root, rid):
 
 # --- watch response revision -----------------------------------------------------------------------------------------
 
-@pytest.mark.xfail(strict=True, reason="/watch?since=<future> returns revision=<since> instead of the latest store revision; API.md: {\"revision\": <latest>}")
 def test_watch_with_future_since_reports_latest_revision(root):
     current = root.get("/health").json()["revision"]
     response = root.get(f"/watch?since={current + 100000}&timeout=0")
@@ -425,7 +418,6 @@ def _held_watch(server, token, key_prefix, timeout=8):
     return thread, result
 
 
-@pytest.mark.xfail(strict=True, reason="a /watch long-poll held by a token revoked 2 s earlier still returns 200 with the new value; API.md: revocation effective within 1 second (WS does refuse)")
 def test_revoked_token_held_watch_gets_no_values(root, server):
     from tests.acceptance.conftest import make_token
     k = uid()
@@ -441,7 +433,6 @@ def test_revoked_token_held_watch_gets_no_values(root, server):
     assert response.status_code == 401
 
 
-@pytest.mark.xfail(strict=True, reason="a /watch long-poll held by a token that expired 2 s earlier still returns 200 with the new value; API.md: expired token is 401")
 def test_expired_token_held_watch_gets_no_values(root, server):
     from tests.acceptance.conftest import make_token
     k = uid()

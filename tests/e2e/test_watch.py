@@ -18,7 +18,9 @@ TOKEN = "tsr_watch-root-token-abcdefghijklm"
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     process = ServerProcess(
-        tmp_path_factory.mktemp("watch") / "data", root_token=TOKEN, env={"TESSERA_CHANGE_LOG_RETENTION": "50"}
+        tmp_path_factory.mktemp("watch") / "data",
+        root_token=TOKEN,
+        env={"TESSERA_CHANGE_LOG_RETENTION": "50", "TESSERA_MAX_WATCH_SECONDS": "3"},
     ).start()
     yield process
     process.stop()
@@ -170,3 +172,43 @@ def test_websocket_refuses_bad_auth_and_bad_subscriptions(server, client):
         ws.send(json.dumps({"type": "subscribe", "since": 1}))
         message = json.loads(ws.recv(timeout=5))
         assert message["code"] == "revision_compacted" and message["current_revision"] > 1
+
+
+def test_future_since_reports_the_latest_revision_and_long_waits_are_clamped(client):
+    current = revision(client)
+    response = client.get(f"/watch?since={current + 100}&timeout=0")
+    assert response.status_code == 200 and response.json() == {"revision": current, "events": []}
+    started = time.monotonic()
+    assert client.get("/watch?keys=w10.none&timeout=60").json()["events"] == []
+    assert 2.5 < time.monotonic() - started < 6  # this server clamps at 3 s (TESSERA_MAX_WATCH_SECONDS), as on Lambda
+
+
+def test_a_token_revoked_during_a_held_watch_is_cut_off(client, server):
+    client.put("/policies/w11-read", json={"rules": [{"path": "w11.*", "capabilities": ["read"]}]})
+    created = client.post("/auth/tokens", json={"service": "w11-svc", "policies": ["w11-read"], "ttl_seconds": 600}).json()
+    result: dict = {}
+
+    def watch() -> None:
+        with server.client(created["token"]) as watcher:
+            started = time.monotonic()
+            result["response"] = watcher.get("/watch?keys=w11.*&timeout=20")
+            result["elapsed"] = time.monotonic() - started
+
+    thread = threading.Thread(target=watch)
+    thread.start()
+    time.sleep(0.5)
+    assert client.delete(f"/auth/tokens/{created['id']}").status_code == 204
+    client.put("/config/w11.secret-after-revoke", json={"value": "must-not-arrive"})
+    thread.join(10)
+    assert result["response"].status_code == 401 and "must-not-arrive" not in result["response"].text
+    assert result["elapsed"] < 3
+
+
+def test_subscriptions_per_socket_are_capped(server):
+    with connect(server.url.replace("http", "ws") + "/ws") as ws:
+        ws.send(json.dumps({"type": "auth", "token": TOKEN}))
+        for _ in range(64):
+            ws.send(json.dumps({"type": "subscribe", "keys": ["w12.*"]}))
+        ws.send(json.dumps({"type": "subscribe", "keys": ["w12.*"]}))
+        message = json.loads(ws.recv(timeout=10))
+        assert message["type"] == "error" and message["code"] == "invalid_request"
