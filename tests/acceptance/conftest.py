@@ -36,13 +36,13 @@ def server(tmp_path_factory):
     process.stop()
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def root(server):
     with server.client(ROOT) as client:
         yield client
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def anon(server):
     with httpx.Client(base_url=server.url, timeout=30) as client:
         yield client
