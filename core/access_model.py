@@ -141,6 +141,9 @@ class AuditEntry:
     client: str | None = None  # the client address (brute-force damping works on it too)
     method: str | None = None
     path: str | None = None
+    # "request": recorded before a mutating request runs (outcome "attempt", status 0), so a committed change
+    # is never without a record even if its outcome entry cannot be written; "response": what happened.
+    phase: str = "response"
     chain: str = ""
     seq: int = 0
     prev_hash: str = ""

@@ -20,6 +20,14 @@ comparing against a head recorded elsewhere: ``tessera audit verify --json`` pri
 takes everything queued, appends it in one transaction (one fsync for the batch) and then resolves the
 futures. A request completes only once its batch is durable; if the append fails, every waiter gets
 ``Unavailable`` and the HTTP layer answers ``503`` instead of the response (fail-closed).
+The writer thread cannot be killed by a batch: a waiter that went away (its request was cancelled) still
+gets its entry written — the request happened — only the result is not delivered; any other failure is
+logged (its type only) and the loop goes on. ``submit`` after ``close`` fails at once.
+
+**Request and response entries.** A mutating request gets two entries with the same ``request_id``: a
+``phase="request"`` entry written *before* the route runs (``outcome="attempt"``, ``status=0``) and the usual
+``phase="response"`` entry. ``phase`` is hashed only when it is not ``"response"``, so chains written before
+the field existed still verify.
 
 >>> first = link("main", [AuditEntry(ts=EPOCH, request_id="r1", action="config.read", outcome="allowed", status=200)], 0, GENESIS)
 >>> first[0].seq, first[0].prev_hash == GENESIS, len(first[0].hash)
@@ -30,11 +38,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import queue
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future
+from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -43,13 +52,33 @@ from core.access_model import AuditEntry
 from core.errors import Unavailable
 from core.model import format_time
 
+logger = logging.getLogger("tessera.audit")
 GENESIS = "0" * 64
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 MAX_BATCH = 1000
 HASHED_FIELDS = (
-    "chain", "seq", "prev_hash", "ts", "request_id", "service", "token_id", "action", "namespace", "env",
-    "key", "version", "outcome", "status", "target", "client", "method", "path",
-)  # fmt: skip
+    "chain",
+    "seq",
+    "prev_hash",
+    "ts",
+    "request_id",
+    "service",
+    "token_id",
+    "action",
+    "namespace",
+    "env",
+    "key",
+    "version",
+    "outcome",
+    "status",
+    "target",
+    "client",
+    "method",
+    "path",
+)  # fmt: skip  (then "phase", only when it is not "response")
+RESPONSE = "response"
+REQUEST = "request"
+ATTEMPT = "attempt"  # the outcome of a request entry: the request was received, its outcome is not known yet
 
 
 _ENTRY_FIELDS = HASHED_FIELDS[4:]  # after chain, seq, prev_hash, ts
@@ -58,6 +87,8 @@ _ENTRY_FIELDS = HASHED_FIELDS[4:]  # after chain, seq, prev_hash, ts
 def _digest(entry: AuditEntry, chain: str, seq: int, prev_hash: str) -> str:
     fields: list[Any] = [chain, seq, prev_hash, format_time(entry.ts)]
     fields.extend(getattr(entry, name) for name in _ENTRY_FIELDS)
+    if entry.phase != RESPONSE:  # appended only then: entries from before the field keep their hashes
+        fields.append(entry.phase)
     canonical = json.dumps(fields, separators=(",", ":"), ensure_ascii=True)
     return hashlib.sha256(canonical.encode()).hexdigest()
 
@@ -96,6 +127,7 @@ def entry_to_api(entry: AuditEntry) -> dict[str, Any]:
         "status": entry.status,
         "target": entry.target,
         "client": entry.client,
+        "phase": entry.phase,
         "hash": entry.hash,
     }
 
@@ -292,6 +324,7 @@ class AuditLog:
         self.max_batch = max_batch
         self._queue: queue.SimpleQueue[tuple[AuditEntry, Future[AuditEntry]] | None] = queue.SimpleQueue()
         self._closed = False
+        self._lock = threading.Lock()  # submit vs close: nothing is queued behind the stop marker
         self._thread = threading.Thread(target=self._run, name="audit-writer", daemon=True)
         self._thread.start()
         self.batches = 0  # counters for the benchmark and tests
@@ -299,10 +332,11 @@ class AuditLog:
 
     def submit(self, entry: AuditEntry) -> Future[AuditEntry]:
         future: Future[AuditEntry] = Future()
-        if self._closed:
-            future.set_exception(Unavailable("the audit log is closed"))
-            return future
-        self._queue.put((entry, future))
+        with self._lock:
+            if not self._closed:
+                self._queue.put((entry, future))
+                return future
+        future.set_exception(Unavailable("the audit log is closed"))
         return future
 
     def record(self, entry: AuditEntry, timeout: float = 30.0) -> AuditEntry:
@@ -310,36 +344,46 @@ class AuditLog:
         return self.submit(entry).result(timeout)
 
     def _run(self) -> None:
-        while True:
-            item = self._queue.get()
-            if item is None:
-                return
-            batch = [item]
-            stop = False
-            while len(batch) < self.max_batch:
-                try:
-                    more = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if more is None:
-                    stop = True
-                    break
-                batch.append(more)
-            self._write(batch)
-            if stop:
-                return
+        stop = False
+        while not stop:
+            batch: list[tuple[AuditEntry, Future[AuditEntry]]] = []
+            try:
+                item = self._queue.get()
+                if item is None:
+                    return
+                batch.append(item)
+                while len(batch) < self.max_batch:
+                    try:
+                        more = self._queue.get_nowait()
+                    except queue.Empty:
+                        break
+                    if more is None:
+                        stop = True
+                        break
+                    batch.append(more)
+                self._write(batch)
+            except BaseException as exc:  # noqa: BLE001 - the writer must outlive any batch; no entry content is logged
+                logger.error("audit writer: a batch failed with %s; continuing", type(exc).__name__)
+                for _, future in batch:
+                    _fail(future)
 
     def _write(self, batch: list[tuple[AuditEntry, Future[AuditEntry]]]) -> None:
+        # A waiter may have gone (its asyncio task was cancelled, which cancels a pending future). Its entry is
+        # still written — the request happened — only the result is not delivered. Marking the others running
+        # makes a later cancel() a no-op, so set_result below cannot meet a cancelled future.
+        waiting = [_claim(future) for _, future in batch]
         try:
             stored = self.sink.append(self.chain, [entry for entry, _ in batch])
         except Exception:  # noqa: BLE001 - every failure means "not durable": fail closed
-            for _, future in batch:
-                future.set_exception(Unavailable("the audit log cannot be written"))
+            for (_, future), wants in zip(batch, waiting, strict=True):
+                if wants:
+                    _fail(future)
             return
         self.batches += 1
         self.written += len(stored)
-        for (_, future), entry in zip(batch, stored, strict=True):
-            future.set_result(entry)
+        for (_, future), wants, entry in zip(batch, waiting, stored, strict=True):
+            if wants:
+                _deliver(future, entry)
         if self.emit is not None:
             for entry in stored:
                 try:
@@ -348,11 +392,35 @@ class AuditLog:
                     pass
 
     def close(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
-        self._queue.put(None)
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            self._queue.put(None)
         self._thread.join(timeout=10)
+
+
+def _claim(future: Future[AuditEntry]) -> bool:
+    """Mark a future running; False when nobody waits for its result (cancelled, or already resolved)."""
+    try:
+        return future.set_running_or_notify_cancel()
+    except RuntimeError:  # already running or finished: not ours to resolve any more
+        return False
+
+
+def _deliver(future: Future[AuditEntry], entry: AuditEntry) -> None:
+    try:
+        future.set_result(entry)
+    except InvalidStateError:  # already resolved or cancelled: nobody is waiting for it
+        pass
+
+
+def _fail(future: Future[AuditEntry]) -> None:
+    try:
+        if not future.done():
+            future.set_exception(Unavailable("the audit log cannot be written"))
+    except InvalidStateError:
+        pass
 
 
 class DisabledAuditLog:

@@ -2,10 +2,10 @@
 
 Limits (defaults; ``TESSERA_AUTH_FAILURE_LIMIT`` / ``_WINDOW`` / ``_PENALTY`` override them):
 more than ``limit`` = 100 failed authentications with a presented token (a ``401`` for an unknown, expired or
-revoked bearer token; a request without any token guesses nothing and is not counted) from one client
+revoked bearer token, or a refused WebSocket ``auth`` message; a request without any token guesses nothing and is not counted) from one client
 address within ``window`` = 60 s put the address in a penalty of ``penalty`` = 30 s. During the penalty every further request from it that fails
 authentication is answered ``429 rate_limited`` (with ``Retry-After``); the penalty is not extended by them
-(it stays short and predictable, and the next 20 guesses start it again). Requests that authenticate are still served, so a legitimate service sharing an address (a NAT, a load balancer)
+(it stays short and predictable, and the next ``limit`` + 1 guesses — 101 by default — start it again). Requests that authenticate are still served, so a legitimate service sharing an address (a NAT, a load balancer)
 keeps working. State is per node and in memory.
 
 >>> damper = FailureDamper(limit=2, window=60, penalty=30, clock=lambda: 0.0)

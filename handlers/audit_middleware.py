@@ -6,7 +6,16 @@ the entry from what happened (status, principal, scope, key, version), hands it 
 audit log and waits until its batch is durable. If that fails the client gets ``503 unavailable``
 instead, and the held response is dropped: nothing is served that the audit log does not know about.
 
-It also turns a ``401`` into ``429 rate_limited`` for an address under brute-force penalty (``core/damping.py``).
+A *mutating* request (any method but GET/HEAD/OPTIONS) first gets a ``phase="request"`` entry
+(``outcome="attempt"``), durable before the route runs; if it cannot be written the route does not run and
+the client gets ``503``. So a committed change always has a record, even when its outcome entry then fails
+(that answer is a ``503`` saying the outcome is unknown). Reads stay at one entry per request.
+
+Every wait for the audit log is shielded (cancelling a request never cancels its entry, which is still
+written) and bounded by ``AUDIT_WAIT_SECONDS`` (then ``503``, as for a failed write).
+
+It also turns a ``401`` into ``429 rate_limited`` for an address under brute-force penalty (``core/damping.py``);
+failed WebSocket authentications count too.
 """
 
 from __future__ import annotations
@@ -21,12 +30,17 @@ from typing import Any
 from urllib.parse import parse_qs, unquote
 
 from core.access_model import AuditEntry
+from core.audit import ATTEMPT, REQUEST
+from core.errors import Unauthenticated
 from core.model import Principal, Scope, utcnow
 
 logger = logging.getLogger("tessera.audit")
 AUDITED_PREFIXES = ("/config", "/watch", "/ws", "/policies", "/auth", "/envs", "/diff", "/audit")
 MAX_FIELD = 256  # audit fields taken from the URL are cut here (they are not validated when the request is refused)
 VERSION_BODY_LIMIT = 256 * 1024
+AUDIT_WAIT_SECONDS = 10.0  # longest wait for an entry to be durable before answering 503
+READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+AUTH_ACTIONS = frozenset({"self", "explain"})  # /auth/<these>; tokens are classified above, the rest is auth.unknown
 
 
 def audited(path: str) -> bool:
@@ -60,7 +74,7 @@ def classify(method: str, path: str) -> tuple[str, str | None, str | None]:
             return ("token.create" if method == "POST" else "token.list"), None, None
         if rest.startswith("tokens/"):
             return ("token.revoke" if method == "DELETE" else f"token.{method.lower()}"), None, _cut(rest[7:])
-        return f"auth.{rest or 'root'}", None, None
+        return f"auth.{rest if rest in AUTH_ACTIONS else 'unknown'}", None, None
     if head == "envs":
         verb = {"GET": "list", "PUT": "write"}.get(method, method.lower())
         return f"env.{verb}", None, _cut(rest) or None
@@ -128,6 +142,38 @@ async def _name_refused_token(scope: dict[str, Any], entry: AuditEntry) -> Audit
     return replace(entry, service=record.service, token_id=record.id) if record is not None else entry
 
 
+async def _durable(audit_log: Any, entry: AuditEntry) -> AuditEntry:
+    """Submit ``entry`` and wait until it is durable: shielded and bounded.
+
+    The shield keeps a cancelled waiter (a client that went away, an ``asyncio.wait_for`` around a receive)
+    from cancelling the writer's future: the entry is still written. The bound turns a stuck writer into a
+    ``TimeoutError`` that callers answer like a failed write (``503``) instead of hanging.
+    """
+    inner = asyncio.wrap_future(audit_log.submit(entry))
+    inner.add_done_callback(_consume)
+    return await asyncio.wait_for(asyncio.shield(inner), AUDIT_WAIT_SECONDS)
+
+
+def _consume(future: asyncio.Future[AuditEntry]) -> None:
+    """Retrieve the outcome of a future nobody awaits any more (no "exception was never retrieved" noise)."""
+    if not future.cancelled():
+        future.exception()
+
+
+async def _caller(scope: dict[str, Any]) -> Principal | None:
+    """Who a request entry is from, before the route has authenticated it (the lookup is cached)."""
+    token = ""
+    for name, value in scope.get("headers", ()):
+        if name == b"authorization" and value[:7].lower() == b"bearer ":
+            token = value[7:].decode("latin-1").strip()
+    if not token:
+        return None
+    try:
+        return await asyncio.to_thread(scope["app"].state.container.authenticator.authenticate, token)
+    except Exception:  # noqa: BLE001 - refused (the route will say so) or unknowable: the entry stays unnamed
+        return None
+
+
 def _has_bearer(scope: dict[str, Any]) -> bool:
     for name, value in scope.get("headers", ()):
         if name == b"authorization":
@@ -150,6 +196,23 @@ class AuditMiddleware:
         started = utcnow()
         held: dict[str, Any] = {}
         state = {"answered": False, "dropped": False}
+        mutating = scope.get("method", "GET") not in READ_METHODS
+        if mutating:
+            # Durable before the route runs: a change is never committed without a record of the attempt.
+            request_id = scope.get("state", {}).get("request_id") or ""
+            principal = await _caller(scope)
+            attempt = replace(
+                _entry(scope, started, 0, None, request_id), phase=REQUEST, outcome=ATTEMPT,
+                service=principal.service if principal else None, token_id=principal.id if principal else None,
+            )  # fmt: skip
+            try:
+                await _durable(parts.audit_log, attempt)
+            except Exception:  # noqa: BLE001 - not durable (or too slow): do not run the request
+                logger.error("audit write failed; answering 503 without running request %s", request_id)
+                start, replaced = _error_body(503, "unavailable", "the audit log cannot be written; the request was not run", request_id)
+                await send(start)
+                await send({"type": "http.response.body", "body": replaced, "more_body": False})
+                return
 
         async def guarded_send(message: dict[str, Any]) -> None:
             if state["dropped"]:
@@ -178,10 +241,16 @@ class AuditMiddleware:
             if entry.action == "token.create" and status == 201 and not message.get("more_body"):
                 entry = replace(entry, target=_created_token_id(body))
             try:
-                await asyncio.wrap_future(parts.audit_log.submit(entry))
+                await _durable(parts.audit_log, entry)
             except Exception:  # noqa: BLE001 - not durable: fail closed, serve nothing
                 logger.error("audit write failed; answering 503 for request %s", request_id)
-                start, replaced = _error_body(503, "unavailable", "the audit log cannot be written; the request was not served", request_id)
+                text = (
+                    "the audit log cannot record this request's outcome: it was attempted (its request entry is in the "
+                    "audit log) but whether it took effect is unknown; read the current state before retrying"
+                    if mutating
+                    else "the audit log cannot be written; the request was not served"
+                )
+                start, replaced = _error_body(503, "unavailable", text, request_id)
                 state["dropped"] = True
                 await send(start)
                 await send({"type": "http.response.body", "body": replaced, "more_body": False})
@@ -196,7 +265,7 @@ class AuditMiddleware:
                 # The route failed before answering; record the failure (best effort: a 500 follows anyway).
                 entry = _entry(scope, started, 500, None, scope.get("state", {}).get("request_id") or "")
                 try:
-                    await asyncio.wrap_future(parts.audit_log.submit(entry))
+                    await _durable(parts.audit_log, entry)
                 except Exception:  # noqa: BLE001
                     logger.error("audit write failed for a failed request")
             raise
@@ -215,9 +284,9 @@ class AuditMiddleware:
         async def record(action: str, status: int, body: dict[str, Any]) -> bool:
             entry = _ws_entry(scope, action, status, session["principal"], body)
             try:
-                await asyncio.wrap_future(parts.audit_log.submit(entry))
+                await _durable(parts.audit_log, entry)
                 return True
-            except Exception:  # noqa: BLE001 - fail closed
+            except Exception:  # noqa: BLE001 - fail closed (a failed or too slow write)
                 logger.error("audit write failed; closing a websocket")
                 await send({"type": "websocket.send", "text": json.dumps(
                     {"type": "error", "code": "unavailable", "message": "the audit log cannot be written"})})  # fmt: skip
@@ -236,15 +305,28 @@ class AuditMiddleware:
             body = body if isinstance(body, dict) else {}
             if not session["authenticated"]:
                 session["authenticated"] = True
+                # The client's auth message arrived in time: the app's auth timeout must not cut the lookup and
+                # the record that follow (handlers/watch.py Socket.authenticate waits for them when this is set).
+                scope.setdefault("state", {})["auth_message_received"] = True
                 status = 401
                 token = body.get("token")
                 if body.get("type") == "auth" and isinstance(token, str):
                     try:
                         session["principal"] = await asyncio.to_thread(authenticator.authenticate, token)
                         status = 101
+                    except Unauthenticated:  # the app answers the refusal itself; a guess counts for damping
+                        if token.strip() and parts.damper.failure(_client(scope)):
+                            status = 429
                     except Exception:  # noqa: BLE001 - the app answers the refusal itself
                         pass
                 ok = await record("ws.connect", status, {})
+                if ok and status == 429:
+                    await send({"type": "websocket.send", "text": json.dumps(
+                        {"type": "error", "code": "rate_limited",
+                         "message": "too many failed authentications from this address; retry later",
+                         "retry_after": parts.damper.retry_after(_client(scope))})})  # fmt: skip
+                    await send({"type": "websocket.close", "code": 1008})
+                    return {"type": "websocket.disconnect", "code": 1008}
             elif body.get("type") == "subscribe":
                 ok = await record("ws.subscribe", 200, body)
             else:

@@ -28,7 +28,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from core.access_model import AuditEntry, PolicyDoc, Rule, TokenRecord
-from core.audit import GENESIS, link
+from core.audit import GENESIS, RESPONSE, link
 from core.backends.aws import AwsStore, CallCounter, _ClientFailure, _n, _s, call_aws, pad, query_items
 from core.errors import Unavailable
 
@@ -91,6 +91,8 @@ def _audit_item(entry: AuditEntry) -> dict[str, Any]:
             item[name] = _s(value)
     if entry.version is not None:
         item["version"] = _n(entry.version)
+    if entry.phase != RESPONSE:  # absent means "response" (and on items from before request entries)
+        item["phase"] = _s(entry.phase)
     return item
 
 
@@ -104,6 +106,7 @@ def _audit(item: dict[str, Any]) -> AuditEntry:
         seq=int(item["SK"]["S"]),
         prev_hash=item["prev_hash"]["S"],
         hash=item["hash"]["S"],
+        phase=item["phase"]["S"] if "phase" in item else RESPONSE,
         **fields,
     )
 
@@ -265,8 +268,10 @@ class DynamoAccessStore:
             self._heads[chain] = (linked[-1].seq, linked[-1].hash)
             return linked
 
-    def query(self, key: str | None, service: str | None, since: datetime | None, limit: int) -> list[AuditEntry]:
-        """Newest first, across every chain (one backwards query per chain, stopping early)."""
+    def query(
+        self, key: str | None, service: str | None, since: datetime | None, limit: int, phase: str | None = RESPONSE
+    ) -> list[AuditEntry]:
+        """Newest first, across every chain (one backwards query per chain, stopping early); ``phase`` as in SQLite."""
         floor = _stamp(since) if since is not None else None
         found: list[AuditEntry] = []
         for chain in self.chains():
@@ -280,6 +285,8 @@ class DynamoAccessStore:
                 if key is not None and item.get("key", {}).get("S") != key:
                     continue
                 if service is not None and item.get("service", {}).get("S") != service:
+                    continue
+                if phase is not None and item.get("phase", {}).get("S", RESPONSE) != phase:
                     continue
                 found.append(_audit(item))
                 kept += 1

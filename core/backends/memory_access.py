@@ -8,7 +8,7 @@ from dataclasses import replace
 from datetime import datetime
 
 from core.access_model import AuditEntry, PolicyDoc, Rule, TokenRecord
-from core.audit import GENESIS, link
+from core.audit import GENESIS, RESPONSE, link
 
 
 class MemoryAccessStore:
@@ -72,13 +72,16 @@ class MemoryAccessStore:
                 self.heads[chain] = (linked[-1].seq, linked[-1].hash)
             return linked
 
-    def query(self, key: str | None, service: str | None, since: datetime | None, limit: int) -> list[AuditEntry]:
+    def query(
+        self, key: str | None, service: str | None, since: datetime | None, limit: int, phase: str | None = RESPONSE
+    ) -> list[AuditEntry]:
         with self._lock:
             found = [
                 e
                 for chain in self.entries.values()
                 for e in chain
-                if (key is None or e.key == key) and (service is None or e.service == service) and (since is None or e.ts >= since)
+                if (phase is None or e.phase == phase)
+                and (key is None or e.key == key) and (service is None or e.service == service) and (since is None or e.ts >= since)
             ]
         found.sort(key=lambda e: (e.ts, e.seq), reverse=True)
         return found[:limit]

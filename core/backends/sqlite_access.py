@@ -14,7 +14,7 @@ import json
 from datetime import UTC, datetime
 
 from core.access_model import AuditEntry, PolicyDoc, Rule, TokenRecord
-from core.audit import GENESIS, link
+from core.audit import GENESIS, RESPONSE, link
 from core.backends.sqlite import SQLiteStore
 
 ACCESS_SCHEMA = """
@@ -29,7 +29,7 @@ CREATE TABLE IF NOT EXISTS audit (
     chain TEXT NOT NULL, seq INTEGER NOT NULL, ts TEXT NOT NULL, request_id TEXT NOT NULL,
     service TEXT, token_id TEXT, action TEXT NOT NULL, namespace TEXT, env TEXT, key TEXT, version INTEGER,
     outcome TEXT NOT NULL, status INTEGER NOT NULL, target TEXT, client TEXT, method TEXT, path TEXT,
-    prev_hash TEXT NOT NULL, hash TEXT NOT NULL,
+    prev_hash TEXT NOT NULL, hash TEXT NOT NULL, phase TEXT,
     PRIMARY KEY (chain, seq)
 );
 CREATE INDEX IF NOT EXISTS audit_by_ts ON audit (ts);
@@ -40,7 +40,7 @@ CREATE TABLE IF NOT EXISTS audit_heads (chain TEXT PRIMARY KEY, seq INTEGER NOT 
 
 AUDIT_COLUMNS = (
     "chain, seq, ts, request_id, service, token_id, action, namespace, env, key, version, outcome, status, "
-    "target, client, method, path, prev_hash, hash"
+    "target, client, method, path, prev_hash, hash, phase"
 )
 TOKEN_COLUMNS = "id, service, policies, token_hash, created_at, expires_at, revoked_at"
 
@@ -73,7 +73,7 @@ def _audit(row: tuple) -> AuditEntry:
         chain=row[0], seq=row[1], ts=datetime.fromisoformat(row[2]), request_id=row[3], service=row[4],
         token_id=row[5], action=row[6], namespace=row[7], env=row[8], key=row[9], version=row[10],
         outcome=row[11], status=row[12], target=row[13], client=row[14], method=row[15], path=row[16],
-        prev_hash=row[17], hash=row[18],
+        prev_hash=row[17], hash=row[18], phase=row[19] or RESPONSE,
     )  # fmt: skip
 
 
@@ -89,6 +89,9 @@ class SQLiteAccessStore:
             for statement in ACCESS_SCHEMA.split(";"):
                 if statement.strip():
                     db.execute(statement)
+            columns = {row[1] for row in db.execute("PRAGMA table_info(audit)")}
+            if "phase" not in columns:  # a file from before request entries: NULL is "response"
+                db.execute("ALTER TABLE audit ADD COLUMN phase TEXT")
 
     # ------------------------------------------------------------------ tokens
     def create_token(self, record: TokenRecord) -> None:
@@ -159,12 +162,12 @@ class SQLiteAccessStore:
             last_seq, last_hash = (head[0], head[1]) if head else (0, GENESIS)
             linked = link(chain, entries, last_seq, last_hash)
             db.executemany(
-                f"INSERT INTO audit ({AUDIT_COLUMNS}) VALUES ({', '.join('?' * 19)})",
+                f"INSERT INTO audit ({AUDIT_COLUMNS}) VALUES ({', '.join('?' * 20)})",
                 [
                     (
                         e.chain, e.seq, _stamp(e.ts), e.request_id, e.service, e.token_id, e.action, e.namespace,
                         e.env, e.key, e.version, e.outcome, e.status, e.target, e.client, e.method, e.path,
-                        e.prev_hash, e.hash,
+                        e.prev_hash, e.hash, None if e.phase == RESPONSE else e.phase,
                     )
                     for e in linked
                 ],
@@ -176,8 +179,17 @@ class SQLiteAccessStore:
             )
         return linked
 
-    def query(self, key: str | None, service: str | None, since: datetime | None, limit: int) -> list[AuditEntry]:
-        where, params = [], []
+    def query(
+        self, key: str | None, service: str | None, since: datetime | None, limit: int, phase: str | None = RESPONSE
+    ) -> list[AuditEntry]:
+        """Newest first; ``phase`` "response" (the default: one entry per request), "request", or None for both."""
+        where: list[str] = []
+        params: list[str | None] = []
+        if phase == RESPONSE:
+            where.append("phase IS NULL")
+        elif phase is not None:
+            where.append("phase = ?")
+            params.append(phase)
         if key is not None:
             where.append("key = ?")
             params.append(key)

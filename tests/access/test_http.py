@@ -239,12 +239,13 @@ def test_audit_write_failure_fails_closed(seeded, container):
     response = seeded.get("/config/auth.jwt_secret", headers=ROOT)
     error(response, 503, "unavailable")
     assert "jwt-s3cr3t" not in response.text
-    # A write is refused the same way (its commit happened, but nothing is acknowledged without audit).
+    # A write is refused before it runs: its request entry cannot be written, so nothing is committed.
     error(seeded.put("/config/auth.issuer", json={"value": "x"}, headers=ROOT), 503, "unavailable")
     error(seeded.get("/config/auth.jwt_secret", headers=bearer("tsr_wrong")), 503, "unavailable")
     with store.transaction() as db:
         db.execute("DROP TRIGGER audit_broken")
     assert seeded.get("/config/auth.jwt_secret", headers=ROOT).json()["value"] == "jwt-s3cr3t"
+    assert seeded.get("/config/auth.issuer", headers=ROOT).json()["value"] == "tessera"
 
 
 def test_health_is_not_audited_and_unaudited_paths_pass(client):

@@ -1,0 +1,312 @@
+"""The audit path under stress: cancelled waiters, a slow or failing writer, closing, request/response entries.
+
+Each test names the review finding it covers; every one of them failed before the fix.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+import threading
+import time
+from concurrent.futures import wait as wait_futures
+
+import pytest
+from fastapi.testclient import TestClient
+
+from core.access_model import AuditEntry
+from core.audit import AuditLog, entry_hash, verify
+from core.backends.memory_access import MemoryAccessStore
+from core.errors import Unavailable
+from core.model import utcnow
+from handlers.app import create_app
+from handlers.audit_middleware import classify
+from tests.access.conftest import ROOT
+from tests.access.test_audit_chain import entry
+
+
+def read_entry(request_id: str = "r") -> AuditEntry:
+    return AuditEntry(ts=utcnow(), request_id=request_id, action="config.read", outcome="allowed", status=200)
+
+
+class SlowSink:
+    def __init__(self, delay: float = 0.3) -> None:
+        self.delay = delay
+        self.seen: list[AuditEntry] = []
+
+    def append(self, chain: str, entries: list[AuditEntry]) -> list[AuditEntry]:
+        time.sleep(self.delay)
+        self.seen.extend(entries)
+        return list(entries)
+
+
+# ------------------------------------------------------------------------------------------- 1: the writer
+def test_a_cancelled_waiter_neither_kills_the_writer_nor_loses_its_entry():
+    sink = SlowSink()
+    log = AuditLog(sink)
+
+    async def main() -> AuditEntry:
+        waiter = asyncio.create_task(asyncio.wait_for(asyncio.wrap_future(log.submit(read_entry("cancelled"))), 10))
+        await asyncio.sleep(0.05)
+        waiter.cancel()
+        await asyncio.sleep(0.5)
+        return await asyncio.wait_for(asyncio.wrap_future(log.submit(read_entry("next"))), 5)
+
+    try:
+        assert asyncio.run(main()).request_id == "next"
+        assert log._thread.is_alive()
+        assert [e.request_id for e in sink.seen] == ["cancelled", "next"]  # the cancelled request is recorded
+    finally:
+        log.close()
+
+
+def test_the_writer_survives_a_future_resolved_elsewhere_and_a_sink_raising_anything():
+    class Odd(BaseException):
+        pass
+
+    sink = SlowSink(0.2)
+    calls = {"n": 0}
+
+    def append(chain, entries):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise Odd("not even an Exception")
+        return SlowSink.append(sink, chain, entries)
+
+    sink.append = append  # type: ignore[method-assign]
+    log = AuditLog(sink)
+    try:
+        blocker = log.submit(read_entry("first"))
+        stray = log.submit(read_entry("stray"))
+        stray.set_result(read_entry("someone else"))  # resolved before the writer gets to it
+        assert blocker.result(5).request_id == "first"
+        with pytest.raises(Unavailable):
+            log.submit(read_entry("odd")).result(5)  # the batch whose append raised a BaseException fails...
+        assert log.submit(read_entry("after")).result(5).request_id == "after"  # ...and the writer goes on
+        assert "stray" in [e.request_id for e in sink.seen]
+    finally:
+        log.close()
+
+
+def test_submit_racing_close_never_leaves_a_future_unresolved():
+    """close() runs exactly between submit's closed-check and its put: the entry must not land behind the stop
+    marker, where no writer would ever resolve it."""
+    log = AuditLog(MemoryAccessStore())
+    real = log._queue
+
+    class RacingQueue:
+        def put(self, item):
+            if item is not None:
+                closer = threading.Thread(target=log.close)
+                closer.start()
+                closer.join(0.3)  # with the fix close waits for this submit; without it, it finishes first
+            real.put(item)
+
+        def get(self, *args, **kwargs):
+            return real.get(*args, **kwargs)
+
+        def get_nowait(self):
+            return real.get_nowait()
+
+    log._queue = RacingQueue()
+    future = log.submit(read_entry("racing"))
+    done, pending = wait_futures([future], timeout=3)
+    assert not pending, "a future submitted while closing was never resolved"
+    with pytest.raises(Unavailable):
+        log.submit(read_entry()).result(0)  # after close: fails at once
+
+
+# ------------------------------------------------------------------------------------------- 1: the HTTP layer
+def slow_appends(container, delay: float) -> None:
+    stores = container.extras["access"].stores
+    original = stores.append
+
+    def slow(chain, entries):
+        time.sleep(delay)
+        return original(chain, entries)
+
+    stores.append = slow
+
+
+def test_a_websocket_auth_timeout_during_the_record_loses_nothing(container, monkeypatch):
+    """The reviewer's ws_dos.py: the auth message arrives just before the server's auth timeout and its audit
+    record is still being written when the timeout fires. The writer must survive, the client must get the real
+    answer to its message, and the entry must be there."""
+    import handlers.watch as watch
+
+    monkeypatch.setattr(watch, "AUTH_TIMEOUT_SECONDS", 0.5)
+    with TestClient(create_app(container)) as client:
+        slow_appends(container, 0.4)
+        with client.websocket_connect("/ws") as ws:
+            time.sleep(0.35)
+            ws.send_json({"type": "auth", "token": "tsr_anything"})
+            answer = ws.receive_json()
+        assert answer["code"] == "unauthenticated" and "unknown" in answer["message"]  # its message was answered
+        audit_log = container.extras["access"].audit_log
+        assert audit_log._thread.is_alive()
+        assert client.get("/config", headers=ROOT).status_code == 200
+        entries = client.get("/audit?limit=10", headers=ROOT).json()["entries"]
+        assert ("ws.connect", 401) in [(e["action"], e["status"]) for e in entries]
+
+
+def test_a_stuck_audit_writer_answers_503_instead_of_hanging(container, monkeypatch):
+    import handlers.audit_middleware as middleware
+
+    monkeypatch.setattr(middleware, "AUDIT_WAIT_SECONDS", 0.3)
+    release = threading.Event()
+    with TestClient(create_app(container)) as client:
+        stores = container.extras["access"].stores
+        original = stores.append
+
+        def stuck(chain, entries):
+            release.wait(10)
+            return original(chain, entries)
+
+        stores.append = stuck
+        try:
+            started = time.monotonic()
+            response = client.get("/config", headers=ROOT)
+            assert response.status_code == 503 and response.json()["error"]["code"] == "unavailable"
+            assert time.monotonic() - started < 5
+        finally:
+            release.set()
+        stores.append = original
+        assert client.get("/config", headers=ROOT).status_code == 200
+
+
+# ------------------------------------------------------------------------------------------- 2: request entries
+def break_audit(container) -> None:
+    with container.store.transaction() as db:
+        db.execute("CREATE TRIGGER audit_broken BEFORE INSERT ON audit BEGIN SELECT RAISE(ABORT, 'disk says no'); END")
+
+
+def mend_audit(container) -> None:
+    with container.store.transaction() as db:
+        db.execute("DROP TRIGGER audit_broken")
+
+
+def test_a_write_is_not_run_when_its_request_entry_cannot_be_written(client, container):
+    """The reviewer's audit_after.py: a PUT while the audit log is down answered 503 yet committed."""
+    break_audit(container)
+    response = client.put("/config/db.password", json={"value": "hunter2", "secret": True}, headers=ROOT)
+    assert response.status_code == 503 and "not run" in response.json()["error"]["message"]
+    assert client.post("/auth/tokens", json={"service": "x", "policies": []}, headers=ROOT).status_code == 503
+    assert client.put("/envs/staging", headers=ROOT).status_code == 503
+    mend_audit(container)
+    assert client.get("/config/db.password", headers=ROOT).status_code == 404  # nothing was committed
+    assert client.get("/auth/tokens", headers=ROOT).json()["tokens"] == []
+    assert "staging" not in json.dumps(client.get("/envs", headers=ROOT).json())
+
+
+def test_a_committed_write_whose_outcome_cannot_be_recorded_is_503_outcome_unknown(client, container):
+    stores = container.extras["access"].stores
+    original = stores.append
+
+    def outcome_fails(chain, entries):
+        if any(e.action == "config.write" and e.phase == "response" for e in entries):
+            raise OSError("disk full")
+        return original(chain, entries)
+
+    stores.append = outcome_fails
+    response = client.put("/config/db.host", json={"value": "db1"}, headers=ROOT)
+    stores.append = original
+    assert response.status_code == 503
+    assert "unknown" in response.json()["error"]["message"] and "db1" not in response.text
+    assert client.get("/config/db.host", headers=ROOT).json()["value"] == "db1"  # it did commit...
+    attempts = stores.query(key="db.host", service=None, since=None, limit=10, phase="request")
+    assert [(e.action, e.outcome, e.status, e.service) for e in attempts] == [("config.write", "attempt", 0, "root")]
+    assert attempts[0].request_id == response.json()["error"]["request_id"]  # ...and the attempt is on record
+
+
+def test_request_and_response_entries_pair_up_reads_stay_single_and_verify_holds(client, container):
+    stores = container.extras["access"].stores
+    before = sum(seq for seq, _ in stores.chains().values())
+    client.put("/config/auth.issuer", json={"value": "me"}, headers=ROOT).raise_for_status()
+    after_write = sum(seq for seq, _ in stores.chains().values())
+    for _ in range(5):
+        client.get("/config/auth.issuer", headers=ROOT).raise_for_status()
+    after_reads = sum(seq for seq, _ in stores.chains().values())
+    assert after_write - before == 2 and after_reads - after_write == 5  # two for the write, one per read
+    shown = client.get("/audit?key=auth.issuer", headers=ROOT).json()["entries"]
+    assert [(e["action"], e["phase"], e["outcome"]) for e in shown][-1] == ("config.write", "response", "allowed")
+    assert all(e["phase"] == "response" and e["outcome"] != "attempt" for e in shown)  # the contract's enum
+    both = stores.query(key="auth.issuer", service=None, since=None, limit=100, phase=None)
+    write_entries = [e for e in both if e.action == "config.write"]
+    assert sorted(e.phase for e in write_entries) == ["request", "response"]
+    assert len({e.request_id for e in write_entries}) == 1
+    assert verify(stores).ok
+    # The phase is part of the hash: turning an attempt into a response entry is caught.
+    attempt = next(e for e in write_entries if e.phase == "request")
+    with container.store.transaction() as db:
+        db.execute("UPDATE audit SET phase = NULL WHERE chain = ? AND seq = ?", (attempt.chain, attempt.seq))
+    report = verify(stores)
+    assert report.problem is not None and report.problem.kind == "edited" and report.problem.seq == attempt.seq
+
+
+def test_response_entries_keep_the_hashes_of_entries_from_before_the_phase_field():
+    import hashlib
+
+    linked = MemoryAccessStore().append("main", [entry(1)])[0]
+    old = [linked.chain, linked.seq, linked.prev_hash, "2026-11-29T10:00:01.000001Z", "r1", "auth-svc", "tok_1",
+           "config.read", "default", "default", "auth.k1", 1, "allowed", 200, None, None, None, None]  # fmt: skip
+    assert linked.hash == entry_hash(linked) == hashlib.sha256(json.dumps(old, separators=(",", ":")).encode()).hexdigest()
+
+
+def test_a_sqlite_file_from_before_request_entries_gets_the_column(tmp_path):
+    from core.settings import Settings
+    from handlers.bootstrap import build
+    from tests.access.conftest import ROOT_TOKEN
+
+    container = build(Settings(data_dir=tmp_path / "data", root_token=ROOT_TOKEN))
+    with TestClient(create_app(container)) as client:
+        client.get("/config", headers=ROOT)
+    container.close()
+    files = [p for p in (tmp_path / "data").rglob("*") if p.is_file() and p.suffix in (".db", ".sqlite", ".sqlite3")]
+    assert files
+    with sqlite3.connect(files[0]) as db:
+        db.execute("ALTER TABLE audit DROP COLUMN phase")
+    container = build(Settings(data_dir=tmp_path / "data", root_token=ROOT_TOKEN))
+    try:
+        with TestClient(create_app(container)) as client:
+            client.put("/config/a.b", json={"value": "1"}, headers=ROOT).raise_for_status()
+            assert client.get("/audit?key=a.b", headers=ROOT).json()["entries"][0]["phase"] == "response"
+        assert verify(container.extras["access"].stores).ok
+    finally:
+        container.close()
+
+
+@pytest.mark.aws
+def test_request_entries_on_dynamodb():
+    from core.backends.aws_access import DynamoAccessStore
+    from tests.aws.support import moto_target
+
+    with moto_target() as target:
+        store = DynamoAccessStore(table=target.table, dynamodb=target.clients.dynamodb, chain_name="node-a")
+        store.append("node-a", [entry(1, action="config.write", outcome="attempt", status=0, phase="request"), entry(2)])
+        assert [e.seq for e in store.query(key=None, service=None, since=None, limit=10)] == [2]
+        assert [e.phase for e in store.query(key=None, service=None, since=None, limit=10, phase="request")] == ["request"]
+        assert {e.phase for e in store.chain_entries("node-a", 0, 10)} == {"request", "response"}
+        assert verify(store).ok
+
+
+# ------------------------------------------------------------------------------------------- 3, 4: small ones
+def test_websocket_auth_failures_count_for_damping(client):
+    # conftest sets TESSERA_AUTH_FAILURE_LIMIT=5: the 6th failure in a minute starts the penalty.
+    codes = []
+    for i in range(7):
+        with client.websocket_connect("/ws") as ws:
+            ws.send_json({"type": "auth", "token": f"tsr_guess{i}"})
+            codes.append(ws.receive_json()["code"])
+    assert codes[:5] == ["unauthenticated"] * 5 and codes[5:] == ["rate_limited"] * 2
+    assert client.get("/config", headers=ROOT).status_code == 200  # a valid token from there still works
+    statuses = [(e["action"], e["status"]) for e in client.get("/audit?limit=20", headers=ROOT).json()["entries"]]
+    assert statuses.count(("ws.connect", 429)) == 2
+
+
+def test_auth_paths_are_classified_with_bounded_names():
+    assert classify("GET", "/auth/self")[0] == "auth.self"
+    assert classify("POST", "/auth/explain")[0] == "auth.explain"
+    assert classify("GET", "/auth/" + "x" * 5000)[0] == "auth.unknown"
+    assert classify("GET", "/auth/")[0] == "auth.unknown"
+    assert classify("DELETE", "/auth/tokens/tok_1") == ("token.revoke", None, "tok_1")
