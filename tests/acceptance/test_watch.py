@@ -89,6 +89,14 @@ def test_watch_returns_at_once_with_events_in_order(root):
     assert "watch-secret-value" not in response.text
 
 
+def test_watch_since_is_exclusive(root):
+    k = uid()
+    first = root.put(f"/config/{k}.a", json={"value": 1}).json()["revision"]
+    root.put(f"/config/{k}.a", json={"value": 2})
+    body = root.get(f"/watch?keys={k}.*&since={first}&timeout=2").json()
+    assert [e["value"] for e in body["events"]] == [2]
+
+
 def test_watch_keys_exact_and_star(root):
     k = uid()
     since = revision(root)
