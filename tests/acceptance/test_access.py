@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -20,7 +20,7 @@ def test_create_token_201_shape_and_it_works(root, server):
     service = uid("svc")
     policy = uid("p")
     root.put(f"/policies/{policy}", json={"rules": [{"path": "x.*", "capabilities": ["read"]}]})
-    before = datetime.now(timezone.utc)
+    before = datetime.now(UTC)
     response = root.post("/auth/tokens", json={"service": service, "policies": [policy], "ttl_seconds": 86400})
     assert response.status_code == 201
     body = response.json()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from websockets.sync.client import connect
@@ -125,7 +125,7 @@ def test_ws_is_recorded(root, server):
         time.sleep(0.1)
     assert entries and all(e["service"] == created["service"] for e in entries)
     # an unauthenticated socket is recorded too
-    started = datetime.now(timezone.utc).isoformat().replace("+00:00", "Z")
+    started = datetime.now(UTC).isoformat().replace("+00:00", "Z")
     with connect(server.url.replace("http", "ws") + "/ws") as ws:
         ws.send(json.dumps({"type": "auth", "token": "tsr_bad-ws-token"}))
         json.loads(ws.recv(timeout=5))
@@ -173,9 +173,9 @@ def test_audit_filters(root, token_client):
     assert {e["key"] for e in by_service} == {f"{k}.a"}
     both = root.get(f"/audit?service={service}&key={k}.a&limit=1").json()["entries"]
     assert len(both) == 1 and both[0]["service"] == service
-    future = (datetime.now(timezone.utc) + timedelta(hours=1)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    future = (datetime.now(UTC) + timedelta(hours=1)).strftime("%Y-%m-%dT%H:%M:%SZ")
     assert root.get("/audit", params={"since": future}).json()["entries"] == []
-    cutoff_dt = datetime.now(timezone.utc)
+    cutoff_dt = datetime.now(UTC)
     time.sleep(0.05)
     root.put(f"/config/{k}.c", json={"value": 1})
     cutoff = cutoff_dt.isoformat().replace("+00:00", "Z")

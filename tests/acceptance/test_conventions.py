@@ -247,7 +247,7 @@ def test_namespaces_need_no_creation_and_are_isolated(root):
 
 @pytest.mark.parametrize("name", ["Bad", "-lead", "a_b", "a.b", "a" * 64, "sp ace", "é"])
 def test_bad_namespace_name_is_400(root, name):
-    response = root.get(f"/config/x.y", params={"namespace": name})
+    response = root.get("/config/x.y", params={"namespace": name})
     assert_error(response, 400, ("invalid_request",))
 
 

@@ -12,7 +12,7 @@ import httpx
 import pytest
 from websockets.sync.client import connect
 
-from tests.acceptance.conftest import ROOT, BOOT_CONFIG, assert_error, make_env, uid
+from tests.acceptance.conftest import BOOT_CONFIG, ROOT, assert_error, make_env, uid
 from tests.servers import ServerProcess
 
 pytestmark = pytest.mark.slow
@@ -83,7 +83,7 @@ def test_concurrent_conflicting_keys_never_both_exist(server, root):
         k = uid()
         barrier = threading.Barrier(2)
 
-        def write(key):
+        def write(key, barrier=barrier):
             with server.client(ROOT) as client:
                 barrier.wait()
                 return client.put(f"/config/{key}", json={"value": 1}).status_code

@@ -12,7 +12,7 @@ import httpx
 import pytest
 from websockets.sync.client import connect
 
-from tests.acceptance.conftest import ROOT, assert_error, make_env, revision, uid
+from tests.acceptance.conftest import ROOT, assert_error, revision, uid
 from tests.servers import ServerProcess
 
 pytestmark = pytest.mark.slow
