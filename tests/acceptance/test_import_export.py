@@ -202,3 +202,25 @@ def test_export_includes_secrets_only_where_readable(root, token_client):
 
 def test_export_bad_format_is_400(root):
     assert_error(root.get("/config/export?format=xml"), 400, "invalid_request")
+
+
+@pytest.mark.parametrize("fmt", ["json", "yaml"])
+def test_export_then_import_round_trips(root, fmt):
+    k, ns = uid(), uid("ns")
+    root.put(f"/config/{k}.db.host", json={"value": "line1\nline2 \"q\" $HOME #x"})
+    root.put(f"/config/{k}.db.port", json={"value": 5432})
+    root.put(f"/config/{k}.flags", json={"value": [True, None, 1.5]})
+    exported = root.get(f"/config/export?format={fmt}&prefix={k}").text
+    body = root.post(f"/config/import?namespace={ns}", json={"format": fmt, "content": exported}).json()
+    assert (body["created"], body["errors"]) == (3, [])
+    assert root.get(f"/config/{k}?namespace={ns}").json()["value"] == root.get(f"/config/{k}").json()["value"]
+
+
+def test_dotenv_export_value_survives_dotenv_import(root):
+    k = uid()
+    value = "line1\nline2 \"q\" $HOME #x"
+    root.put(f"/config/{k}.nl", json={"value": value})
+    exported = root.get(f"/config/export?format=dotenv&prefix={k}.nl").text
+    renamed = exported.replace(f"{k.upper()}_NL", f"{k.upper()}__COPY")
+    assert root.post("/config/import", json={"format": "dotenv", "content": renamed}).json()["created"] == 1
+    assert root.get(f"/config/{k}.copy").json()["value"] == value

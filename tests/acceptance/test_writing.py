@@ -170,3 +170,11 @@ def test_missing_value_field_is_400(root):
     response = root.put(f"/config/{uid()}.a", json={"secret": False})
     assert response.status_code == 400
     assert response.json()["error"]["code"] in ("invalid_request", "invalid_value")
+
+
+def test_delete_of_a_subtree_is_404_and_deletes_nothing(root):
+    k = uid()
+    root.put(f"/config/{k}.db.host", json={"value": "h"})
+    root.put(f"/config/{k}.db.port", json={"value": 1})
+    assert_error(root.delete(f"/config/{k}.db"), 404, "not_found")
+    assert root.get(f"/config/{k}.db").json()["value"] == {"host": "h", "port": 1}
