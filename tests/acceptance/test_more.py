@@ -206,3 +206,17 @@ def test_root_token_from_first_start(tmp_path):
             assert_error(anon.get("/envs", headers={"Authorization": "Bearer tsr_not-the-root"}), 401, "unauthenticated")
     finally:
         process.stop()
+
+
+def test_noop_write_and_unchanged_import_commit_no_change(root):
+    k = uid()
+    root.put(f"/config/{k}.a", json={"value": 1})
+    since = revision(root)
+    same = root.put(f"/config/{k}.a", json={"value": 1}).json()
+    root.post("/config/import", json={"values": {f"{k}.a": 1}})
+    assert revision(root) == since
+    assert same["version"] == 1
+    assert root.get(f"/watch?keys={k}.*&since={since}&timeout=0.5").json()["events"] == []
+    root.post(f"/config/rollback/{k}.a?version=1")
+    events = root.get(f"/watch?keys={k}.*&since={since}&timeout=2").json()["events"]
+    assert [(e["action"], e["version"], e["value"]) for e in events] == [("rollback", 2, 1)]
