@@ -394,7 +394,12 @@ class ConfigService:
                 raise VersionConflict("expected_version does not match the latest version", current)
             if latest is not None and secret is not None and secret != latest.secret:
                 raise SecretFlagImmutable("a key's secret flag is fixed when it is created")
-            is_secret = latest.secret if latest is not None else bool(secret)
+            if latest is not None:
+                is_secret = latest.secret
+            elif secret is not None:
+                is_secret = secret
+            else:
+                is_secret = self._inherited_secret_flag(scope, key)
             if live and encode_value(self.value_of(latest)) == encode_value(value):  # type: ignore[arg-type]
                 return WriteResult(latest, created=False, changed=False)  # type: ignore[arg-type]
             action = Action.UPDATE if live else Action.CREATE
@@ -445,6 +450,15 @@ class ConfigService:
             except VersionConflict:
                 continue
         raise VersionConflict("too much contention on this key; retry", self._current_version(scope, key))
+
+    def _inherited_secret_flag(self, scope: Scope, key: str) -> bool:
+        """A new override that does not say whether it is secret takes the flag of what it overrides: a secret in
+        ``default`` must not become a plain value in ``prod`` (and show in history and events) by omission."""
+        for env in self.env_chain(scope.env)[1:]:
+            latest = self.store.latest(scope.with_env(env), key)
+            if latest is not None:
+                return latest.secret
+        return False
 
     def _current_version(self, scope: Scope, key: str) -> int:
         latest = self.store.latest(scope, key)

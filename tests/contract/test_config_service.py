@@ -341,3 +341,13 @@ def test_leaf_subtree_and_export_agree_when_envs_disagree_on_shape(service, scop
         service.get(ROOT, PROD, "x.y.z")
     assert service.export(ROOT, PROD, None) == {"a.b.c": 2, "x.y": 4}
     assert service.get(ROOT, scope, "a.b").value == 1  # default alone is untouched
+
+
+def test_an_override_inherits_the_secret_flag_unless_it_names_one(service, scope):
+    service.put_env(ROOT, "prod", "default")
+    service.put(ROOT, scope, "db.password", "base", secret=True)
+    assert service.put(ROOT, PROD, "db.password", "prod-pw").version.secret
+    assert all(not e.has_value for e in service.history(ROOT, PROD, "db.password"))
+    service.put(ROOT, scope, "db.host", "h")
+    assert not service.put(ROOT, PROD, "db.host", "prod-h").version.secret
+    assert not service.put(ROOT, PROD, "db.user", "u", secret=False).version.secret
