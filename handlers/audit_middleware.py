@@ -21,6 +21,8 @@ failed WebSocket authentications count too.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import contextvars
 import json
 import logging
 import uuid
@@ -31,7 +33,7 @@ from urllib.parse import parse_qs, unquote
 
 from core.access_model import AuditEntry
 from core.audit import ATTEMPT, REQUEST
-from core.errors import Unauthenticated
+from core.errors import TesseraError, Unauthenticated
 from core.model import Principal, Scope, utcnow
 
 logger = logging.getLogger("tessera.audit")
@@ -271,15 +273,22 @@ class AuditMiddleware:
             raise
 
     async def _websocket(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        """``/ws``: the auth message and every subscribe are recorded (and durable) before the app sees them.
+        """``/ws``: the auth message and every subscribe are recorded (and durable) before anything follows.
 
-        The middleware authenticates the first message itself (the lookup is cached) to know who it is; if
-        the entry cannot be written the socket gets ``{"type": "error", "code": "unavailable"}`` and is closed
-        before the app acts on the message, so nothing is streamed unaudited.
+        The middleware authenticates the first message itself (the lookup is cached) to know who it is, and
+        records it before the app sees it. A subscribe is recorded with its real outcome: the app acts on it,
+        and the entry is written when its answer is known — an error the app sends while handling it (a
+        refusal: unknown env, bad ``since``, compacted …), or else the app asking for the next message
+        (accepted). Events wait until then. If an entry cannot be written the socket gets
+        ``{"type": "error", "code": "unavailable"}`` and is closed, and nothing more is sent: nothing is
+        streamed unaudited.
         """
         parts = scope["app"].state.container.extras["access"]
         authenticator = scope["app"].state.container.authenticator
-        session: dict[str, Any] = {"authenticated": False, "principal": None}
+        # pending: the subscribe the app is handling (not yet recorded); reader: the task that received it
+        session: dict[str, Any] = {"authenticated": False, "principal": None, "pending": None, "reader": None, "marker": None, "failed": False}
+        settled = asyncio.Event()  # clear while a subscribe is pending: events wait for its record
+        settled.set()
 
         async def record(action: str, status: int, body: dict[str, Any]) -> bool:
             entry = _ws_entry(scope, action, status, session["principal"], body)
@@ -293,7 +302,36 @@ class AuditMiddleware:
                 await send({"type": "websocket.close", "code": 1011})
                 return False
 
+        async def settle(status: int) -> bool:
+            body, session["pending"] = session["pending"], None
+            ok = await record("ws.subscribe", status, body)
+            session["failed"] = session["failed"] or not ok
+            settled.set()
+            return ok
+
+        async def audited_send(message: dict[str, Any]) -> None:
+            if session["failed"]:
+                return  # closed for a failed audit write: nothing more leaves
+            if message["type"] == "websocket.send" and not settled.is_set():  # a subscribe is pending or being recorded
+                sent = _ws_json(message)
+                if sent.get("type") == "error" and session["pending"] is not None and asyncio.current_task() is session["reader"]:
+                    # The app's answer to the subscribe it is handling: a refusal.
+                    if not await settle(_status_of(str(sent.get("code")))):
+                        return
+                elif sent.get("type") == "event" and _SUBSCRIBE.get() is session["marker"]:
+                    # An event of the subscription being recorded (its pump task was started while handling it,
+                    # so it carries its marker). Other subscriptions' events go on: they may hold the app's send
+                    # lock, which the handling of the pending subscribe may need for its answer.
+                    await settled.wait()
+                    if session["failed"]:
+                        return
+            await send(message)
+
         async def audited_receive() -> dict[str, Any]:
+            if session["failed"]:
+                return {"type": "websocket.disconnect", "code": 1011}
+            if session["pending"] is not None and not await settle(200):  # handled without a refusal: accepted
+                return {"type": "websocket.disconnect", "code": 1011}
             message = await receive()
             if message["type"] != "websocket.receive":
                 return message
@@ -327,13 +365,53 @@ class AuditMiddleware:
                          "retry_after": parts.damper.retry_after(_client(scope))})})  # fmt: skip
                     await send({"type": "websocket.close", "code": 1008})
                     return {"type": "websocket.disconnect", "code": 1008}
-            elif body.get("type") == "subscribe":
-                ok = await record("ws.subscribe", 200, body)
+            elif body.get("type") == "subscribe" and session["principal"] is not None:
+                session["pending"], session["reader"], session["marker"] = body, asyncio.current_task(), object()
+                _SUBSCRIBE.set(session["marker"])  # in the reader's context: tasks it starts now inherit it
+                settled.clear()
+                return message
             else:
                 return message
             return message if ok else {"type": "websocket.disconnect", "code": 1011}
 
-        await self.app(scope, audited_receive, send)
+        status = 200  # a subscribe still pending when the app ends was handled without a refusal
+        try:
+            await self.app(scope, audited_receive, audited_send)
+        except Exception:
+            status = 500
+            raise
+        finally:
+            if session["pending"] is not None:
+                with contextlib.suppress(Exception):
+                    await settle(status)
+
+
+def _ws_json(message: dict[str, Any]) -> dict[str, Any]:
+    """The JSON object a ``websocket.send`` carries (``{}`` if it is none)."""
+    raw = message.get("text")
+    if raw is None:
+        raw = (message.get("bytes") or b"").decode("utf-8", "replace")
+    try:
+        parsed = json.loads(raw)
+    except ValueError:
+        return {}
+    return parsed if isinstance(parsed, dict) else {}
+
+
+_SUBSCRIBE: contextvars.ContextVar[object | None] = contextvars.ContextVar("tessera_ws_subscribe", default=None)
+_STATUSES: dict[str, int] = {}
+
+
+def _status_of(code: str) -> int:
+    """The HTTP status of an error code (``not_found`` → 404), as the same error would have on an HTTP route."""
+    if not _STATUSES:
+        stack: list[type] = [TesseraError]
+        while stack:
+            cls = stack.pop()
+            stack.extend(cls.__subclasses__())
+            if isinstance(getattr(cls, "code", None), str) and isinstance(getattr(cls, "status", None), int):
+                _STATUSES.setdefault(cls.code, cls.status)  # type: ignore[attr-defined]
+    return _STATUSES.get(code, 400)
 
 
 def _ws_entry(scope: dict[str, Any], action: str, status: int, principal: Principal | None, body: dict[str, Any]) -> AuditEntry:

@@ -94,11 +94,13 @@ def test_submit_racing_close_never_leaves_a_future_unresolved():
     marker, where no writer would ever resolve it."""
     log = AuditLog(MemoryAccessStore())
     real = log._queue
+    closers: list[threading.Thread] = []
 
     class RacingQueue:
         def put(self, item):
             if item is not None:
                 closer = threading.Thread(target=log.close)
+                closers.append(closer)
                 closer.start()
                 closer.join(0.3)  # with the fix close waits for this submit; without it, it finishes first
             real.put(item)
@@ -113,6 +115,7 @@ def test_submit_racing_close_never_leaves_a_future_unresolved():
     future = log.submit(read_entry("racing"))
     done, pending = wait_futures([future], timeout=3)
     assert not pending, "a future submitted while closing was never resolved"
+    closers[0].join(5)
     with pytest.raises(Unavailable):
         log.submit(read_entry()).result(0)  # after close: fails at once
 
@@ -310,3 +313,86 @@ def test_auth_paths_are_classified_with_bounded_names():
     assert classify("GET", "/auth/" + "x" * 5000)[0] == "auth.unknown"
     assert classify("GET", "/auth/")[0] == "auth.unknown"
     assert classify("DELETE", "/auth/tokens/tok_1") == ("token.revoke", None, "tok_1")
+
+
+def test_a_refused_websocket_subscribe_is_audited_as_refused(client):
+    from tests.access.conftest import make_token
+
+    client.put("/config/auth.issuer", json={"value": "me"}, headers=ROOT).raise_for_status()
+    token = make_token(client, "watcher", rules=[{"path": "auth.*", "capabilities": ["read"]}])
+    with client.websocket_connect("/ws") as ws:
+        ws.send_json({"type": "auth", "token": token})
+        ws.send_json({"type": "subscribe", "keys": ["auth.*"], "since": "yesterday"})
+        bad_since = ws.receive_json()
+        ws.send_json({"type": "subscribe", "keys": ["auth.*"], "env": "no-such-env", "since": 0})
+        unknown_env = ws.receive_json()
+        ws.send_json({"type": "subscribe", "keys": ["auth.*"], "since": 0})
+        event = ws.receive_json()
+    assert bad_since["type"] == unknown_env["type"] == "error" and event["type"] == "event"
+    entries = client.get("/audit?service=watcher&limit=10", headers=ROOT).json()["entries"]
+    subscribes = [(e["env"], e["outcome"], e["status"]) for e in entries if e["action"] == "ws.subscribe"]
+    assert subscribes[0] == ("default", "allowed", 200)
+    assert subscribes[1][0] == "no-such-env" and subscribes[1][1:] != ("allowed", 200)
+    assert subscribes[2] == ("default", "error", 400)
+
+
+def test_no_event_leaves_before_its_subscribe_is_recorded(client, container):
+    from tests.access.conftest import make_token
+
+    client.put("/config/auth.issuer", json={"value": "me"}, headers=ROOT).raise_for_status()
+    token = make_token(client, "watcher", rules=[{"path": "auth.*", "capabilities": ["read"]}])
+    stores = container.extras["access"].stores
+    original = stores.append
+
+    def subscribe_fails(chain, entries):
+        if any(e.action == "ws.subscribe" for e in entries):
+            raise OSError("disk full")
+        return original(chain, entries)
+
+    stores.append = subscribe_fails
+    try:
+        with client.websocket_connect("/ws") as ws:
+            ws.send_json({"type": "auth", "token": token})
+            ws.send_json({"type": "subscribe", "keys": ["auth.*"], "since": 0})
+            assert ws.receive_json() == {"type": "error", "code": "unavailable", "message": "the audit log cannot be written"}
+    finally:
+        stores.append = original
+
+
+@pytest.mark.timeout(90)  # a deadlock would otherwise hang the client fixture's teardown
+def test_a_refused_subscribe_while_another_subscription_streams_does_not_deadlock(client):
+    """Events of an earlier subscription keep flowing while a new subscribe is handled (they may hold the
+    app's send lock, which the refusal needs)."""
+    from tests.access.conftest import make_token
+
+    client.put("/config/auth.n", json={"value": 0}, headers=ROOT).raise_for_status()
+    token = make_token(client, "watcher", rules=[{"path": "auth.*", "capabilities": ["read"]}])
+    got: dict[str, list] = {"codes": []}
+
+    def session() -> None:
+        with client.websocket_connect("/ws") as ws:
+            ws.send_json({"type": "auth", "token": token})
+            ws.send_json({"type": "subscribe", "keys": ["auth.*"], "since": 0})
+            assert ws.receive_json()["type"] == "event"
+            writer = threading.Thread(
+                target=lambda: [client.put("/config/auth.n", json={"value": i}, headers=ROOT) for i in range(60)]
+            )
+            writer.start()
+            for round_ in range(40):
+                time.sleep(0.005)
+                ws.send_json({"type": "subscribe", "keys": ["auth.*"], "env": f"missing-{round_}", "since": 0})
+                while True:
+                    message = ws.receive_json()
+                    if message["type"] == "error":
+                        got["codes"].append(message["code"])
+                        break
+            writer.join()
+
+    worker = threading.Thread(target=session, daemon=True)
+    worker.start()
+    worker.join(30)
+    assert not worker.is_alive(), "the socket deadlocked"
+    assert len(got["codes"]) == 40
+    entries = client.get("/audit?service=watcher&limit=200", headers=ROOT).json()["entries"]
+    refused = [e for e in entries if e["action"] == "ws.subscribe" and (e["env"] or "").startswith("missing-")]
+    assert len(refused) == 40 and all(e["outcome"] != "allowed" for e in refused)
