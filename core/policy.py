@@ -142,9 +142,10 @@ class CompiledPolicies:
             for rule in rules:
                 for capability in rule.rule.capabilities:
                     collected.setdefault(capability, []).append(rule)
-        for capability, rules in collected.items():
+        for capability, capability_rules in collected.items():
             # Denies first: the first deny that applies decides, and no allow needs to be looked at.
-            self._by_capability[capability] = tuple(r for r in rules if r.deny) + tuple(r for r in rules if not r.deny)
+            denies = tuple(r for r in capability_rules if r.deny)
+            self._by_capability[capability] = denies + tuple(r for r in capability_rules if not r.deny)
 
     def decide(self, capability: str, scope: Scope, key: str) -> Decision:
         rules = self._by_capability.get(capability)

@@ -7,6 +7,7 @@ import/export, environments and diff. Every rule of the contract's ``/config`` p
 
 from __future__ import annotations
 
+import builtins  # ``list`` inside ConfigService names its method
 import hashlib
 import json
 import threading
@@ -348,7 +349,7 @@ class ConfigService:
 
     def history(
         self, principal: Principal, scope: Scope, key: str, limit: int = 100, before: int | None = None
-    ) -> list[HistoryEntry]:
+    ) -> builtins.list[HistoryEntry]:
         key = parse_key(key)
         self.require_env(scope.env)
         if limit < 1 or limit > MAX_HISTORY_LIMIT:
@@ -533,7 +534,7 @@ class ConfigService:
             if self.can(principal, "read", scope, leaf.version.key)
         }
 
-    def diff(self, principal: Principal, namespace: str, from_env: str, to_env: str, prefix: str | None) -> dict[str, list]:
+    def diff(self, principal: Principal, namespace: str, from_env: str, to_env: str, prefix: str | None) -> dict[str, builtins.list[dict[str, Any]]]:
         prefix = parse_prefix(prefix)
         source = Scope(namespace, from_env)
         target = Scope(namespace, to_env)

@@ -68,4 +68,4 @@ class Settings(BaseModel):
         if env.get("TESSERA_DEV") in ("1", "true", "yes"):
             values["dev"] = True
         values.update({k: v for k, v in overrides.items() if v is not None})
-        return cls(**values)
+        return cls.model_validate(values)

@@ -812,7 +812,7 @@ class AwsStore:
         obj, old_sha, new_sha = object_key(scope, key, version.version), _sha256(old), _sha256(new)
         self._s3("PutObject", Bucket=self.bucket, Key=obj, Body=new, IfNoneMatch="*",
                  ContentType="application/octet-stream")
-        swap = {
+        swap: dict[str, Any] = {
             "UpdateExpression": "SET obj = :obj, sha = :new, kid = :kid",
             "ConditionExpression": "sha = :old",
             "ExpressionAttributeValues": {":obj": _s(obj), ":new": _s(new_sha), ":kid": _s(new_key_id), ":old": _s(old_sha)},
