@@ -16,6 +16,7 @@ from typing import Any
 
 from core.access import CAPABILITIES
 from core.access_model import AuditEntry, PolicyDoc, Rule, TokenRecord
+from core.audit import REQUEST, RESPONSE
 from core.auth import Authenticator
 from core.errors import Forbidden, InvalidRequest, NotFound
 from core.model import ROOT, Principal, Scope, parse_key, parse_scope, utcnow
@@ -182,9 +183,20 @@ class AccessService:
 
     # ------------------------------------------------------------------ audit
     def query_audit(
-        self, principal: Principal, key: str | None, service: str | None, since: str | None, limit: int
+        self,
+        principal: Principal,
+        key: str | None,
+        service: str | None,
+        since: str | None,
+        limit: int,
+        phase: str = RESPONSE,
     ) -> list[AuditEntry]:
+        """``phase``: "response" (default, one entry per request), "request" (the pre-entries of mutating
+        requests), or "all"."""
         self.require_admin(principal)
         if not 1 <= limit <= MAX_AUDIT_LIMIT:
             raise InvalidRequest(f"limit must be between 1 and {MAX_AUDIT_LIMIT}")
-        return self.audit.query(key or None, service or None, parse_time(since) if since else None, limit)
+        if phase not in (RESPONSE, REQUEST, "all"):
+            raise InvalidRequest(f"phase must be {RESPONSE}, {REQUEST} or all")
+        chosen = None if phase == "all" else phase
+        return self.audit.query(key or None, service or None, parse_time(since) if since else None, limit, chosen)

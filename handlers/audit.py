@@ -19,6 +19,8 @@ def list_audit(
     service: str | None = None,
     since: str | None = None,
     limit: str | None = None,
+    phase: str = "response",
 ) -> dict:
-    entries = access.query_audit(principal, key, service, since, int_param(limit, "limit", minimum=1, maximum=1000) or 100)
+    limit_value = int_param(limit, "limit", minimum=1, maximum=1000) or 100
+    entries = access.query_audit(principal, key, service, since, limit_value, phase)
     return {"entries": [entry_to_api(entry) for entry in entries]}

@@ -271,3 +271,14 @@ def test_environments_over_http(client):
     assert diff == {"added": [], "removed": [], "changed": []}
     error_of(client.get("/diff?from=default"), 400, "invalid_request")
     error_of(client.get("/diff?from=default&to=nope"), 404, "not_found")
+
+
+def test_audit_phases(client):
+    client.put("/config/audited.k", json={"value": 1})
+    client.get("/config/audited.k")
+    responses = client.get("/audit?key=audited.k").json()["entries"]
+    assert [e["action"] for e in responses] == ["config.read", "config.write"]
+    requests = client.get("/audit?key=audited.k&phase=request").json()["entries"]
+    assert [(e["action"], e["phase"]) for e in requests] == [("config.write", "request")]
+    assert len(client.get("/audit?key=audited.k&phase=all").json()["entries"]) == 3
+    error_of(client.get("/audit?phase=sometimes"), 400, "invalid_request")
