@@ -142,9 +142,9 @@ class AuditStore(Protocol):
     def append(self, chain: str, entries: list[AuditEntry]) -> list[AuditEntry]: ...
 
     def query(
-        self, key: str | None, service: str | None, since: datetime | None, limit: int
+        self, key: str | None, service: str | None, since: datetime | None, limit: int, phase: str | None = "response"
     ) -> list[AuditEntry]:
-        """Newest first."""
+        """Newest first; ``phase`` "response" (one entry per request), "request" (pre-entries), or None for both."""
         ...
 
     def chains(self) -> dict[str, tuple[int, str]]:
