@@ -19,6 +19,7 @@ Adapters take their clients as arguments and do no I/O at import (``AwsClients.c
 
 from __future__ import annotations
 
+import bisect
 import functools
 import hashlib
 import random
@@ -48,6 +49,7 @@ OBJECT_PREFIX = "v/"
 # A commit that keeps losing only the revision counter (other keys committing) retries this often before
 # giving up with 503: each loss means someone else made progress, so this bounds latency, not correctness.
 COUNTER_ATTEMPTS = 60
+SEALED_SNAPSHOT_SECONDS = 600.0  # how long one rewrap run reuses its scan of version ids
 DEFAULT_CHANGE_LOG_TTL = timedelta(days=30)
 DEFAULT_RECORD_CACHE = 20_000
 # Error codes that mean "try later": botocore already retried them with backoff before we see them.
@@ -370,6 +372,7 @@ class AwsStore:
         self.calls = calls if calls is not None else CallCounter()
         self.change_log_ttl = change_log_ttl
         self.records = RecordCache(record_cache_entries)
+        self._sealed_snapshot: tuple[float, list[tuple[str, str, str, int]]] | None = None
         self._sleep = sleep
 
     @classmethod
@@ -795,15 +798,34 @@ class AwsStore:
 
     # ------------------------------------------------------------------ key rotation support
     def iter_sealed_versions(self, after: tuple[str, str, str, int] | None, limit: int) -> list[Version]:
-        """A full (consistent) scan per call, sorted here: rotation is rare and offline, and this keeps the
-        table free of a global index that every commit would have to write."""
-        records = sorted(
-            (_item_to_version(item) for item in self._scan_versions()),
-            key=lambda r: (r.scope.namespace, r.scope.env, r.key, r.version),
-        )
-        if after is not None:
-            records = [r for r in records if (r.scope.namespace, r.scope.env, r.key, r.version) > after]
-        return [replace(r, envelope=self.load_envelope(r)) for r in records[:limit]]
+        """Sealed versions in (namespace, env, key, version) order, strictly after ``after``.
+
+        A rewrap run starts with ``after=None``: that call scans the table once (consistently) and keeps the
+        sorted list of version ids; the run's later pages bisect into it, so a run costs one scan, not one per
+        page (no global index, which every commit would have to write). Each returned version is read fresh,
+        so a page never carries an envelope that an earlier page already replaced. Versions written after the
+        scan are sealed under the then-active key and need no rewrap; ``keys status`` shows any that do.
+        """
+        now = time.monotonic()
+        snapshot = self._sealed_snapshot
+        if after is None or snapshot is None or now - snapshot[0] > SEALED_SNAPSHOT_SECONDS:
+            ids = sorted(
+                (record.scope.namespace, record.scope.env, record.key, record.version)
+                for record in map(_item_to_version, self._scan_versions())
+            )
+            snapshot = self._sealed_snapshot = (now, ids)
+        ids = snapshot[1]
+        start = bisect.bisect_right(ids, after) if after is not None else 0
+        page: list[Version] = []
+        for namespace, env, key, number in ids[start:]:
+            item = self._get_item(version_pk(Scope(namespace, env), key), pad(number))
+            if item is None or "obj" not in item:
+                continue
+            record = _item_to_version(item)
+            page.append(replace(record, envelope=self.load_envelope(record)))
+            if len(page) == limit:
+                break
+        return page
 
     def replace_envelope(self, version: Version, old: bytes, new: bytes, new_key_id: str) -> bool:
         """New object, then the version item (and the head, if it still points at this version) switch to it

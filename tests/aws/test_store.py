@@ -176,6 +176,22 @@ def test_rewrap_swaps_objects_conditionally(target):
     assert report.deleted == 3 and cold.get(ROOT, SCOPE, "s.two").value == "w"
 
 
+def test_a_rewrap_run_scans_the_table_once_whatever_its_page_size(target):
+
+    service = node(target)
+    for i in range(12):
+        service.put(ROOT, SCOPE, f"many.k{i}", i)
+    store = service.store
+    scans_before = store.calls["dynamodb:Scan"]
+    seen, after = [], None
+    while page := store.iter_sealed_versions(after, 2):  # six pages
+        seen.extend((v.key, v.version) for v in page)
+        last = page[-1]
+        after = (last.scope.namespace, last.scope.env, last.key, last.version)
+    assert len(seen) == 12 and seen == sorted(seen)
+    assert store.calls["dynamodb:Scan"] - scans_before == 1
+
+
 def test_a_reader_holding_a_replaced_object_follows_the_version_item(target):
     service = node(target)
     service.put(ROOT, SCOPE, "r", "value")
