@@ -237,7 +237,6 @@ class WatchHandle:
         self.on_resync = on_resync
         self.errors: list[TesseraError] = []
         self._stop = threading.Event()
-        self._started = threading.Event()
         self._thread = threading.Thread(target=self._run, name="tessera-watch", daemon=True)
 
     def start(self) -> None:

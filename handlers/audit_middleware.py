@@ -31,10 +31,13 @@ from datetime import datetime
 from typing import Any
 from urllib.parse import parse_qs, unquote
 
+from starlette.datastructures import Headers
+
 from core.access_model import AuditEntry
 from core.audit import ATTEMPT, REQUEST
 from core.errors import TesseraError, Unauthenticated
 from core.model import Principal, Scope, utcnow
+from handlers.deps import parse_bearer
 
 logger = logging.getLogger("tessera.audit")
 AUDITED_PREFIXES = ("/config", "/watch", "/ws", "/policies", "/auth", "/envs", "/diff", "/audit")
@@ -133,12 +136,8 @@ def _error_body(status: int, code: str, message: str, request_id: str) -> tuple[
 
 async def _name_refused_token(scope: dict[str, Any], entry: AuditEntry) -> AuditEntry:
     """A refused token that exists (expired or revoked) is named in the entry: who is still using it."""
-    token = ""
-    for name, value in scope.get("headers", ()):
-        if name == b"authorization":
-            token = value[7:].decode("latin-1").strip()
     try:
-        record = await asyncio.to_thread(scope["app"].state.container.authenticator.identify, token)
+        record = await asyncio.to_thread(scope["app"].state.container.authenticator.identify, _bearer(scope) or "")
     except Exception:  # noqa: BLE001 - naming is a nicety; the refusal is recorded either way
         return entry
     return replace(entry, service=record.service, token_id=record.id) if record is not None else entry
@@ -164,11 +163,8 @@ def _consume(future: asyncio.Future[AuditEntry]) -> None:
 
 async def _caller(scope: dict[str, Any]) -> Principal | None:
     """Who a request entry is from, before the route has authenticated it (the lookup is cached)."""
-    token = ""
-    for name, value in scope.get("headers", ()):
-        if name == b"authorization" and value[:7].lower() == b"bearer ":
-            token = value[7:].decode("latin-1").strip()
-    if not token:
+    token = _bearer(scope)
+    if token is None:
         return None
     try:
         return await asyncio.to_thread(scope["app"].state.container.authenticator.authenticate, token)
@@ -176,11 +172,13 @@ async def _caller(scope: dict[str, Any]) -> Principal | None:
         return None
 
 
+def _bearer(scope: dict[str, Any]) -> str | None:
+    """The request's bearer token, read the same way as the routes read it (``handlers.deps.parse_bearer``)."""
+    return parse_bearer(Headers(scope=scope).get("authorization", ""))
+
+
 def _has_bearer(scope: dict[str, Any]) -> bool:
-    for name, value in scope.get("headers", ()):
-        if name == b"authorization":
-            return value[:7].lower() == b"bearer " and bool(value[7:].strip())
-    return False
+    return _bearer(scope) is not None
 
 
 class AuditMiddleware:

@@ -23,12 +23,16 @@ def get_service(request: Request) -> ConfigService:
     return request.app.state.container.service
 
 
-def bearer_token(request: Request) -> str | None:
-    header = request.headers.get("authorization", "")
+def parse_bearer(header: str) -> str | None:
+    """``Bearer <token>`` → the token; anything else → None."""
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer":
         return None
     return token.strip() or None
+
+
+def bearer_token(request: Request) -> str | None:
+    return parse_bearer(request.headers.get("authorization", ""))
 
 
 def get_principal(request: Request) -> Principal:
