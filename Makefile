@@ -27,7 +27,7 @@ test-fast: $(STAMP)
 	$(BIN)/python -m pytest -n 2 --dist loadfile -q -m "not slow"
 
 lint: $(STAMP)
-	$(BIN)/ruff check core handlers local client tests
+	$(BIN)/ruff check tessera core handlers local client tests bench
 
 bench: $(STAMP)
 	$(BIN)/python -m bench.run

@@ -95,12 +95,12 @@ def micro(count: int = 2000) -> None:
     import sys
     from datetime import UTC, datetime
 
-    from core.access_model import AuditEntry
-    from core.audit import entry_hash, link
-    from core.backends.sqlite import SQLiteStore
-    from core.backends.sqlite_access import SQLiteAccessStore
-    from handlers.access_wiring import audit_logger
-    from handlers.audit_middleware import _entry
+    from tessera.core.access_model import AuditEntry
+    from tessera.core.audit import entry_hash, link
+    from tessera.core.backends.sqlite import SQLiteStore
+    from tessera.core.backends.sqlite_access import SQLiteAccessStore
+    from tessera.handlers.access_wiring import audit_logger
+    from tessera.handlers.audit_middleware import _entry
 
     entry = AuditEntry(ts=datetime.now(UTC), request_id="0" * 32, action="config.read", outcome="allowed", status=200,
                        service="bench", token_id="tok_0123456789abcdef", namespace="default", env="default",

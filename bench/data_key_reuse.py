@@ -31,11 +31,11 @@ os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "bench")
 
 import moto  # noqa: E402,F401  (before any boto3 session)
 
-from core import crypto  # noqa: E402
-from core.backends.keyring import LocalKeyring  # noqa: E402
-from core.model import ROOT, Scope  # noqa: E402
-from core.ports import DataKey, KeyService  # noqa: E402
-from core.service import ConfigService  # noqa: E402
+from tessera.core import crypto  # noqa: E402
+from tessera.core.backends.keyring import LocalKeyring  # noqa: E402
+from tessera.core.model import ROOT, Scope  # noqa: E402
+from tessera.core.ports import DataKey, KeyService  # noqa: E402
+from tessera.core.service import ConfigService  # noqa: E402
 
 
 class ReusingKeyService:
@@ -116,7 +116,7 @@ def main() -> None:
         print(line("fresh data key per seal (baseline)", seals["fresh"]))
         print(line(f"data key reused for {args.reuse} seals", seals["reuse"], seals["fresh"]))
 
-    from core.backends.sqlite import SQLiteStore
+    from tessera.core.backends.sqlite import SQLiteStore
 
     with tempfile.TemporaryDirectory() as tmp:
         ring = LocalKeyring.load_or_create(Path(tmp) / "keyring.json")
@@ -133,7 +133,7 @@ def main() -> None:
     print(line("put, fresh data key (baseline)", puts["fresh"]))
     print(line(f"put, data key reused for {args.reuse} writes", puts["reuse"], puts["fresh"]))
 
-    from core.backends.aws import KmsKeyService
+    from tessera.core.backends.aws import KmsKeyService
     from tests.aws.support import KEY_ALIAS, moto_target
 
     with moto_target() as target:

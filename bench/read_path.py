@@ -17,8 +17,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from core.model import ROOT, Scope
-from core.service import ConfigService
+from tessera.core.model import ROOT, Scope
+from tessera.core.service import ConfigService
 from tests.backends import local_backend
 from tests.servers import ServerProcess
 

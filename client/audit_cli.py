@@ -18,10 +18,10 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
-from core.audit import anchors_from
-from core.audit import verify as verify_chains
-from core.errors import TesseraError
-from core.settings import Settings
+from tessera.core.audit import anchors_from
+from tessera.core.audit import verify as verify_chains
+from tessera.core.errors import TesseraError
+from tessera.core.settings import Settings
 
 app = typer.Typer(no_args_is_help=True)
 console = Console()
@@ -47,8 +47,8 @@ def verify(
     anchor: Path | None = AnchorOption,
 ) -> None:
     """Check the audit log's hash chains; name the first edited, inserted or removed entry."""
-    from handlers import bootstrap
-    from handlers.access_wiring import build_access_stores
+    from tessera.handlers import bootstrap
+    from tessera.handlers.access_wiring import build_access_stores
 
     try:
         anchors = anchors_from(json.loads(anchor.read_text())) if anchor is not None else None

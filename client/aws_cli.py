@@ -34,8 +34,8 @@ def init(
     endpoint_url: str | None = EndpointOption,
 ) -> None:
     """Create the bucket, table and KMS key (idempotent) and print the `export` lines that use them."""
-    from core.backends.aws import AwsClients
-    from core.backends.aws_setup import provision
+    from tessera.core.backends.aws import AwsClients
+    from tessera.core.backends.aws_setup import provision
 
     region = region or "us-east-1"
     plain_http = bool(endpoint_url and endpoint_url.startswith("http://"))
@@ -73,8 +73,8 @@ def gc(
     as_json: bool = typer.Option(False, "--json", help="print the report as JSON"),
 ) -> None:
     """Delete value objects that no version points at (left by a crash between the S3 put and the commit)."""
-    from core.backends.aws import AwsClients, AwsStore
-    from core.errors import TesseraError
+    from tessera.core.backends.aws import AwsClients, AwsStore
+    from tessera.core.errors import TesseraError
 
     clients = AwsClients.create(region or "us-east-1", endpoint_url)
     store = AwsStore(table=table, bucket=bucket, dynamodb=clients.dynamodb, s3=clients.s3, calls=clients.calls)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import typer
 
-from client import audit_cli, aws_cli, keys_cli
+from tessera.client import audit_cli, aws_cli, keys_cli
 
 # No local variables in tracebacks: they could hold a token or key material.
 app = typer.Typer(
@@ -38,14 +38,14 @@ def serve(
     backend: str | None = typer.Option(None, envvar="TESSERA_BACKEND", help="local (default) or aws"),
 ) -> None:
     """Run the Tessera server."""
-    from local.server import serve as run_server
+    from tessera.local.server import serve as run_server
 
     run_server(host=host, port=port, data_dir=data_dir, config_file=config_file, root_token=root_token, dev=dev, backend=backend)
 
 
 # ---------------------------------------------------------------------- talking to a server
 def _client(namespace: str | None, env: str | None):
-    from client.sdk import Tessera
+    from tessera.client.sdk import Tessera
 
     urls = [u.strip().rstrip("/") for u in os.environ.get("TESSERA_URL", "http://127.0.0.1:8200").split(",") if u.strip()]
     token = os.environ.get("TESSERA_TOKEN")
@@ -60,7 +60,7 @@ def _fail(message: str, code: int = 1) -> None:
 
 
 def _call(fn, *args, **kwargs):  # type: ignore[no-untyped-def]
-    from client.sdk import TesseraError
+    from tessera.client.sdk import TesseraError
 
     try:
         return fn(*args, **kwargs)
@@ -139,7 +139,7 @@ def run(
     Names follow the dotenv export (database.host → DATABASE_HOST); injected values replace variables of the
     same name that the calling shell already has.
     """
-    from core.formats import dotenv_name, flatten
+    from tessera.core.formats import dotenv_name, flatten
 
     command = list(ctx.args)
     if not command:

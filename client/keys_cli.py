@@ -25,9 +25,9 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from core import rotation
-from core.errors import TesseraError
-from core.settings import Settings
+from tessera.core import rotation
+from tessera.core.errors import TesseraError
+from tessera.core.settings import Settings
 
 app = typer.Typer(no_args_is_help=True)
 console = Console(stderr=True)
@@ -47,13 +47,13 @@ class KeyTools:
 
 @contextlib.contextmanager
 def open_tools(data_dir: Path, backend: str | None) -> Iterator[KeyTools]:
-    from handlers import bootstrap
+    from tessera.handlers import bootstrap
 
     settings = Settings.from_env(data_dir=data_dir, backend=backend)
     store = bootstrap.build_store(settings)
     try:
         if settings.backend == "aws":
-            from core.backends.aws import KmsKeyService
+            from tessera.core.backends.aws import KmsKeyService
 
             source = functools.partial(store.get_meta, rotation.ACTIVE_KMS_KEY_META)
             keys: Any = KmsKeyService.from_settings(settings, active_key_source=source)

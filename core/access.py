@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from core.model import Principal, Scope
+from tessera.core.model import Principal, Scope
 
 CAPABILITIES = ("read", "list", "history", "write", "delete", "rollback", "admin")
 

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from core.access import CAPABILITIES
-from core.errors import InvalidRequest
+from tessera.core.access import CAPABILITIES
+from tessera.core.errors import InvalidRequest
 
 WILDCARD = "*"
 EFFECTS = ("allow", "deny")
@@ -23,7 +23,7 @@ RULE_FIELDS = frozenset({"path", "capabilities", "effect", "namespaces", "envs"}
 
 def _names(raw: object, what: str) -> tuple[str, ...]:
     # Local import: core.model imports nothing from here, but keep the dependency one-way and obvious.
-    from core.model import NAME_PATTERN
+    from tessera.core.model import NAME_PATTERN
 
     if raw is None:
         return (WILDCARD,)
@@ -48,7 +48,7 @@ class Rule:
     @classmethod
     def from_dict(cls, raw: object) -> Rule:
         """Validate one rule of a request body; any problem is ``400 invalid_request``."""
-        from core.policy import check_path  # the path grammar lives with the matcher
+        from tessera.core.policy import check_path  # the path grammar lives with the matcher
 
         if not isinstance(raw, dict):
             raise InvalidRequest("each rule must be an object")

@@ -14,15 +14,15 @@ from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any
 
-from core.access import CAPABILITIES
-from core.access_model import AuditEntry, PolicyDoc, Rule, TokenRecord
-from core.audit import REQUEST, RESPONSE
-from core.auth import Authenticator
-from core.errors import Forbidden, InvalidRequest, NotFound
-from core.model import ROOT, Principal, Scope, parse_key, parse_scope, utcnow
-from core.policy import Decision, PolicyAuthorizer
-from core.ports import AuditStore, PolicyStore, TokenStore
-from core.tokens import generate_token, hash_token
+from tessera.core.access import CAPABILITIES
+from tessera.core.access_model import AuditEntry, PolicyDoc, Rule, TokenRecord
+from tessera.core.audit import REQUEST, RESPONSE
+from tessera.core.auth import Authenticator
+from tessera.core.errors import Forbidden, InvalidRequest, NotFound
+from tessera.core.model import ROOT, Principal, Scope, parse_key, parse_scope, utcnow
+from tessera.core.policy import Decision, PolicyAuthorizer
+from tessera.core.ports import AuditStore, PolicyStore, TokenStore
+from tessera.core.tokens import generate_token, hash_token
 
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}\Z")
 RESERVED_SERVICES = frozenset({ROOT.service, "config-file"})  # they name the root token and the startup file

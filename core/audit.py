@@ -48,9 +48,9 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-from core.access_model import AuditEntry
-from core.errors import Unavailable
-from core.model import format_time
+from tessera.core.access_model import AuditEntry
+from tessera.core.errors import Unavailable
+from tessera.core.model import format_time
 
 logger = logging.getLogger("tessera.audit")
 GENESIS = "0" * 64

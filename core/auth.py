@@ -15,11 +15,11 @@ import time
 from collections.abc import Callable
 from datetime import datetime
 
-from core.access_model import TokenRecord
-from core.errors import Unauthenticated
-from core.model import ROOT, Principal, utcnow
-from core.ports import TokenStore, VersionStore
-from core.tokens import generate_token, hash_token, matches
+from tessera.core.access_model import TokenRecord
+from tessera.core.errors import Unauthenticated
+from tessera.core.model import ROOT, Principal, utcnow
+from tessera.core.ports import TokenStore, VersionStore
+from tessera.core.tokens import generate_token, hash_token, matches
 
 ROOT_HASH_META = "root_token_sha256"
 TOKEN_CACHE_SECONDS = 0.5

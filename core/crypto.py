@@ -27,9 +27,9 @@ from dataclasses import dataclass
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from core.errors import IntegrityError
-from core.model import Scope
-from core.ports import DataKey, KeyService
+from tessera.core.errors import IntegrityError
+from tessera.core.model import Scope
+from tessera.core.ports import DataKey, KeyService
 
 MAGIC = b"TSE1"
 NONCE_BYTES = 12

@@ -14,7 +14,7 @@ from typing import Any
 
 import yaml
 
-from core.errors import InvalidRequest
+from tessera.core.errors import InvalidRequest
 
 FORMATS = ("json", "yaml", "dotenv")
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
 
-from core.errors import InvalidKey, InvalidRequest
+from tessera.core.errors import InvalidKey, InvalidRequest
 
 NAME_PATTERN = re.compile(r"[a-z0-9][a-z0-9-]{0,62}\Z")
 SEGMENT_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,64}\Z")

@@ -26,9 +26,9 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from core.access_model import WILDCARD, PolicyDoc, Rule
-from core.errors import InvalidRequest
-from core.model import MAX_KEY_LENGTH, MAX_SEGMENTS, SEGMENT_PATTERN, Principal, Scope
+from tessera.core.access_model import WILDCARD, PolicyDoc, Rule
+from tessera.core.errors import InvalidRequest
+from tessera.core.model import MAX_KEY_LENGTH, MAX_SEGMENTS, SEGMENT_PATTERN, Principal, Scope
 
 ADMIN = "admin"
 PathMatcher = Callable[[str], bool]

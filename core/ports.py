@@ -7,8 +7,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
 
-from core.access_model import AuditEntry, PolicyDoc, Rule, TokenRecord
-from core.model import Change, Environment, Scope, Version
+from tessera.core.access_model import AuditEntry, PolicyDoc, Rule, TokenRecord
+from tessera.core.model import Change, Environment, Scope, Version
 
 
 class VersionStore(Protocol):

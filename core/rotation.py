@@ -22,10 +22,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from core import crypto
-from core.errors import IntegrityError, TesseraError
-from core.model import Version
-from core.ports import KeyService, RewrapStore
+from tessera.core import crypto
+from tessera.core.errors import IntegrityError, TesseraError
+from tessera.core.model import Version
+from tessera.core.ports import KeyService, RewrapStore
 
 REWRAP_CURSOR_META = "rewrap_cursor"
 ACTIVE_KMS_KEY_META = "active_kms_key_id"

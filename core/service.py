@@ -18,9 +18,9 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from core import crypto
-from core.access import Authorizer, RootOnly
-from core.errors import (
+from tessera.core import crypto
+from tessera.core.access import Authorizer, RootOnly
+from tessera.core.errors import (
     Forbidden,
     InvalidRequest,
     InvalidRollback,
@@ -31,8 +31,8 @@ from core.errors import (
     ValueTooLarge,
     VersionConflict,
 )
-from core.formats import flatten
-from core.model import (
+from tessera.core.formats import flatten
+from tessera.core.model import (
     DEFAULT,
     Action,
     Environment,
@@ -44,8 +44,8 @@ from core.model import (
     parse_prefix,
     utcnow,
 )
-from core.ports import KeyService, VersionStore
-from core.watch import ChangeNotifier
+from tessera.core.ports import KeyService, VersionStore
+from tessera.core.watch import ChangeNotifier
 
 MAX_VALUE_BYTES = 64 * 1024
 MAX_HISTORY_LIMIT = 1000

@@ -17,12 +17,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from core.errors import InvalidRequest, RevisionCompacted
-from core.model import Action, Change, Principal, Scope
-from core.policy import compile_path
+from tessera.core.errors import InvalidRequest, RevisionCompacted
+from tessera.core.model import Action, Change, Principal, Scope
+from tessera.core.policy import compile_path
 
 if TYPE_CHECKING:
-    from core.service import ConfigService
+    from tessera.core.service import ConfigService
 
 DEFAULT_TIMEOUT = 30.0
 MAX_TIMEOUT = 60.0

@@ -13,14 +13,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from core.access_model import AuditEntry
-from core.access_service import AccessService
-from core.audit import MAX_BATCH, AuditLog, DisabledAuditLog, entry_to_log
-from core.auth import Authenticator
-from core.damping import FailureDamper
-from core.policy import PolicyAuthorizer
-from core.ports import VersionStore
-from core.settings import Settings
+from tessera.core.access_model import AuditEntry
+from tessera.core.access_service import AccessService
+from tessera.core.audit import MAX_BATCH, AuditLog, DisabledAuditLog, entry_to_log
+from tessera.core.auth import Authenticator
+from tessera.core.damping import FailureDamper
+from tessera.core.policy import PolicyAuthorizer
+from tessera.core.ports import VersionStore
+from tessera.core.settings import Settings
 
 logger = logging.getLogger("tessera")
 
@@ -62,20 +62,20 @@ class AccessParts:
 
 def build_access_stores(settings: Settings, store: VersionStore) -> Any:
     """The token, policy and audit stores of the configured backend (one object implements all three)."""
-    from core.backends.sqlite import SQLiteStore
+    from tessera.core.backends.sqlite import SQLiteStore
 
     if isinstance(store, SQLiteStore):
-        from core.backends.sqlite_access import SQLiteAccessStore
+        from tessera.core.backends.sqlite_access import SQLiteAccessStore
 
         return SQLiteAccessStore(store)
     if settings.backend == "aws":
         try:
-            from core.backends.aws_access import DynamoAccessStore  # only when used
+            from tessera.core.backends.aws_access import DynamoAccessStore  # only when used
         except ImportError:
             pass
         else:
             return DynamoAccessStore.for_store(store)
-    from core.backends.memory_access import MemoryAccessStore
+    from tessera.core.backends.memory_access import MemoryAccessStore
 
     logger.warning("no durable token/policy/audit storage for the %s store: using memory (not for production)", type(store).__name__)
     return MemoryAccessStore()

@@ -11,10 +11,10 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from core.errors import TesseraError
-from handlers import audit, auth, config, envs, health, policies, watch
-from handlers.audit_middleware import AuditMiddleware
-from handlers.bootstrap import Container
+from tessera.core.errors import TesseraError
+from tessera.handlers import audit, auth, config, envs, health, policies, watch
+from tessera.handlers.audit_middleware import AuditMiddleware
+from tessera.handlers.bootstrap import Container
 
 logger = logging.getLogger("tessera")
 # Any visible ASCII (and spaces) a client or a tracing proxy uses for ids is echoed; nothing that could split a

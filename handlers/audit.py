@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from core.audit import entry_to_api
-from handlers.auth import AccessDep
-from handlers.deps import PrincipalDep, int_param
+from tessera.core.audit import entry_to_api
+from tessera.handlers.auth import AccessDep
+from tessera.handlers.deps import PrincipalDep, int_param
 
 router = APIRouter()
 

@@ -33,11 +33,11 @@ from urllib.parse import parse_qs, unquote
 
 from starlette.datastructures import Headers
 
-from core.access_model import AuditEntry
-from core.audit import ATTEMPT, REQUEST
-from core.errors import TesseraError, Unauthenticated
-from core.model import Principal, Scope, utcnow
-from handlers.deps import parse_bearer
+from tessera.core.access_model import AuditEntry
+from tessera.core.audit import ATTEMPT, REQUEST
+from tessera.core.errors import TesseraError, Unauthenticated
+from tessera.core.model import Principal, Scope, utcnow
+from tessera.handlers.deps import parse_bearer
 
 logger = logging.getLogger("tessera.audit")
 AUDITED_PREFIXES = ("/config", "/watch", "/ws", "/policies", "/auth", "/envs", "/diff", "/audit")

@@ -7,10 +7,10 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import JSONResponse
 
-from core.access_model import TokenRecord
-from core.access_service import AccessService
-from core.model import Principal, format_time
-from handlers.deps import JsonBody, PrincipalDep
+from tessera.core.access_model import TokenRecord
+from tessera.core.access_service import AccessService
+from tessera.core.model import Principal, format_time
+from tessera.handlers.deps import JsonBody, PrincipalDep
 
 router = APIRouter(prefix="/auth")
 

@@ -7,13 +7,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from core.auth import Authenticator
-from core.backends.keyring import LocalKeyring
-from core.crypto import CachingKeyService
-from core.ports import KeyService, VersionStore
-from core.service import ConfigService
-from core.settings import Settings
-from handlers.access_wiring import build_access
+from tessera.core.auth import Authenticator
+from tessera.core.backends.keyring import LocalKeyring
+from tessera.core.crypto import CachingKeyService
+from tessera.core.ports import KeyService, VersionStore
+from tessera.core.service import ConfigService
+from tessera.core.settings import Settings
+from tessera.handlers.access_wiring import build_access
 
 
 @dataclass
@@ -44,12 +44,12 @@ def build_local_keyring(settings: Settings, store: VersionStore | None = None) -
 
 def build_store(settings: Settings) -> VersionStore:
     if settings.backend == "aws":
-        from core.backends.aws import (
+        from tessera.core.backends.aws import (
             AwsStore,  # imported only when used: keeps local starts light
         )
 
         return AwsStore.from_settings(settings)
-    from core.backends.sqlite import SQLiteStore
+    from tessera.core.backends.sqlite import SQLiteStore
 
     data_dir = Path(settings.data_dir)
     data_dir.mkdir(parents=True, exist_ok=True)
@@ -58,8 +58,8 @@ def build_store(settings: Settings) -> VersionStore:
 
 def build_keys(settings: Settings, store: VersionStore | None = None) -> KeyService:
     if settings.backend == "aws":
-        from core.backends.aws import KmsKeyService
-        from core.rotation import ACTIVE_KMS_KEY_META
+        from tessera.core.backends.aws import KmsKeyService
+        from tessera.core.rotation import ACTIVE_KMS_KEY_META
 
         # New writes follow the KMS key `tessera keys rotate --kms-key-id` recorded in the store's meta.
         source = functools.partial(store.get_meta, ACTIVE_KMS_KEY_META) if store is not None else None

@@ -8,10 +8,10 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 from starlette.convertors import Convertor, register_url_convertor
 
-from core.errors import InvalidRequest
-from core.formats import parse_content, render
-from handlers.deps import JsonBody, PrincipalDep, ScopeDep, ServiceDep, int_param
-from handlers.render import history_item, list_item, read_body, write_body
+from tessera.core.errors import InvalidRequest
+from tessera.core.formats import parse_content, render
+from tessera.handlers.deps import JsonBody, PrincipalDep, ScopeDep, ServiceDep, int_param
+from tessera.handlers.render import history_item, list_item, read_body, write_body
 
 
 class AnyKeyConvertor(Convertor[str]):

@@ -7,10 +7,10 @@ from typing import Annotated, Any
 
 from fastapi import Depends, Request
 
-from core.errors import InvalidRequest, PayloadTooLarge
-from core.model import Principal, Scope, parse_scope
-from core.service import ConfigService
-from handlers.bootstrap import Container
+from tessera.core.errors import InvalidRequest, PayloadTooLarge
+from tessera.core.model import Principal, Scope, parse_scope
+from tessera.core.service import ConfigService
+from tessera.handlers.bootstrap import Container
 
 MAX_BODY_BYTES = 1024 * 1024
 

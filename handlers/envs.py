@@ -5,9 +5,9 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
-from core.errors import InvalidRequest
-from core.model import parse_name, parse_scope
-from handlers.deps import JsonBody, PrincipalDep, ServiceDep
+from tessera.core.errors import InvalidRequest
+from tessera.core.model import parse_name, parse_scope
+from tessera.handlers.deps import JsonBody, PrincipalDep, ServiceDep
 
 router = APIRouter()
 

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from handlers.deps import ContainerDep
+from tessera.handlers.deps import ContainerDep
 
 router = APIRouter()
 

@@ -21,9 +21,9 @@ _lock = threading.Lock()
 def _build() -> Any:
     from mangum import Mangum
 
-    from core.settings import Settings
-    from handlers.app import create_app
-    from handlers.bootstrap import build
+    from tessera.core.settings import Settings
+    from tessera.handlers.app import create_app
+    from tessera.handlers.bootstrap import build
 
     settings = Settings.from_env()
     container = build(settings)
@@ -50,7 +50,7 @@ def _unavailable(event: dict[str, Any], exc: Exception) -> dict[str, Any]:
     import logging
     import uuid
 
-    from core.errors import TesseraError
+    from tessera.core.errors import TesseraError
 
     logging.getLogger("tessera").error("could not start: %s", type(exc).__name__)
     headers = {k.lower(): v for k, v in (event.get("headers") or {}).items()}

@@ -7,9 +7,9 @@ from typing import Any
 from fastapi import APIRouter, Response
 from fastapi.responses import JSONResponse
 
-from core.access_model import PolicyDoc
-from handlers.auth import AccessDep
-from handlers.deps import JsonBody, PrincipalDep
+from tessera.core.access_model import PolicyDoc
+from tessera.handlers.auth import AccessDep
+from tessera.handlers.deps import JsonBody, PrincipalDep
 
 router = APIRouter(prefix="/policies")
 

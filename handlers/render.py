@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from core.model import Version, format_time
-from core.service import HistoryEntry, ReadResult, ResolvedLeaf
+from tessera.core.model import Version, format_time
+from tessera.core.service import HistoryEntry, ReadResult, ResolvedLeaf
 
 
 def read_body(result: ReadResult) -> dict[str, Any]:

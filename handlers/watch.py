@@ -9,10 +9,10 @@ from typing import Any
 from fastapi import APIRouter, Request, WebSocket, WebSocketDisconnect
 from starlette.concurrency import run_in_threadpool
 
-from core.errors import InvalidRequest, TesseraError
-from core.model import Principal, parse_scope
-from core.watch import MAX_SUBSCRIPTIONS_PER_SOCKET, POLL_INTERVAL, Watcher, clamp_timeout, parse_patterns
-from handlers.deps import ContainerDep, PrincipalDep, ScopeDep, bearer_token, int_param
+from tessera.core.errors import InvalidRequest, TesseraError
+from tessera.core.model import Principal, parse_scope
+from tessera.core.watch import MAX_SUBSCRIPTIONS_PER_SOCKET, POLL_INTERVAL, Watcher, clamp_timeout, parse_patterns
+from tessera.handlers.deps import ContainerDep, PrincipalDep, ScopeDep, bearer_token, int_param
 
 router = APIRouter()
 AUTH_TIMEOUT_SECONDS = 10.0

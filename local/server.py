@@ -9,11 +9,11 @@ from pathlib import Path
 
 import uvicorn
 
-from core.formats import parse_content
-from core.model import CONFIG_FILE, Scope
-from core.settings import Settings
-from handlers.app import create_app
-from handlers.bootstrap import Container, build
+from tessera.core.formats import parse_content
+from tessera.core.model import CONFIG_FILE, Scope
+from tessera.core.settings import Settings
+from tessera.handlers.app import create_app
+from tessera.handlers.bootstrap import Container, build
 
 SAMPLE_CONFIG = Path(__file__).with_name("sample-config.yaml")
 DEV_TOKEN_FILE = "root-token"
@@ -30,7 +30,7 @@ def settle_root_token(container: Container, settings: Settings) -> tuple[str | N
         authenticator.set_root_token(token)
         return token, f"dev mode: root token kept in {token_file}"
     if settings.dev:
-        from core.tokens import generate_token
+        from tessera.core.tokens import generate_token
 
         token = generate_token()
         authenticator.set_root_token(token)

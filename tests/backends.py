@@ -11,9 +11,9 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from core.backends.keyring import LocalKeyring
-from core.backends.sqlite import SQLiteStore
-from core.crypto import CachingKeyService
+from tessera.core.backends.keyring import LocalKeyring
+from tessera.core.backends.sqlite import SQLiteStore
+from tessera.core.crypto import CachingKeyService
 
 BackendFactory = Callable[[Path], contextlib.AbstractContextManager[tuple[Any, Any]]]
 

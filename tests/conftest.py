@@ -12,8 +12,8 @@ os.environ.setdefault("AWS_ACCOUNT_ID_ENDPOINT_MODE", "disabled")
 import moto  # noqa: E402,F401  (before any boto3 session)
 import pytest  # noqa: E402
 
-from core.model import Scope  # noqa: E402
-from core.service import ConfigService  # noqa: E402
+from tessera.core.model import Scope  # noqa: E402
+from tessera.core.service import ConfigService  # noqa: E402
 from tests.backends import BACKEND_FACTORIES  # noqa: E402
 
 

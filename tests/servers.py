@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 
 REPO = Path(__file__).resolve().parent.parent
-TESSERA = [sys.executable, "-m", "client.cli"]
+TESSERA = [sys.executable, "-m", "tessera.client.cli"]
 
 
 def free_port() -> int:

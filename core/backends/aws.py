@@ -33,12 +33,12 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from core.errors import IntegrityError, KeyConflict, RevisionCompacted, Unavailable, VersionConflict
-from core.model import Action, Change, Environment, Scope, Version, ancestors, is_under
-from core.ports import DataKey
+from tessera.core.errors import IntegrityError, KeyConflict, RevisionCompacted, Unavailable, VersionConflict
+from tessera.core.model import Action, Change, Environment, Scope, Version, ancestors, is_under
+from tessera.core.ports import DataKey
 
 if TYPE_CHECKING:  # the settings module is light, but keep the adapter's imports obvious
-    from core.settings import Settings
+    from tessera.core.settings import Settings
 
 PAD = 20
 COUNTER_PK, COUNTER_SK = "COUNTER", "revision"

@@ -27,10 +27,10 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
-from core.access_model import AuditEntry, PolicyDoc, Rule, TokenRecord
-from core.audit import GENESIS, RESPONSE, link
-from core.backends.aws import AwsStore, CallCounter, _ClientFailure, _n, _s, call_aws, pad, query_items
-from core.errors import Unavailable
+from tessera.core.access_model import AuditEntry, PolicyDoc, Rule, TokenRecord
+from tessera.core.audit import GENESIS, RESPONSE, link
+from tessera.core.backends.aws import AwsStore, CallCounter, _ClientFailure, _n, _s, call_aws, pad, query_items
+from tessera.core.errors import Unavailable
 
 TOKEN_PK, TOKEN_HASH_PK, POLICY_PK = "TOKEN", "TOKENHASH", "POLICY"
 POLICY_COUNTER_PK, POLICY_COUNTER_SK = "POLICYCOUNTER", "version"

@@ -11,7 +11,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from core.backends.aws import AwsClients
+from tessera.core.backends.aws import AwsClients
 
 TTL_ATTRIBUTE = "expires_at"
 NONCURRENT_DAYS = 30

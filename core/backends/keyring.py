@@ -33,8 +33,8 @@ from pathlib import Path
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from core.errors import IntegrityError, TesseraError
-from core.ports import DataKey
+from tessera.core.errors import IntegrityError, TesseraError
+from tessera.core.ports import DataKey
 
 KEY_ID_PREFIX = "local:"
 MASTER_KEY_BYTES = 32

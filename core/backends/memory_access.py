@@ -7,8 +7,8 @@ import threading
 from dataclasses import replace
 from datetime import datetime
 
-from core.access_model import AuditEntry, PolicyDoc, Rule, TokenRecord
-from core.audit import GENESIS, RESPONSE, link
+from tessera.core.access_model import AuditEntry, PolicyDoc, Rule, TokenRecord
+from tessera.core.audit import GENESIS, RESPONSE, link
 
 
 class MemoryAccessStore:

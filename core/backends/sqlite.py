@@ -16,8 +16,8 @@ from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 
-from core.errors import KeyConflict, Unavailable, VersionConflict
-from core.model import Action, Change, Environment, Scope, Version, ancestors
+from tessera.core.errors import KeyConflict, Unavailable, VersionConflict
+from tessera.core.model import Action, Change, Environment, Scope, Version, ancestors
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS versions (

@@ -13,9 +13,9 @@ from __future__ import annotations
 import json
 from datetime import UTC, datetime
 
-from core.access_model import AuditEntry, PolicyDoc, Rule, TokenRecord
-from core.audit import GENESIS, RESPONSE, link
-from core.backends.sqlite import SQLiteStore
+from tessera.core.access_model import AuditEntry, PolicyDoc, Rule, TokenRecord
+from tessera.core.audit import GENESIS, RESPONSE, link
+from tessera.core.backends.sqlite import SQLiteStore
 
 ACCESS_SCHEMA = """
 CREATE TABLE IF NOT EXISTS tokens (

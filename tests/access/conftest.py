@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 from fastapi.testclient import TestClient
 
-from core.settings import Settings
-from handlers.access_wiring import AccessOptions, build_access
-from handlers.app import create_app
-from handlers.bootstrap import build
+from tessera.core.settings import Settings
+from tessera.handlers.access_wiring import AccessOptions, build_access
+from tessera.handlers.app import create_app
+from tessera.handlers.bootstrap import build
 
 ROOT_TOKEN = "tsr_access-root-token-0123456789abcdef"
 ROOT = {"Authorization": f"Bearer {ROOT_TOKEN}"}

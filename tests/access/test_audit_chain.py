@@ -11,12 +11,12 @@ from datetime import UTC, datetime
 import pytest
 from typer.testing import CliRunner
 
-from client.cli import app as cli
-from core.access_model import AuditEntry
-from core.audit import AuditLog, entry_hash, verify
-from core.backends.memory_access import MemoryAccessStore
-from core.backends.sqlite import SQLiteStore
-from core.backends.sqlite_access import SQLiteAccessStore
+from tessera.client.cli import app as cli
+from tessera.core.access_model import AuditEntry
+from tessera.core.audit import AuditLog, entry_hash, verify
+from tessera.core.backends.memory_access import MemoryAccessStore
+from tessera.core.backends.sqlite import SQLiteStore
+from tessera.core.backends.sqlite_access import SQLiteAccessStore
 
 
 def entry(i: int, **fields) -> AuditEntry:

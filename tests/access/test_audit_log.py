@@ -6,9 +6,9 @@ import threading
 
 import pytest
 
-from core.audit import AuditLog, verify
-from core.backends.memory_access import MemoryAccessStore
-from core.errors import Unavailable
+from tessera.core.audit import AuditLog, verify
+from tessera.core.backends.memory_access import MemoryAccessStore
+from tessera.core.errors import Unavailable
 from tests.access.test_audit_chain import entry
 
 

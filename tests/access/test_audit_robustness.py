@@ -15,13 +15,13 @@ from concurrent.futures import wait as wait_futures
 import pytest
 from fastapi.testclient import TestClient
 
-from core.access_model import AuditEntry
-from core.audit import AuditLog, entry_hash, verify
-from core.backends.memory_access import MemoryAccessStore
-from core.errors import Unavailable
-from core.model import utcnow
-from handlers.app import create_app
-from handlers.audit_middleware import classify
+from tessera.core.access_model import AuditEntry
+from tessera.core.audit import AuditLog, entry_hash, verify
+from tessera.core.backends.memory_access import MemoryAccessStore
+from tessera.core.errors import Unavailable
+from tessera.core.model import utcnow
+from tessera.handlers.app import create_app
+from tessera.handlers.audit_middleware import classify
 from tests.access.conftest import ROOT
 from tests.access.test_audit_chain import entry
 
@@ -136,7 +136,7 @@ def test_a_websocket_auth_timeout_during_the_record_loses_nothing(container, mon
     """The reviewer's ws_dos.py: the auth message arrives just before the server's auth timeout and its audit
     record is still being written when the timeout fires. The writer must survive, the client must get the real
     answer to its message, and the entry must be there."""
-    import handlers.watch as watch
+    import tessera.handlers.watch as watch
 
     monkeypatch.setattr(watch, "AUTH_TIMEOUT_SECONDS", 0.5)
     with TestClient(create_app(container)) as client:
@@ -154,7 +154,7 @@ def test_a_websocket_auth_timeout_during_the_record_loses_nothing(container, mon
 
 
 def test_a_stuck_audit_writer_answers_503_instead_of_hanging(container, monkeypatch):
-    import handlers.audit_middleware as middleware
+    import tessera.handlers.audit_middleware as middleware
 
     monkeypatch.setattr(middleware, "AUDIT_WAIT_SECONDS", 0.3)
     release = threading.Event()
@@ -257,8 +257,8 @@ def test_response_entries_keep_the_hashes_of_entries_from_before_the_phase_field
 
 
 def test_a_sqlite_file_from_before_request_entries_gets_the_column(tmp_path):
-    from core.settings import Settings
-    from handlers.bootstrap import build
+    from tessera.core.settings import Settings
+    from tessera.handlers.bootstrap import build
     from tests.access.conftest import ROOT_TOKEN
 
     container = build(Settings(data_dir=tmp_path / "data", root_token=ROOT_TOKEN))
@@ -281,7 +281,7 @@ def test_a_sqlite_file_from_before_request_entries_gets_the_column(tmp_path):
 
 @pytest.mark.aws
 def test_request_entries_on_dynamodb():
-    from core.backends.aws_access import DynamoAccessStore
+    from tessera.core.backends.aws_access import DynamoAccessStore
     from tests.aws.support import moto_target
 
     with moto_target() as target:

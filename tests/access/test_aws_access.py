@@ -8,12 +8,12 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from fastapi.testclient import TestClient
 
-from core.access_model import AuditEntry, PolicyDoc, Rule, TokenRecord
-from core.audit import entry_hash, verify
-from core.backends.aws import pad
-from core.backends.aws_access import AUDIT_HEAD_PK, AUDIT_PREFIX, DynamoAccessStore
-from core.errors import Unavailable
-from core.tokens import hash_token
+from tessera.core.access_model import AuditEntry, PolicyDoc, Rule, TokenRecord
+from tessera.core.audit import entry_hash, verify
+from tessera.core.backends.aws import pad
+from tessera.core.backends.aws_access import AUDIT_HEAD_PK, AUDIT_PREFIX, DynamoAccessStore
+from tessera.core.errors import Unavailable
+from tessera.core.tokens import hash_token
 from tests.access.test_audit_chain import entry
 
 pytestmark = pytest.mark.aws
@@ -93,7 +93,7 @@ def test_inserted(filled, target):
     last = filled.chain_entries("node-a", 29, 1)[0]
     forged = AuditEntry(ts=last.ts, request_id="forged", action="config.read", outcome="allowed", status=200,
                         chain="node-a", seq=31, prev_hash=last.hash)  # fmt: skip
-    from core.backends.aws_access import _audit_item
+    from tessera.core.backends.aws_access import _audit_item
 
     item = _audit_item(AuditEntry(**{**forged.__dict__, "hash": entry_hash(forged)}))
     raw(target).put_item(TableName=target.table, Item=item)
@@ -122,10 +122,10 @@ def test_per_node_chains_never_fork(target):
 
 
 def test_mission_over_the_api_on_aws(target, monkeypatch):
-    from core.crypto import CachingKeyService
-    from core.settings import Settings
-    from handlers.app import create_app
-    from handlers.bootstrap import build
+    from tessera.core.crypto import CachingKeyService
+    from tessera.core.settings import Settings
+    from tessera.handlers.app import create_app
+    from tessera.handlers.bootstrap import build
 
     root_token = "tsr_aws-root-token-0123456789abcdef"
     settings = Settings(backend="aws", bucket=target.bucket, table=target.table, root_token=root_token)
@@ -175,7 +175,7 @@ def test_real_node_on_moto_server_and_cli_verify(tmp_path):
         node.stop()
 
     def verify_cli() -> tuple[int, dict]:
-        run = subprocess.run([sys.executable, "-m", "client.cli", "audit", "verify", "--backend", "aws", "--json"],
+        run = subprocess.run([sys.executable, "-m", "tessera.client.cli", "audit", "verify", "--backend", "aws", "--json"],
                              cwd=REPO, env={**__import__("os").environ, **target.env()}, capture_output=True, text=True, timeout=60)  # fmt: skip
         return run.returncode, json.loads(run.stdout)
 

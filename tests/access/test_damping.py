@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from core.damping import FailureDamper
+from tessera.core.damping import FailureDamper
 
 
 def test_limits_window_and_penalty():

@@ -80,7 +80,7 @@ def test_mission_scenario_two_nodes(nodes, tmp_path):
     # The audit chain written by both nodes at once is intact.
     from typer.testing import CliRunner
 
-    from client.cli import app as cli
+    from tessera.client.cli import app as cli
 
     result = CliRunner().invoke(cli, ["audit", "verify", "--data-dir", str(first.data_dir)])
     assert result.exit_code == 0, result.output

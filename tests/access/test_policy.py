@@ -9,10 +9,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from core.access_model import PolicyDoc, Rule
-from core.errors import InvalidRequest
-from core.model import ROOT, Principal, Scope
-from core.policy import PolicyAuthorizer, compile_path, compile_policies
+from tessera.core.access_model import PolicyDoc, Rule
+from tessera.core.errors import InvalidRequest
+from tessera.core.model import ROOT, Principal, Scope
+from tessera.core.policy import PolicyAuthorizer, compile_path, compile_policies
 
 segment = st.text(alphabet=string.ascii_lowercase + string.digits + "_-", min_size=1, max_size=6)
 keys = st.lists(segment, min_size=1, max_size=5).map(".".join)

@@ -22,9 +22,9 @@ from typing import Any
 
 import moto  # noqa: F401  (before any boto3 session: STACK-NOTES)
 
-from core.backends.aws import AwsClients, AwsStore, CallCounter, KmsKeyService
-from core.backends.aws_setup import ensure_bucket, ensure_key, ensure_table
-from core.crypto import CachingKeyService
+from tessera.core.backends.aws import AwsClients, AwsStore, CallCounter, KmsKeyService
+from tessera.core.backends.aws_setup import ensure_bucket, ensure_key, ensure_table
+from tessera.core.crypto import CachingKeyService
 
 REGION = "us-east-1"
 KEY_ALIAS = "alias/tessera"

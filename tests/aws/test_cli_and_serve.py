@@ -14,7 +14,7 @@ import httpx
 import pytest
 from typer.testing import CliRunner
 
-from client.cli import app
+from tessera.client.cli import app
 from tests.aws.support import REGION, free_port, mocked_aws, shared_server
 
 ROOT_TOKEN = "tsr_serve-aws-root-token-0123456789"
@@ -50,8 +50,8 @@ def test_init_is_idempotent_and_prints_exports():
 
 
 def test_gc_reports_json_and_dry_run(target):
-    from core.model import ROOT, Scope
-    from core.service import ConfigService
+    from tessera.core.model import ROOT, Scope
+    from tessera.core.service import ConfigService
 
     store, keys = target.pair()
     ConfigService(store, keys).put(ROOT, Scope(), "kept", 1)
@@ -114,11 +114,11 @@ def test_serve_with_the_aws_backend_end_to_end(tmp_path: Path):
         conflict = httpx.put(f"{base}/config/database.host", json={"value": "x", "expected_version": 0}, headers=headers)
         assert conflict.status_code == 409 and conflict.json()["error"]["current_version"] == 1
         # The state is in moto, not in the node: another client sees it directly.
-        from core.backends.aws import AwsClients, AwsStore
+        from tessera.core.backends.aws import AwsClients, AwsStore
 
         clients = AwsClients.create(REGION, server.url)
         store = AwsStore(table=exports["TESSERA_TABLE"], bucket=exports["TESSERA_BUCKET"], dynamodb=clients.dynamodb, s3=clients.s3)
-        assert store.latest(__import__("core.model", fromlist=["Scope"]).Scope(), "database.host").version == 1
+        assert store.latest(__import__("tessera.core.model", fromlist=["Scope"]).Scope(), "database.host").version == 1
     finally:
         process.terminate()
         try:

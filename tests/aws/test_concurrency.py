@@ -16,11 +16,11 @@ INCREMENTS = 5
 
 def increment_worker(endpoint: str, table: str, bucket: str, worker: int, increments: int) -> dict:
     """One process = one node: its own clients, caches and retries."""
-    from core.backends.aws import AwsClients, AwsStore, KmsKeyService
-    from core.crypto import CachingKeyService
-    from core.errors import NotFound, VersionConflict
-    from core.model import ROOT, Scope
-    from core.service import ConfigService
+    from tessera.core.backends.aws import AwsClients, AwsStore, KmsKeyService
+    from tessera.core.crypto import CachingKeyService
+    from tessera.core.errors import NotFound, VersionConflict
+    from tessera.core.model import ROOT, Scope
+    from tessera.core.service import ConfigService
 
     clients = AwsClients.create(REGION, endpoint)
     store = AwsStore(table=table, bucket=bucket, dynamodb=clients.dynamodb, s3=clients.s3, calls=clients.calls)
@@ -61,8 +61,8 @@ def test_concurrent_cas_writers_lose_nothing():
     committed = [c for r in results for c in r["committed"]]
     total = WORKERS * INCREMENTS
 
-    from core.model import ROOT, Scope
-    from core.service import ConfigService
+    from tessera.core.model import ROOT, Scope
+    from tessera.core.service import ConfigService
 
     store, keys = target.pair()
     service = ConfigService(store, keys)
@@ -85,11 +85,11 @@ def test_concurrent_cas_writers_lose_nothing():
 
 def prefix_worker(endpoint: str, table: str, bucket: str, deep: bool, rounds: int, barrier) -> list[bool]:
     """Round i: one process writes ``r<i>.leaf``, the other ``r<i>.leaf.below``, at the same moment."""
-    from core.backends.aws import AwsClients, AwsStore, KmsKeyService
-    from core.crypto import CachingKeyService
-    from core.errors import KeyConflict
-    from core.model import ROOT, Scope
-    from core.service import ConfigService
+    from tessera.core.backends.aws import AwsClients, AwsStore, KmsKeyService
+    from tessera.core.crypto import CachingKeyService
+    from tessera.core.errors import KeyConflict
+    from tessera.core.model import ROOT, Scope
+    from tessera.core.service import ConfigService
 
     clients = AwsClients.create(REGION, endpoint)
     store = AwsStore(table=table, bucket=bucket, dynamodb=clients.dynamodb, s3=clients.s3)
@@ -120,7 +120,7 @@ def test_concurrent_writers_cannot_make_a_key_and_its_prefix_both_live():
                 [(server.url, target.table, target.bucket, deep, rounds, barrier) for deep in (False, True)],
             )
     store, _ = target.pair()
-    from core.model import Scope
+    from tessera.core.model import Scope
 
     for round_number in range(rounds):
         live = [v.key for v in store.list_latest(Scope(), f"r{round_number}")]

@@ -8,14 +8,14 @@ from botocore.retries import standard
 from fastapi.testclient import TestClient
 from typer.testing import CliRunner
 
-from core.backends.aws import AwsClients, AwsStore, CallCounter, KmsKeyService
-from core.crypto import CachingKeyService
-from core.errors import Unavailable
-from core.model import ROOT, Scope
-from core.service import ConfigService
-from core.settings import Settings
-from handlers.app import create_app
-from handlers.bootstrap import build
+from tessera.core.backends.aws import AwsClients, AwsStore, CallCounter, KmsKeyService
+from tessera.core.crypto import CachingKeyService
+from tessera.core.errors import Unavailable
+from tessera.core.model import ROOT, Scope
+from tessera.core.service import ConfigService
+from tessera.core.settings import Settings
+from tessera.handlers.app import create_app
+from tessera.handlers.bootstrap import build
 from tests.aws.faults import FaultInjector
 from tests.aws.support import REGION, moto_target
 
@@ -71,7 +71,7 @@ def test_transaction_failing_after_the_s3_put_changes_nothing_and_gc_removes_the
     assert len(objects(target)) == 2  # the committed value and the orphan
     # gc: a young orphan is left alone (its commit may be in flight); past the grace period it goes.
     runner = CliRunner()
-    from client.cli import app
+    from tessera.client.cli import app
 
     env = {"TESSERA_BUCKET": target.bucket, "TESSERA_TABLE": target.table, "AWS_REGION": REGION}
     young = runner.invoke(app, ["aws", "gc", "--json"], env=env)

@@ -162,14 +162,14 @@ def test_translated_template_deploys_on_moto_cloudformation(translated):
         lambdas = session.client("lambda")
         for function in FUNCTIONS:
             config = lambdas.get_function_configuration(FunctionName=physical[f"{function}Function"])
-            assert config["Handler"] == f"handlers.lambda_.{function.lower()}_handler"
+            assert config["Handler"] == f"tessera.handlers.lambda_.{function.lower()}_handler"
             assert config["Environment"]["Variables"]["TESSERA_TABLE"] == physical["Table"]
             assert iam.get_role(RoleName=physical[f"{function}FunctionRole"])["Role"]
 
 
 def test_init_applies_every_bucket_and_table_setting():
     """Where moto's CloudFormation skips a setting, `tessera aws init` (same settings) shows moto applies it."""
-    from core.backends.aws_setup import provision
+    from tessera.core.backends.aws_setup import provision
 
     with mocked_aws() as clients:
         result = provision(clients, bucket="tessera-init-check", table="tessera-init-check", kms_key_id="alias/tessera-init",
@@ -199,7 +199,7 @@ class _Context:
 
 
 def test_lambda_entry_point_serves_a_value_through_mangum(monkeypatch):
-    from handlers import lambda_
+    from tessera.handlers import lambda_
 
     with moto_target() as target:
         for name, value in target.env().items():
@@ -223,7 +223,7 @@ def test_lambda_entry_point_serves_a_value_through_mangum(monkeypatch):
 
 
 def test_lambda_that_cannot_start_answers_503_in_the_contract_shape(monkeypatch):
-    from handlers import lambda_
+    from tessera.handlers import lambda_
 
     with moto_target() as target:
         for name, value in target.env().items():

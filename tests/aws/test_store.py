@@ -6,12 +6,12 @@ from datetime import UTC, datetime
 
 import pytest
 
-from core import crypto
-from core.backends.aws import CallCounter, pad, parse_object_key, version_pk
-from core.crypto import CachingKeyService
-from core.errors import KeyConflict, Unavailable, VersionConflict
-from core.model import ROOT, Action, Scope, Version
-from core.service import ConfigService
+from tessera.core import crypto
+from tessera.core.backends.aws import CallCounter, pad, parse_object_key, version_pk
+from tessera.core.crypto import CachingKeyService
+from tessera.core.errors import KeyConflict, Unavailable, VersionConflict
+from tessera.core.model import ROOT, Action, Scope, Version
+from tessera.core.service import ConfigService
 
 SCOPE = Scope()
 
@@ -233,7 +233,7 @@ def test_version_item_layout(target):
 
 def test_a_change_log_gap_left_by_ttl_is_refused_not_skipped(target):
     """TTL deletes expired entries in no particular order; revisions are gap-free, so a hole means compaction."""
-    from core.errors import RevisionCompacted
+    from tessera.core.errors import RevisionCompacted
 
     service = node(target)
     for i in range(4):

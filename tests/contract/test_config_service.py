@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from core.errors import (
+from tessera.core.errors import (
     Forbidden,
     InvalidKey,
     InvalidRequest,
@@ -16,7 +16,7 @@ from core.errors import (
     ValueTooLarge,
     VersionConflict,
 )
-from core.model import ROOT, Action, Principal, Scope
+from tessera.core.model import ROOT, Action, Principal, Scope
 
 PROD = Scope("default", "prod")
 

@@ -10,7 +10,7 @@ import threading
 
 import pytest
 
-from client.sdk import Tessera, TesseraError, wait_for
+from tessera.client.sdk import Tessera, TesseraError, wait_for
 from tests.servers import REPO, ServerProcess
 
 pytestmark = pytest.mark.slow
@@ -64,7 +64,7 @@ def test_failover_and_watch_miss_nothing_across_a_node_kill(two_nodes):
 def test_cli_get_put_export_and_run(two_nodes):
     node, _ = two_nodes
     env = {**os.environ, "TESSERA_URL": node.url, "TESSERA_TOKEN": TOKEN}
-    cli = [sys.executable, "-m", "client.cli"]
+    cli = [sys.executable, "-m", "tessera.client.cli"]
 
     def tessera(*args: str) -> subprocess.CompletedProcess:
         return subprocess.run([*cli, *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=60)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import secrets
 
-from core.model import ROOT, Scope
-from core.service import ConfigService
+from tessera.core.model import ROOT, Scope
+from tessera.core.service import ConfigService
 from tests.secrets.helpers import find_leaks, leak_forms, raw_storage, sqlite_files
 
 
@@ -32,8 +32,8 @@ def test_leak_forms_catch_what_they_should():
 
 
 def test_no_plaintext_in_the_sqlite_files_incl_wal(tmp_path):
-    from core.settings import Settings
-    from handlers.bootstrap import build
+    from tessera.core.settings import Settings
+    from tessera.handlers.bootstrap import build
 
     data = tmp_path / "data"
     container = build(Settings(data_dir=data))

@@ -10,11 +10,11 @@ import threading
 
 import pytest
 
-from core import crypto
-from core.backends import keyring as keyring_module
-from core.backends.keyring import KeyringError, LocalKeyring
-from core.errors import IntegrityError
-from core.model import Scope
+from tessera.core import crypto
+from tessera.core.backends import keyring as keyring_module
+from tessera.core.backends.keyring import KeyringError, LocalKeyring
+from tessera.core.errors import IntegrityError
+from tessera.core.model import Scope
 
 SCOPE = Scope("payments", "prod")
 

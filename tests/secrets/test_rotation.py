@@ -11,11 +11,11 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
-from core import crypto, rotation
-from core.backends.keyring import LocalKeyring
-from core.errors import TesseraError
-from core.model import ROOT, Scope
-from core.service import ConfigService
+from tessera.core import crypto, rotation
+from tessera.core.backends.keyring import LocalKeyring
+from tessera.core.errors import TesseraError
+from tessera.core.model import ROOT, Scope
+from tessera.core.service import ConfigService
 
 SCOPES = [Scope(), Scope("payments", "default"), Scope("payments", "prod")]
 
@@ -89,7 +89,7 @@ def kit(backend) -> Kit:
     inner = getattr(keys, "inner", keys)
     if isinstance(inner, LocalKeyring):
         return Kit(store, keys, inner, inner.rotate)
-    from core.backends.aws import KmsKeyService
+    from tessera.core.backends.aws import KmsKeyService
 
     # As the composition root wires it: the active KMS key is whatever the store's meta names.
     kms = KmsKeyService(inner.kms, inner.key_id, inner.calls, functools.partial(store.get_meta, rotation.ACTIVE_KMS_KEY_META), 0.0)
@@ -209,9 +209,9 @@ def test_cursor_for_an_older_target_is_ignored(kit):
 
 # ------------------------------------------------------------------------------------------ the CLI
 def test_keys_cli_end_to_end(tmp_path):
-    from client.cli import app
-    from core.settings import Settings
-    from handlers.bootstrap import build
+    from tessera.client.cli import app
+    from tessera.core.settings import Settings
+    from tessera.handlers.bootstrap import build
 
     data = tmp_path / "data"
     container = build(Settings(data_dir=data))
@@ -268,7 +268,7 @@ def test_cli_refuses_rotating_an_environment_keyring(tmp_path, monkeypatch):
     import base64
     import os
 
-    from client.cli import app
+    from tessera.client.cli import app
 
     monkeypatch.setenv("TESSERA_MASTER_KEY", base64.b64encode(os.urandom(32)).decode())
     result = CliRunner().invoke(app, ["keys", "rotate", "--data-dir", str(tmp_path / "d"), "--json"])
@@ -282,9 +282,9 @@ def test_errors_are_tessera_errors():
 @pytest.mark.aws
 def test_keys_cli_on_the_aws_backend_against_moto_server(tmp_path, monkeypatch):
     """`tessera keys rotate --kms-key-id` records the new key in the store's meta; a running node follows it."""
-    from client.cli import app
-    from core.settings import Settings
-    from handlers.bootstrap import build
+    from tessera.client.cli import app
+    from tessera.core.settings import Settings
+    from tessera.handlers.bootstrap import build
     from tests.aws.support import shared_server
 
     target = shared_server().target()

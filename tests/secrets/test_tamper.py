@@ -11,9 +11,9 @@ import sqlite3
 import pytest
 from fastapi.testclient import TestClient
 
-from core.settings import Settings
-from handlers.app import create_app
-from handlers.bootstrap import build
+from tessera.core.settings import Settings
+from tessera.handlers.app import create_app
+from tessera.handlers.bootstrap import build
 from tests.secrets.helpers import find_leaks
 
 ROOT_TOKEN = "tsr_tamper-root-token-0123456789abcdef"
@@ -171,10 +171,10 @@ def test_history_of_a_tampered_plain_key_fails_whole(seeded, caplog):
 # ------------------------------------------------------------------------------ every backend, at the service
 @pytest.mark.parametrize("where", ["key id", "wrapped key", "nonce", "ciphertext", "tag"])
 def test_service_refuses_a_flipped_byte_on_every_backend(backend, where):
-    from core import crypto
-    from core.errors import IntegrityError
-    from core.model import ROOT, Scope
-    from core.service import ConfigService
+    from tessera.core import crypto
+    from tessera.core.errors import IntegrityError
+    from tessera.core.model import ROOT, Scope
+    from tessera.core.service import ConfigService
 
     store, keys = backend
     ConfigService(store, keys).put(ROOT, Scope(), "db.password", "canary-value", secret=True)
@@ -198,10 +198,10 @@ def test_service_refuses_a_flipped_byte_on_every_backend(backend, where):
 
 
 def test_service_refuses_envelopes_swapped_between_keys_and_versions_on_every_backend(backend):
-    from core import crypto
-    from core.errors import IntegrityError
-    from core.model import ROOT, Scope
-    from core.service import ConfigService
+    from tessera.core import crypto
+    from tessera.core.errors import IntegrityError
+    from tessera.core.model import ROOT, Scope
+    from tessera.core.service import ConfigService
 
     store, keys = backend
     service = ConfigService(store, keys)

@@ -6,32 +6,40 @@ import ast
 from pathlib import Path
 
 CORE = Path(__file__).resolve().parents[2] / "core"
-FORBIDDEN = {"boto3", "botocore", "fastapi", "starlette", "sqlite3", "httpx", "uvicorn", "mangum", "moto", "handlers", "local", "client"}
+FORBIDDEN = {
+    "boto3", "botocore", "fastapi", "starlette", "sqlite3", "httpx", "uvicorn", "mangum", "moto",
+    "tessera.handlers", "tessera.local", "tessera.client", "tessera.core.backends",
+}  # fmt: skip
+
+
+def _root(module: str) -> set[str]:
+    """``boto3.session`` → {"boto3"}; ``tessera.core.backends.sqlite`` → {"tessera", "tessera.core", "tessera.core.backends"}."""
+    parts = module.split(".")
+    return {".".join(parts[:n]) for n in range(1, min(len(parts), 3) + 1)} if parts[0] == "tessera" else {parts[0]}
 
 
 def imported_roots(path: Path) -> set[str]:
-    roots = set()
+    roots: set[str] = set()
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.Import):
-            roots.update(alias.name.split(".")[0] for alias in node.names)
+            for alias in node.names:
+                roots |= _root(alias.name)
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            roots.add(node.module.split(".")[0])
-            if node.module.startswith("core.backends"):
-                roots.add("core.backends")
+            roots |= _root(node.module)
     return roots
 
 
 def test_core_domain_imports_no_io_library():
     offenders = {}
     for path in CORE.glob("*.py"):
-        bad = imported_roots(path) & (FORBIDDEN | {"core.backends"})
+        bad = imported_roots(path) & FORBIDDEN
         if bad:
             offenders[path.name] = sorted(bad)
     assert offenders == {}
 
 
 def test_formats_round_trip():
-    from core.formats import flatten, nest, parse_dotenv, to_dotenv
+    from tessera.core.formats import flatten, nest, parse_dotenv, to_dotenv
 
     flat = dict(flatten({"database": {"host": "db", "port": 5432}, "api-key": "a b"}))
     assert nest(flat) == {"database": {"host": "db", "port": 5432}, "api-key": "a b"}
@@ -43,7 +51,7 @@ def test_refused_settings_never_echo_secrets():
     import pytest
     from pydantic import ValidationError
 
-    from core.settings import Settings
+    from tessera.core.settings import Settings
 
     with pytest.raises(ValidationError) as info:
         Settings(root_token="short-secret-x", master_key="bWFzdGVyLWtleS1tYXRlcmlhbA==")
@@ -57,7 +65,7 @@ def test_refused_settings_never_echo_secrets():
 def test_dotenv_export_is_safe_to_source(tmp_path):
     import subprocess
 
-    from core.formats import parse_dotenv, to_dotenv
+    from tessera.core.formats import parse_dotenv, to_dotenv
 
     nasty = {"a": "hi `touch pwned1` $(touch pwned2) ${HOME} \"q\" \\ 'single'\nline two"}
     env_file = tmp_path / "x.env"
@@ -71,8 +79,8 @@ def test_dotenv_export_is_safe_to_source(tmp_path):
 def test_import_size_is_bounded_against_alias_bombs():
     import pytest
 
-    from core.errors import InvalidRequest
-    from core.formats import flatten, parse_content
+    from tessera.core.errors import InvalidRequest
+    from tessera.core.formats import flatten, parse_content
 
     bomb = "a: &a {x0: 1, x1: 1, x2: 1, x3: 1, x4: 1, x5: 1, x6: 1, x7: 1, x8: 1, x9: 1}\n"
     for level in "bcdefgh":

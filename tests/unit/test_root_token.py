@@ -6,8 +6,8 @@ import time
 
 import pytest
 
-from core.auth import Authenticator
-from core.errors import Unauthenticated
+from tessera.core.auth import Authenticator
+from tessera.core.errors import Unauthenticated
 from tests.backends import local_backend
 
 OLD = "tsr_old-root-token-0123456789abcdef"

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import threading
 
-from core.backends.sqlite import VERSION_COLUMNS, SQLiteStore
-from core.model import ROOT, Scope
-from core.service import ConfigService
+from tessera.core.backends.sqlite import VERSION_COLUMNS, SQLiteStore
+from tessera.core.model import ROOT, Scope
+from tessera.core.service import ConfigService
 from tests.backends import local_backend
 
 
@@ -82,7 +82,7 @@ def test_store_reopens_with_everything(tmp_path):
 
 
 def test_value_cache_is_bounded_by_bytes_too():
-    from core.service import ValueCache
+    from tessera.core.service import ValueCache
 
     cache = ValueCache(max_entries=100, max_bytes=1000)
     for version in range(1, 21):
