@@ -20,7 +20,7 @@ logger = logging.getLogger("tessera")
 # Any visible ASCII (and spaces) a client or a tracing proxy uses for ids is echoed; nothing that could split a
 # header or a log line.
 REQUEST_ID_PATTERN = re.compile(r"[\x20-\x7e]{1,200}\Z")
-HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large", 400: "invalid_request"}
+HTTP_CODES = {404: "no_route", 405: "method_not_allowed", 413: "payload_too_large", 400: "invalid_request"}
 
 
 def error_response(request: Request, status: int, code: str, message: str, **extra: object) -> JSONResponse:
@@ -62,8 +62,10 @@ def create_app(container: Container) -> FastAPI:
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        # Only the router raises these: a 404 here is a path that is no route of the API (``no_route``), never
+        # a missing key (``not_found``), so a client with a wrong base URL sees a configuration error.
         code = HTTP_CODES.get(exc.status_code, "invalid_request" if exc.status_code < 500 else "internal")
-        message = "no such route" if exc.status_code == 404 else str(exc.detail)
+        message = "no such route in the Tessera API (check the base URL)" if exc.status_code == 404 else str(exc.detail)
         return error_response(request, exc.status_code, code, message)
 
     @app.exception_handler(Exception)

@@ -119,6 +119,14 @@ def test_error_shape_on_not_found(root):
     assert set(error) >= {"code", "message", "request_id"}
 
 
+@pytest.mark.parametrize("path", ["/nope", "//config/a.b", "/tessera/config/a.b", "/configs/a.b"])
+def test_a_path_that_is_no_route_is_404_no_route(root, anon, path):
+    """Never ``not_found``: a client with a wrong base URL must see a configuration error, not "key missing"."""
+    for client in (root, anon):
+        error = assert_error(client.get(path), 404, "no_route")
+        assert "base url" in error["message"].lower()
+
+
 def test_client_request_id_is_echoed_on_success_and_error(root, anon):
     rid = "acc-" + uid()
     response = root.get("/envs", headers={"X-Request-Id": rid})

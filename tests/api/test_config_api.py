@@ -207,7 +207,7 @@ def test_bad_bodies_write_nothing(client):
 
 
 def test_unknown_route_and_method_use_the_error_shape(client):
-    error_of(client.get("/nothing/here"), 404, "not_found")
+    error_of(client.get("/nothing/here"), 404, "no_route")
     assert client.post("/config/k").json()["error"]["code"] in {"method_not_allowed"}
 
 
