@@ -3,6 +3,8 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+RUN_STAMP := $(VENV)/.installed-run
+WHEELHOUSE := $(VENV)/wheelhouse
 
 .PHONY: run test test-fast lint bench clean
 
@@ -10,12 +12,23 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 
+# What the tests need: every extra, plus a wheelhouse of the base distribution's dependencies and build tools
+# (made while the package index is reachable) so tests/e2e/test_install.py can install the bare
+# SDK into a fresh venv with --no-index. The project's own wheel is built by that test from the current source.
 $(STAMP): $(BIN)/python pyproject.toml
 	$(BIN)/pip install --quiet -e '.[test]'
-	touch $(STAMP)
+	rm -rf $(WHEELHOUSE)
+	$(BIN)/pip wheel --quiet --wheel-dir $(WHEELHOUSE) . 'setuptools>=68' wheel
+	rm -f $(WHEELHOUSE)/tessera_config-*.whl
+	touch $(RUN_STAMP) $(STAMP)
+
+# What running needs: the server and the CLI (no AWS stack, no test tools). A test install covers it.
+$(RUN_STAMP): $(BIN)/python pyproject.toml
+	$(BIN)/pip install --quiet -e '.[server,cli]'
+	touch $(RUN_STAMP)
 
 ## make run: start the local server (embedded backend, sample config) and print the URL and root token
-run: $(STAMP)
+run: $(RUN_STAMP)
 	$(BIN)/tessera serve --dev --data-dir .tessera
 
 ## make test: the whole suite, slow suites included

@@ -38,7 +38,10 @@ def serve(
     backend: str | None = typer.Option(None, envvar="TESSERA_BACKEND", help="local (default) or aws"),
 ) -> None:
     """Run the Tessera server."""
-    from tessera.local.server import serve as run_server
+    try:
+        from tessera.local.server import serve as run_server
+    except ImportError as exc:  # the base install and [cli] alone have no server stack
+        _fail(f"tessera serve needs the server extra: pip install 'tessera-config[server]' ({exc.name} is missing)")
 
     run_server(host=host, port=port, data_dir=data_dir, config_file=config_file, root_token=root_token, dev=dev, backend=backend)
 
