@@ -48,18 +48,28 @@ def serve(
 
 # ---------------------------------------------------------------------- talking to a server
 def _client(namespace: str | None, env: str | None):
-    from tessera.client.sdk import Tessera
+    from tessera.client.sdk import Client, ConfigurationError
 
-    urls = [u.strip().rstrip("/") for u in os.environ.get("TESSERA_URL", "http://127.0.0.1:8200").split(",") if u.strip()]
+    urls = os.environ.get("TESSERA_URL", "http://127.0.0.1:8200")
     token = os.environ.get("TESSERA_TOKEN")
     if not token:
         _fail("set TESSERA_TOKEN (and TESSERA_URL, comma-separated for several nodes)")
-    return Tessera(urls, token, namespace=namespace or "default", env=env or "default")
+    try:
+        return Client(urls, token, namespace=namespace or "default", env=env or "default")
+    except ConfigurationError as exc:
+        _fail(f"TESSERA_URL: {exc.message}", 2)
 
 
 def _fail(message: str, code: int = 1) -> None:
     typer.echo(f"error: {message}", err=True)
     raise typer.Exit(code)
+
+
+def _exit_code(exc: Exception) -> int:
+    """2 for what the caller can fix (a refusal, a missing key, a wrong URL), 1 when the service failed."""
+    from tessera.client.sdk import ServerError, Unavailable
+
+    return 1 if isinstance(exc, Unavailable | ServerError) else 2
 
 
 def _call(fn, *args, **kwargs):  # type: ignore[no-untyped-def]
@@ -68,7 +78,7 @@ def _call(fn, *args, **kwargs):  # type: ignore[no-untyped-def]
     try:
         return fn(*args, **kwargs)
     except TesseraError as exc:
-        _fail(f"{exc.code}: {exc.message}", 2 if exc.status < 500 else 1)
+        _fail(str(exc), _exit_code(exc))
 
 
 NamespaceOpt = typer.Option(None, "--namespace", "-n", envvar="TESSERA_NAMESPACE")
@@ -80,11 +90,11 @@ JsonOpt = typer.Option(False, "--json", help="machine-readable output")
 def get(key: str, version: int | None = None, namespace: str | None = NamespaceOpt, env: str | None = EnvOpt, as_json: bool = JsonOpt) -> None:
     """Print a key's value (a subtree prints as an object)."""
     with _client(namespace, env) as client:
-        body = _call(client.get, key, version=version)
+        entry = _call(client.get, key, version=version)
     if as_json:
-        typer.echo(json.dumps(body))
+        typer.echo(json.dumps(entry.to_json()))
     else:
-        value = body["value"]
+        value = entry.value
         typer.echo(value if isinstance(value, str) else json.dumps(value, indent=2))
 
 
@@ -114,8 +124,8 @@ def put(
         except ValueError:
             parsed = value
     with _client(namespace, env) as client:
-        body = _call(client.put, key, parsed, secret=secret, expected_version=expected_version)
-    typer.echo(json.dumps(body) if as_json else f"{body['key']} version {body['version']} ({body['action']})")
+        result = _call(client.put, key, parsed, secret=secret, expected_version=expected_version)
+    typer.echo(json.dumps(result.to_json()) if as_json else f"{result.key} version {result.version} ({result.action})")
 
 
 @app.command()
@@ -166,29 +176,40 @@ def watch(
     env: str | None = EnvOpt,
     count: int | None = typer.Option(None, help="stop after this many events"),
 ) -> None:
-    """Print change events as JSON lines, as they happen."""
+    """Print change events as JSON lines, as they happen.
+
+    Passing trouble (a node down, a reconnect) is printed as `warning: ...` lines on stderr; when the watch cannot
+    continue (not a Tessera server, token refused) it exits non-zero with one `error: ...` line.
+    """
     import threading
+
+    from tessera.client.sdk.watch import is_fatal
 
     done = threading.Event()
     seen = 0
 
-    def show(event: dict) -> None:
+    def show(event) -> None:  # type: ignore[no-untyped-def]
         nonlocal seen
-        typer.echo(json.dumps(event))
+        typer.echo(json.dumps(event.to_json()))
         seen += 1
         if count is not None and seen >= count:
             done.set()
 
+    def warn(exc: BaseException) -> None:
+        if not is_fatal(exc):  # the fatal one is printed once, as the error line, below
+            typer.echo(f"warning: {exc}", err=True)
+
     with _client(namespace, env) as client:
-        handle = client.watch(keys, show, since=since)
+        handle = client.watch(keys, show, since=since, on_error=warn)
         try:
-            while not done.wait(0.5):
-                if handle.errors and not handle._thread.is_alive():
-                    _fail(str(handle.errors[-1]))
+            while not done.wait(0.2):
+                if not handle.alive:
+                    error = handle.error
+                    _fail(str(error) if error else "the watch stopped", _exit_code(error) if isinstance(error, Exception) else 1)
         except KeyboardInterrupt:
             pass
         finally:
-            handle.stop(timeout=0.1)
+            handle.stop(timeout=0.5)
 
 
 def main() -> None:

@@ -34,7 +34,7 @@ HEAVY = ["fastapi", "starlette", "uvicorn", "boto3", "botocore", "aws_lambda_pow
 
 PROBE = """
 import importlib.util, json, sys
-from tessera.client.sdk import Tessera as Client, Tessera as AsyncClient
+from tessera import AsyncClient, Client, Entry, TesseraError, Unavailable
 print(json.dumps({
     "imported": sorted(name for name in sys.modules if name.split(".")[0] in HEAVY),
     "installed": sorted(name for name in HEAVY if importlib.util.find_spec(name) is not None),

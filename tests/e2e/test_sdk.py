@@ -10,8 +10,10 @@ import threading
 
 import pytest
 
-from tessera.client.sdk import Tessera, TesseraError, wait_for
+from tessera import Client as Tessera
+from tessera import RevisionCompacted, VersionConflict
 from tests.servers import REPO, ServerProcess
+from tests.waiting import wait_for
 
 pytestmark = pytest.mark.slow
 TOKEN = "tsr_sdk-root-token-abcdefghijklmnop"
@@ -31,14 +33,14 @@ def two_nodes(tmp_path):
 def test_sdk_round_trip_and_errors(two_nodes):
     node, _ = two_nodes
     with Tessera(node.url, TOKEN) as client:
-        assert client.put("app.name", "demo")["version"] == 1
-        assert client.get("app.name")["value"] == "demo"
+        assert client.put("app.name", "demo").version == 1
+        assert client.get("app.name").value == "demo"
         assert client.value("missing.key", default="fallback") == "fallback"
-        with pytest.raises(TesseraError) as info:
+        with pytest.raises(VersionConflict) as info:
             client.put("app.name", "x", expected_version=0)
-        assert info.value.code == "version_conflict" and info.value.body["current_version"] == 1
-        assert [v["version"] for v in client.history("app.name")] == [1]
-        assert client.import_values({"db": {"host": "h"}})["created"] == 1
+        assert info.value.code == "version_conflict" and info.value.current_version == 1
+        assert [v.version for v in client.history("app.name")] == [1]
+        assert client.import_values({"db": {"host": "h"}}).created == 1
         assert "DB_HOST=h" in client.export("dotenv")
 
 
@@ -53,11 +55,11 @@ def test_failover_and_watch_miss_nothing_across_a_node_kill(two_nodes):
         first.kill9()  # the node the watcher was talking to dies
         for i in range(30, 60):
             writer_b.put(f"counter.k{i % 3}", i)
-        assert client.get("counter.k0")["value"] == 57  # reads fail over too
+        assert client.get("counter.k0").value == 57  # reads fail over too
         assert wait_for(lambda: len(received) >= 60, timeout=20)
         handle.stop(timeout=0.1)
-    assert [event["value"] for event in received] == list(range(60))
-    revisions = [event["revision"] for event in received]
+    assert [event.value for event in received] == list(range(60))
+    revisions = [event.revision for event in received]
     assert revisions == sorted(set(revisions))
 
 
@@ -94,14 +96,19 @@ def test_watch_resyncs_after_compaction(tmp_path):
             for i in range(40):
                 client.put("churn", i)
             resynced: list[int] = []
-            events: list[dict] = []
+            events: list = []
             done = threading.Event()
+
+            def on_error(exc: BaseException) -> None:
+                if isinstance(exc, RevisionCompacted):
+                    resynced.append(exc.current_revision)
+
             handle = client.watch("churn", lambda e: (events.append(e), done.set()), since=1, poll_timeout=1,
-                                  on_resync=resynced.append)
+                                  on_error=on_error)
             assert wait_for(lambda: bool(resynced), timeout=10)
             client.put("churn", "after")
             assert done.wait(10)
             handle.stop(timeout=0.1)
-            assert resynced == [40] and [e["value"] for e in events] == ["after"]
+            assert resynced == [40] and [e.value for e in events] == ["after"]
     finally:
         server.stop()

@@ -1,0 +1,274 @@
+"""Typed results: what each call returns, built from the contract's JSON shapes.
+
+Values of secrets and of subtrees (which may hold secret leaves) are left out of ``repr``, so logging a result
+never prints a secret.
+
+>>> entry = Entry(key="db.password", value="s3cret", version=2, secret=True)
+>>> entry
+Entry(key='db.password', value=<secret>, version=2, secret=True, stale=False, namespace='default', env='default')
+>>> entry.value
+'s3cret'
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+from typing import Any
+
+
+def parse_time(value: Any) -> datetime | None:
+    """An RFC 3339 time from the server (``...Z``) as an aware ``datetime``; ``None`` when absent or unreadable."""
+    if not isinstance(value, str) or not value:
+        return None
+    try:
+        return datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+
+
+def _format_time(value: datetime | None) -> str | None:
+    return value.isoformat() if value else None
+
+
+@dataclass(frozen=True, repr=False)
+class Entry:
+    """A key's value as read: ``GET /config/{key}``.
+
+    ``version`` is ``None`` for a subtree (a key with descendants but no value of its own; ``value`` is then the
+    nested object and ``redacted`` names leaves you may list but not read). ``stale`` is true only when the value
+    was served from the last-known-good store because no node answered.
+
+    >>> Entry(key="app.name", value="demo", version=1).value
+    'demo'
+    """
+
+    key: str
+    value: Any
+    version: int | None
+    secret: bool = False
+    stale: bool = False
+    namespace: str = "default"
+    env: str = "default"
+    resolved_env: str | None = None
+    updated_at: datetime | None = None
+    updated_by: str | None = None
+    revision: int | None = None
+    redacted: tuple[str, ...] = ()
+
+    @property
+    def is_subtree(self) -> bool:
+        return self.version is None
+
+    def __repr__(self) -> str:
+        shown = "<secret>" if self.secret else "<subtree>" if self.is_subtree else repr(self.value)
+        return (f"Entry(key={self.key!r}, value={shown}, version={self.version!r}, secret={self.secret!r}, "
+                f"stale={self.stale!r}, namespace={self.namespace!r}, env={self.env!r})")
+
+    @classmethod
+    def from_body(cls, body: dict[str, Any]) -> Entry:
+        return cls(
+            key=str(body["key"]),
+            value=body["value"],
+            version=body.get("version"),
+            secret=bool(body.get("secret", False)),
+            namespace=str(body.get("namespace", "default")),
+            env=str(body.get("env", "default")),
+            resolved_env=body.get("resolved_env"),
+            updated_at=parse_time(body.get("updated_at")),
+            updated_by=body.get("updated_by"),
+            revision=body.get("revision"),
+            redacted=tuple(body.get("redacted") or ()),
+        )
+
+    def as_stale(self) -> Entry:
+        return replace(self, stale=True)
+
+    def to_json(self) -> dict[str, Any]:
+        """The JSON form kept by the last-known-good file (and printed by ``tessera get --json``)."""
+        return {
+            "key": self.key, "value": self.value, "version": self.version, "secret": self.secret,
+            "namespace": self.namespace, "env": self.env, "resolved_env": self.resolved_env,
+            "updated_at": _format_time(self.updated_at), "updated_by": self.updated_by, "revision": self.revision,
+            **({"redacted": list(self.redacted)} if self.is_subtree else {}),
+            **({"stale": True} if self.stale else {}),
+        }
+
+
+@dataclass(frozen=True)
+class WriteResult:
+    """What a ``put`` committed (no value). ``created``: the key had no live value; ``replayed``: the server
+    answered a retry of this call from its idempotency record instead of writing again.
+
+    >>> WriteResult(key="a", version=2, revision=9, secret=False, action="update").version
+    2
+    """
+
+    key: str
+    version: int
+    revision: int | None
+    secret: bool
+    action: str | None = None
+    namespace: str = "default"
+    env: str = "default"
+    updated_at: datetime | None = None
+    updated_by: str | None = None
+    created: bool = False
+    replayed: bool = False
+
+    @classmethod
+    def from_body(cls, body: dict[str, Any], *, status: int, replayed: bool) -> WriteResult:
+        return cls(
+            key=str(body["key"]), version=int(body["version"]), revision=body.get("revision"),
+            secret=bool(body.get("secret", False)), action=body.get("action"),
+            namespace=str(body.get("namespace", "default")), env=str(body.get("env", "default")),
+            updated_at=parse_time(body.get("updated_at")), updated_by=body.get("updated_by"),
+            created=status == 201, replayed=replayed,
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return {"key": self.key, "version": self.version, "revision": self.revision, "secret": self.secret,
+                "action": self.action, "namespace": self.namespace, "env": self.env,
+                "updated_at": _format_time(self.updated_at), "updated_by": self.updated_by}
+
+
+@dataclass(frozen=True)
+class DeleteResult:
+    """A deletion: the tombstone's ``version`` (a deletion is a version too)."""
+
+    key: str
+    version: int
+    revision: int | None = None
+    replayed: bool = False
+
+
+@dataclass(frozen=True)
+class RollbackResult:
+    """A rollback: the new ``version`` whose value is ``rolled_back_from``'s."""
+
+    key: str
+    version: int
+    rolled_back_from: int
+    revision: int | None = None
+    replayed: bool = False
+
+
+@dataclass(frozen=True, repr=False)
+class Version:
+    """One version in a key's history (newest first). ``value`` only for non-secret versions that carry one
+    (``has_value``); a deletion has none.
+    """
+
+    version: int
+    action: str
+    secret: bool
+    updated_at: datetime | None = None
+    updated_by: str | None = None
+    revision: int | None = None
+    rolled_back_from: int | None = None
+    value: Any = None
+    has_value: bool = False
+
+    def __repr__(self) -> str:
+        shown = f", value={self.value!r}" if self.has_value else ""
+        return f"Version(version={self.version}, action={self.action!r}, secret={self.secret}{shown})"
+
+    @classmethod
+    def from_body(cls, body: dict[str, Any]) -> Version:
+        return cls(
+            version=int(body["version"]), action=str(body.get("action", "")), secret=bool(body.get("secret", False)),
+            updated_at=parse_time(body.get("updated_at")), updated_by=body.get("updated_by"),
+            revision=body.get("revision"), rolled_back_from=body.get("rolled_back_from"),
+            value=body.get("value"), has_value="value" in body,
+        )
+
+
+HistoryEntry = Version
+
+
+@dataclass(frozen=True)
+class KeyInfo:
+    """One key of a listing: metadata only, never a value."""
+
+    key: str
+    version: int
+    secret: bool
+    resolved_env: str | None = None
+    updated_at: datetime | None = None
+    updated_by: str | None = None
+
+    @classmethod
+    def from_body(cls, body: dict[str, Any]) -> KeyInfo:
+        return cls(key=str(body["key"]), version=int(body["version"]), secret=bool(body.get("secret", False)),
+                   resolved_env=body.get("resolved_env"), updated_at=parse_time(body.get("updated_at")),
+                   updated_by=body.get("updated_by"))
+
+
+@dataclass(frozen=True)
+class ImportResult:
+    """What an import did, key by key counted; ``errors`` are ``{"key", "code", "message"}`` items."""
+
+    created: int
+    updated: int
+    unchanged: int
+    errors: list[dict[str, Any]] = field(default_factory=list)
+    replayed: bool = False
+
+
+@dataclass(frozen=True)
+class PromoteResult:
+    """Keys copied by ``promote`` with their new versions in the target env, and how many were already equal."""
+
+    promoted: list[tuple[str, int]]
+    unchanged: int
+    replayed: bool = False
+
+
+@dataclass(frozen=True, repr=False)
+class Event:
+    """One committed change seen by a watch, in revision order. ``value`` is absent (``None``, ``has_value``
+    false) for deletions and for secrets.
+    """
+
+    revision: int
+    key: str
+    version: int | None
+    action: str
+    namespace: str = "default"
+    env: str = "default"
+    secret: bool = False
+    value: Any = None
+    has_value: bool = False
+
+    @property
+    def deleted(self) -> bool:
+        return self.action == "delete"
+
+    def __repr__(self) -> str:
+        shown = f", value={self.value!r}" if self.has_value else ""
+        return f"Event(revision={self.revision}, key={self.key!r}, version={self.version}, action={self.action!r}{shown})"
+
+    @classmethod
+    def from_body(cls, body: dict[str, Any]) -> Event:
+        return cls(
+            revision=int(body["revision"]), key=str(body["key"]), version=body.get("version"),
+            action=str(body.get("action", "")), namespace=str(body.get("namespace", "default")),
+            env=str(body.get("env", "default")), secret=bool(body.get("secret", False)),
+            value=body.get("value"), has_value="value" in body,
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        body: dict[str, Any] = {"revision": self.revision, "key": self.key, "version": self.version, "action": self.action,
+                                "namespace": self.namespace, "env": self.env, "secret": self.secret}
+        if self.has_value:
+            body["value"] = self.value
+        return body
+
+
+@dataclass(frozen=True)
+class Health:
+    """``GET /health``: the node is alive; ``revision`` is the store's latest."""
+
+    status: str
+    backend: str
+    revision: int
