@@ -5,8 +5,9 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 RUN_STAMP := $(VENV)/.installed-run
 WHEELHOUSE := $(VENV)/wheelhouse
+BENCH_STAMP := $(VENV)/.bench-installed
 
-.PHONY: run test test-fast lint bench clean
+.PHONY: run test test-fast lint bench bench-quick bench-tools profile clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -42,8 +43,27 @@ test-fast: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check tessera core handlers local client tests bench
 
-bench: $(STAMP)
+$(BENCH_STAMP): $(STAMP) pyproject.toml
+	$(BIN)/pip install --quiet -e '.[test,bench]'
+	touch $(BENCH_STAMP)
+
+## make bench-tools: Debian's etcd-server (3.4) and wrk, when absent (needs root; rows say "absent" without them)
+bench-tools:
+	@command -v wrk >/dev/null 2>&1 && command -v etcd >/dev/null 2>&1 || \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq etcd-server wrk >/dev/null) || \
+	  echo "bench: could not install etcd-server/wrk; their rows will say absent"
+
+## make bench: every issue-8 target side by side, one table; writes docs/benchmarks.md and docs/bench.png (~10 min)
+bench: $(BENCH_STAMP) bench-tools
 	$(BIN)/python -m bench.run
+
+## make bench-quick: the small form (about a minute, docs untouched); works without etcd and wrk
+bench-quick: $(STAMP)
+	$(BIN)/python -m bench.run --quick
+
+## make profile: py-spy profile of the read path under wrk load (docs/profiles/read-path.speedscope.json)
+profile: $(BENCH_STAMP) bench-tools
+	$(BIN)/python -m bench.profile
 
 clean:
 	rm -rf $(VENV) .tessera
