@@ -65,8 +65,8 @@ class Plan:
     @classmethod
     def make(cls, quick: bool, seconds: float | None) -> Plan:
         if quick:
-            return cls(True, seconds or 1.0, 0.0 if wrk_available() else 0.3, versions=(10, 1_000), keys=(100, 2_000),
-                       listing=(200, 2_000), parked=200, hold=50, latency_samples=15, lambda_runs=3)  # fmt: skip
+            return cls(True, seconds or 1.0, 0.0 if wrk_available() else 0.3, versions=(10, 500), keys=(100, 1_000),
+                       listing=(100, 1_000), parked=100, hold=20, latency_samples=10, lambda_runs=1)  # fmt: skip
         return cls(False, seconds or 8.0, 1.0)
 
 
@@ -175,7 +175,7 @@ class Bench:
 
     def cas_writes(self, server: t.TesseraServer, token: str, key: str = "write.cas", label: str = "") -> None:
         """``cas_clients`` clients, each writing its own key with ``expected_version`` (compare-and-set)."""
-        clients, seconds = self.plan.cas_clients, self.plan.seconds
+        clients, seconds = self.plan.cas_clients, max(self.plan.seconds, 3.0)  # a durable write can take a second here
 
         async def client(index: int, stop_at: float, latencies: list[float], conflicts: list[int]) -> None:
             path = f"/config/cas.client{index}"
@@ -331,7 +331,7 @@ class Bench:
     def park(self, url: str, path: str, token: str, pid: int, method: str, write_path: str, body: str, write_token: str) -> dict:
         args = [sys.executable, "-m", "bench.watchers", "parked", "--url", url, "--path", path, "--token", token,
                 "--count", str(self.plan.parked), "--pid", str(pid), "--write-method", method, "--write-path", write_path,
-                "--write-body", body, "--write-token", write_token, "--settle-timeout", str(5 if self.plan.quick else 30),
+                "--write-body", body, "--write-token", write_token, "--settle-timeout", str(2 if self.plan.quick else 30),
                 "--open-timeout", str(30 if self.plan.quick else 150), "--release-timeout", str(30 if self.plan.quick else 150)]  # fmt: skip
         completed = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=400)
         for line in completed.stdout.splitlines():

@@ -140,17 +140,17 @@ def create_service_token(server: TesseraServer, service: str = "bench-reader", p
 
 
 def seed_reads(server: TesseraServer, minimal: bool = False) -> str:
-    """The keys the read targets read (only the plain one when ``minimal``); returns a service token for them."""
+    """The keys the read targets read (only the plain one when ``minimal``), in one import; returns a service token."""
+    values: dict[str, object] = {PLAIN_KEY: "postgres://db.internal:5432/app"}
+    if not minimal:
+        values |= {SECRET_KEY: "sk_live_0123456789abcdef", "svc.internal.admin_password": "hidden", WATCH_KEY: 0}
+        values |= {f"{SUBTREE}.leaf{index:02d}": (index if index % 3 else f"value-{index}") for index in range(SUBTREE_LEAVES)}
+    secrets = [SECRET_KEY, "svc.internal.admin_password"] if not minimal else []
     with server.client() as root:
-        root.put(f"/config/{PLAIN_KEY}", json={"value": "postgres://db.internal:5432/app"}).raise_for_status()
-        if minimal:
-            return create_service_token(server)
-        root.put(f"/config/{SECRET_KEY}", json={"value": "sk_live_0123456789abcdef", "secret": True}).raise_for_status()
-        root.put("/config/svc.internal.admin_password", json={"value": "hidden", "secret": True}).raise_for_status()
-        for index in range(SUBTREE_LEAVES):
-            value: object = index if index % 3 else f"value-{index}"
-            root.put(f"/config/{SUBTREE}.leaf{index:02d}", json={"value": value}).raise_for_status()
-        root.put(f"/config/{WATCH_KEY}", json={"value": 0}).raise_for_status()
+        response = root.post("/config/import", json={"values": values, "secrets": secrets})
+        response.raise_for_status()
+        if response.json().get("errors"):
+            raise RuntimeError(f"seeding {server.name}: {response.json()['errors'][:3]}")
     return create_service_token(server)
 
 
