@@ -96,20 +96,93 @@ def test_audit_outcomes_for_refused_requests(root, anon, token_client):
     assert denied["key"] == f"{k}.a"
 
 
-@pytest.mark.parametrize("method,path", [
-    ("GET", "/config/{k}.a"), ("GET", "/watch?timeout=0&keys={k}.*"), ("GET", "/policies"), ("GET", "/auth/self"),
-    ("GET", "/envs"), ("GET", "/diff?from=default&to=default&prefix={k}"), ("GET", "/config?prefix={k}"),
-    ("GET", "/auth/tokens"),
-])
-def test_every_audited_route_is_recorded_including_refusals(root, anon, method, path, token_client):
+def expected_outcome(status: int) -> str:
+    """The contract's outcome for a response status (API.md, Audit)."""
+    if status < 400:
+        return "allowed"
+    return {401: "unauthenticated", 403: "denied", 404: "not_found"}.get(status, "error")
+
+
+# Every audited HTTP route: (method, path, JSON body, the root caller's status, the status of a token without any
+# permission, the key its entry names). ``{k}`` is a fresh key prefix holding ``{k}.a`` (version 1), ``{env}`` a fresh
+# environment name, ``{policy}`` an existing policy, ``{token}`` the id of a live token: each case gets its own, so
+# revoking or deleting in one leaves the others intact. Lists, exports, watches and diffs leave out what the caller
+# may not see (200), an import reports forbidden keys in ``errors`` (200), ``/envs`` and ``/auth/self`` need a token only.
+AUDITED_ROUTES = [
+    # reads
+    ("GET", "/config/{k}.a", None, 200, 403, "{k}.a"),
+    ("GET", "/config?prefix={k}", None, 200, 200, None),
+    ("GET", "/config/history/{k}.a", None, 200, 403, "{k}.a"),
+    ("GET", "/config/export?format=json&prefix={k}", None, 200, 200, None),
+    ("GET", "/watch?timeout=0&keys={k}.*", None, 200, 200, None),
+    ("GET", "/diff?from=default&to=default&prefix={k}", None, 200, 200, None),
+    ("GET", "/envs", None, 200, 200, None),
+    ("GET", "/auth/self", None, 200, 200, None),
+    # writes
+    ("PUT", "/config/{k}.b", {"value": "new"}, 201, 403, "{k}.b"),
+    ("PUT", "/config/{k}.a", {"value": "changed"}, 200, 403, "{k}.a"),
+    ("DELETE", "/config/{k}.a", None, 200, 403, "{k}.a"),
+    ("POST", "/config/rollback/{k}.a?version=1", None, 200, 403, "{k}.a"),
+    ("POST", "/config/import", {"values": {"{k}": {"c": 1}}}, 200, 200, None),
+    # admin
+    ("PUT", "/envs/{env}", {"parent": "default"}, 201, 403, None),
+    ("POST", "/auth/tokens", {"service": "audited-svc", "policies": []}, 201, 403, None),
+    ("GET", "/auth/tokens", None, 200, 403, None),
+    ("DELETE", "/auth/tokens/{token}", None, 204, 403, None),
+    ("POST", "/auth/explain", {"token_id": "{token}", "capability": "read", "key": "{k}.a"}, 200, 403, None),
+    ("PUT", "/policies/{env}", {"rules": [{"path": "{k}.*", "capabilities": ["read"]}]}, 201, 403, None),
+    ("GET", "/policies", None, 200, 403, None),
+    ("GET", "/policies/{policy}", None, 200, 403, None),
+    ("DELETE", "/policies/{policy}", None, 204, 403, None),
+]
+
+
+def _fill(template, names):
+    if isinstance(template, str):
+        return template.format(**names)
+    if isinstance(template, dict):
+        return {_fill(k, names): _fill(v, names) for k, v in template.items()}
+    if isinstance(template, list):
+        return [_fill(v, names) for v in template]
+    return template
+
+
+@pytest.mark.parametrize("method,path,body,root_status,nobody_status,key", AUDITED_ROUTES,
+                         ids=[f"{m} {p.split('?')[0]}" for m, p, *_ in AUDITED_ROUTES])
+def test_every_audited_route_is_recorded_with_its_outcome(root, anon, token_client, method, path, body, root_status,
+                                                          nobody_status, key):
+    """Each route, called by root, without a token and by a token without permissions, leaves one entry per request
+    whose status is the response's and whose outcome is the contract's for that status."""
     k = uid()
-    path = path.format(k=k)
-    rid_ok = uid("req")
-    root.request(method, path, headers={"X-Request-Id": rid_ok})
-    assert entry_for(root, rid_ok)["status"] < 500
-    rid_401 = uid("req")
-    anon.request(method, path, headers={"X-Request-Id": rid_401})
-    assert entry_for(root, rid_401)["outcome"] == "unauthenticated"
+    assert root.put(f"/config/{k}.a", json={"value": "first"}).status_code == 201
+    policy = uid("p")
+    assert root.put(f"/policies/{policy}", json={"rules": [{"path": f"{k}.*", "capabilities": ["read"]}]}).status_code == 201
+    token = make_token(root, [])["id"]
+    names = {"k": k, "env": uid("e"), "policy": policy, "token": token}
+    url = _fill(path, names)
+    payload = _fill(body, names)
+    nobody = token_client([], service=uid("nobody"))
+    calls = [  # the refusals first: the allowed call may delete what they name
+        (anon, "unauthenticated", 401, None),
+        (nobody, expected_outcome(nobody_status), nobody_status, nobody.token_info),
+        (root, "allowed", root_status, None),
+    ]
+    for client, outcome, status, caller in calls:
+        rid = uid("req")
+        response = client.request(method, url, json=payload, headers={"X-Request-Id": rid})
+        assert response.status_code == status, (method, url, response.status_code, response.text)
+        entry = entry_for(root, rid)
+        assert (entry["outcome"], entry["status"]) == (outcome, status), (method, url, entry)
+        assert entry["outcome"] == expected_outcome(entry["status"])
+        assert isinstance(entry["action"], str) and entry["action"], entry
+        if caller is not None:
+            assert (entry["service"], entry["token_id"]) == (caller["service"], caller["id"]), entry
+        if client is root:
+            assert entry["service"] == "root", entry
+        if key is not None and client is root:
+            assert entry["key"] == _fill(key, names), entry
+            if method != "GET":  # a write's entry names the version it made
+                assert entry["version"] == response.json()["version"], (entry, response.text)
 
 
 def test_ws_is_recorded(root, server):

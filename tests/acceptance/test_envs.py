@@ -59,7 +59,7 @@ def test_env_with_unknown_parent_is_404(root):
 def test_default_has_no_parent(root):
     other = make_env(root)
     response = root.put("/envs/default", json={"parent": other})
-    assert response.status_code >= 400
+    assert_error(response, 400, "invalid_request")
     envs = {e["name"]: e for e in root.get("/envs").json()["envs"]}
     assert envs["default"].get("parent") is None
 

@@ -289,8 +289,8 @@ def test_list_only_shows_keys_the_caller_may_list(root, token_client):
     caller = token_client([{"path": f"{k}.a", "capabilities": ["list"]}])
     response = caller.get(f"/config?prefix={k}")
     assert "hidden" not in response.text
-    if response.status_code == 200:
-        assert [e["key"] for e in response.json()["keys"]] == [f"{k}.a"]
+    assert response.status_code == 200, response.text
+    assert [e["key"] for e in response.json()["keys"]] == [f"{k}.a"]
 
 
 def test_list_needs_list_not_read(root, token_client):

@@ -120,14 +120,32 @@ def test_prefix_star_never_matches_the_prefix_or_a_longer_sibling(prefix, rest, 
     assert not compiled.allowed("read", Scope(), f"{other}{prefix}.{rest}")
 
 
+# Small alphabets on purpose: rules generated independently of each other then overlap (share prefixes, shadow
+# each other), and keys drawn from the rules below hit them, their neighbours and their near misses.
+short_segment = st.sampled_from(["a", "b", "c", "ab", "a-b", "b_1"])
+rule_path = st.lists(st.one_of(short_segment, st.just("*")), min_size=1, max_size=4).map(".".join)
 rule_strategy = st.builds(
     Rule,
-    path=st.one_of(st.just("*"), keys, keys.map(lambda k: k + ".*")),
+    path=rule_path,
     capabilities=st.lists(capabilities, min_size=1, max_size=3, unique=True).map(tuple),
     effect=st.sampled_from(["allow", "deny"]),
     namespaces=st.one_of(st.just(("*",)), st.lists(names, min_size=1, max_size=2).map(tuple)),
     envs=st.one_of(st.just(("*",)), st.lists(names, min_size=1, max_size=2).map(tuple)),
 )
+
+
+def _path_matches(path: str, key: str) -> bool:
+    """A slow, obviously-correct reference of API.md's path syntax, segment by segment."""
+    if path == "*":
+        return True
+    pattern, segments = path.split("."), key.split(".")
+    if pattern[-1] == "*":  # a trailing * matches one segment or more
+        if len(segments) < len(pattern):
+            return False
+        pattern, segments = pattern[:-1], segments[: len(pattern) - 1]
+    elif len(segments) != len(pattern):
+        return False
+    return all(p == "*" or p == s for p, s in zip(pattern, segments, strict=True))
 
 
 def _applies(rule: Rule, capability: str, scope: Scope, key: str) -> bool:
@@ -138,37 +156,82 @@ def _applies(rule: Rule, capability: str, scope: Scope, key: str) -> bool:
         return False
     if "*" not in rule.envs and scope.env not in rule.envs:
         return False
-    if rule.path == "*":
-        return True
-    if rule.path.endswith(".*"):
-        return key.startswith(rule.path[:-1]) and len(key) > len(rule.path) - 1
-    return key == rule.path
+    return _path_matches(rule.path, key)
 
 
-@settings(max_examples=400, deadline=None)
-@given(
-    rules=st.lists(rule_strategy, min_size=0, max_size=6),
-    capability=capabilities,
-    namespace=names,
-    env=names,
-    key=keys,
-)
-def test_matrix_deny_always_wins_and_scopes_are_respected(rules, capability, namespace, env, key):
-    scope = Scope(namespace, env)
-    half = len(rules) // 2
-    compiled = compile_policies([PolicyDoc("a", tuple(rules[:half])), PolicyDoc("b", tuple(rules[half:]))])
-    applying = [rule for rule in rules if _applies(rule, capability, scope, key)]
-    expected = bool(applying) and all(rule.effect == "allow" for rule in applying)
-    decision = compiled.decide(capability, scope, key)
-    assert decision.allowed is expected
-    if applying:
-        assert decision.rule is not None and _applies(decision.rule, capability, scope, key)
-        assert decision.rule.effect == ("allow" if expected else "deny")
-    else:
-        assert decision.rule is None
-    # Adding a deny that applies always denies, whatever else is there.
-    denied = compile_policies([PolicyDoc("a", tuple(rules)), PolicyDoc("z", (Rule(key, (capability,), effect="deny"),))])
-    assert not denied.allowed(capability, scope, key)
+@st.composite
+def key_near(draw, path: str) -> str:
+    """A key that ``path`` matches, or one of its near misses: the prefix of a ``prefix.*`` itself, a segment
+    longer by one character, one segment too many or too few."""
+    segments = []
+    parts = path.split(".")
+    for i, part in enumerate(parts):
+        if part != "*":
+            segments.append(part)
+        elif i == len(parts) - 1:
+            segments.extend(draw(st.lists(short_segment, min_size=1, max_size=3)))
+        else:
+            segments.append(draw(short_segment))
+    variant = draw(st.sampled_from(["match", "match", "match", "fewer", "more", "longer", "other"]))
+    if variant == "fewer" and len(segments) > 1:
+        segments = segments[:-1]
+    elif variant == "more":
+        segments.append(draw(short_segment))
+    elif variant == "longer":
+        index = draw(st.integers(0, len(segments) - 1))
+        segments[index] += draw(st.sampled_from(["z", "-", "_"]))
+    elif variant == "other":
+        return draw(st.lists(short_segment, min_size=1, max_size=4).map(".".join))
+    return ".".join(segments)
+
+
+def test_matrix_deny_always_wins_paths_and_scopes_are_respected():
+    """Keys, scopes and capabilities are drawn from the generated rules (a match, or a near miss of a rule's path),
+    so that path matching, deny and the scopes decide in most examples; the counts at the end prove they did."""
+    seen = {"examples": 0, "applied": 0, "non_star_applied": 0, "middle_star_applied": 0, "denied_by_rule": 0,
+            "allowed": 0, "near_miss_refused": 0}
+
+    @settings(max_examples=400, deadline=None)
+    @given(rules=st.lists(rule_strategy, min_size=1, max_size=6), data=st.data())
+    def check(rules, data):
+        target = data.draw(st.sampled_from(rules), label="target rule")
+        key = data.draw(key_near(target.path), label="key")
+        capability = data.draw(st.sampled_from(target.capabilities), label="capability")
+        pick = st.sampled_from
+        namespace = data.draw(names if target.namespaces == ("*",) else pick(target.namespaces), label="namespace")
+        env = data.draw(names if target.envs == ("*",) else pick(target.envs), label="env")
+        scope = Scope(namespace, env)
+        half = len(rules) // 2
+        compiled = compile_policies([PolicyDoc("a", tuple(rules[:half])), PolicyDoc("b", tuple(rules[half:]))])
+        applying = [rule for rule in rules if _applies(rule, capability, scope, key)]
+        expected = bool(applying) and all(rule.effect == "allow" for rule in applying)
+        decision = compiled.decide(capability, scope, key)
+        assert decision.allowed is expected, (rules, capability, scope, key)
+        if applying:
+            assert decision.rule is not None and _applies(decision.rule, capability, scope, key)
+            assert decision.rule.effect == ("allow" if expected else "deny")
+        else:
+            assert decision.rule is None
+        # Adding a deny that applies always denies, whatever else is there.
+        denied = compile_policies([PolicyDoc("a", tuple(rules)), PolicyDoc("z", (Rule(key, (capability,), effect="deny"),))])
+        assert not denied.allowed(capability, scope, key)
+        seen["examples"] += 1
+        seen["applied"] += bool(applying)
+        seen["non_star_applied"] += any(rule.path != "*" for rule in applying)
+        seen["middle_star_applied"] += any("*" in rule.path.split(".")[:-1] for rule in applying)
+        seen["denied_by_rule"] += bool(applying) and not expected
+        seen["allowed"] += expected
+        seen["near_miss_refused"] += not _path_matches(target.path, key) and not expected
+
+    check()
+    examples = seen["examples"]
+    assert examples >= 300, seen
+    # Path matching, not the catch-all, decided most examples; deny, allow and near misses all occurred often.
+    assert seen["non_star_applied"] >= examples // 2, seen
+    assert seen["middle_star_applied"] >= examples // 20, seen
+    assert seen["denied_by_rule"] >= examples // 10, seen
+    assert seen["allowed"] >= examples // 10, seen
+    assert seen["near_miss_refused"] >= examples // 20, seen
 
 
 class FakePolicies:
