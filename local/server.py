@@ -14,6 +14,7 @@ from tessera.core.model import CONFIG_FILE, Scope
 from tessera.core.settings import Settings
 from tessera.handlers.app import create_app
 from tessera.handlers.bootstrap import Container, build
+from tessera.local.files import prepare_data_dir
 
 SAMPLE_CONFIG = Path(__file__).with_name("sample-config.yaml")
 DEV_TOKEN_FILE = "root-token"
@@ -67,7 +68,7 @@ def serve(
         if config_file is None:
             config_file = SAMPLE_CONFIG
     settings = Settings.from_env(data_dir=data_dir, root_token=root_token, dev=dev or None, backend=backend)
-    Path(settings.data_dir).mkdir(parents=True, exist_ok=True)
+    prepare_data_dir(settings.data_dir)  # 0700, files 0600: tightens an older release's, refuses if it cannot
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     container = build(settings)
     token, note = settle_root_token(container, settings)

@@ -8,6 +8,7 @@ connection per thread, reused across requests, and each read is one indexed look
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import threading
 from collections.abc import Iterator
@@ -77,6 +78,19 @@ def connect(path: Path) -> sqlite3.Connection:
     return connection
 
 
+def create_private(path: Path) -> None:
+    """Create the database file 0600 whatever the umask, before SQLite opens it: SQLite creates the file 0644 and
+    gives ``-wal`` and ``-shm`` the database file's mode, so this one mode covers all three."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return
+    try:
+        os.fchmod(fd, 0o600)
+    finally:
+        os.close(fd)
+
+
 @contextmanager
 def translated_errors() -> Iterator[None]:
     """No sqlite3 exception leaves the adapter: the store being unusable is ``503 unavailable``."""
@@ -95,6 +109,7 @@ class SQLiteStore:
         self.change_log_retention = change_log_retention
         # Trim the change log in steps of a tenth of its retention (at most every 1000 commits).
         self._compaction_every = max(1, min(1000, change_log_retention // 10))
+        create_private(self.path)
         self._writer = connect(self.path)
         self._write_lock = threading.Lock()
         # Idle reader connections, reused across requests and threads. Checked out per query rather than held
