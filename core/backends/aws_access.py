@@ -19,7 +19,6 @@ No botocore exception leaves the module (``call_aws`` turns them into ``Unavaila
 
 from __future__ import annotations
 
-import functools
 import json
 import secrets
 import threading
@@ -29,7 +28,9 @@ from typing import Any
 
 from tessera.core.access_model import AuditEntry, PolicyDoc, Rule, TokenRecord
 from tessera.core.audit import GENESIS, RESPONSE, link
-from tessera.core.backends.aws import AwsStore, CallCounter, _ClientFailure, _n, _s, call_aws, pad, query_items
+from tessera.core.backends.aws import AwsStore, CallCounter, ClientFailure, Table, pad
+from tessera.core.backends.aws.items import n as _n
+from tessera.core.backends.aws.items import s as _s
 from tessera.core.errors import Unavailable
 
 TOKEN_PK, TOKEN_HASH_PK, POLICY_PK = "TOKEN", "TOKENHASH", "POLICY"
@@ -120,6 +121,7 @@ class DynamoAccessStore:
         self.table = table
         self.dynamodb = dynamodb
         self.calls = calls if calls is not None else CallCounter()
+        self.db = Table(table, dynamodb, self.calls)
         self.chain_name = chain_name or f"node-{secrets.token_hex(6)}"
         self._heads: dict[str, tuple[int, str]] = {}  # the heads this writer moved last (it is their only writer)
         self._lock = threading.Lock()
@@ -129,20 +131,13 @@ class DynamoAccessStore:
         return cls(table=store.table, dynamodb=store.dynamodb, calls=store.calls)
 
     def _ddb(self, operation: str, handled: frozenset[str] = frozenset(), **params: Any) -> dict[str, Any]:
-        return call_aws(self.calls, "dynamodb", self.dynamodb, operation, handled, **params)
+        return self.db.call(operation, handled, **params)
 
     def _get(self, pk: str, sk: str) -> dict[str, Any] | None:
-        return self._ddb("GetItem", TableName=self.table, Key={"PK": _s(pk), "SK": _s(sk)}, ConsistentRead=True).get("Item")
+        return self.db.get(pk, sk)
 
     def _query(self, pk: str, *, forward: bool = True, after: str | None = None, limit: int | None = None) -> Iterator[dict[str, Any]]:
-        params: dict[str, Any] = {
-            "TableName": self.table,
-            "ConsistentRead": True,
-            "ScanIndexForward": forward,
-            "KeyConditionExpression": "PK = :pk" + (" AND SK > :after" if after is not None else ""),
-            "ExpressionAttributeValues": {":pk": _s(pk), **({":after": _s(after)} if after is not None else {})},
-        }
-        return query_items(functools.partial(self._ddb, "Query"), params, limit)
+        return self.db.partition(pk, forward=forward, after=after, limit=limit)
 
     # ------------------------------------------------------------------ tokens
     def create_token(self, record: TokenRecord) -> None:
@@ -259,7 +254,7 @@ class DynamoAccessStore:
                                          "ExpressionAttributeValues": {**new_head, ":last": _n(last_seq)}}})  # fmt: skip
             try:
                 self._ddb("TransactWriteItems", frozenset({"TransactionCanceledException"}), TransactItems=items)
-            except _ClientFailure as exc:
+            except ClientFailure as exc:
                 self._heads.pop(chain, None)  # someone else moved this chain: re-read before the next batch
                 raise Unavailable("the audit chain moved under this writer; nothing was written") from exc
             except Exception:

@@ -10,7 +10,7 @@ from tests.aws.support import REPO
 
 def test_importing_the_adapter_and_the_lambda_module_imports_no_boto3():
     code = (
-        "import sys, core.backends.aws, handlers.lambda_; "
+        "import sys, tessera.core.backends.aws, tessera.core.backends.aws_access, tessera.handlers.lambda_; "
         "print(','.join(m for m in ('boto3', 'botocore', 'fastapi', 'mangum') if m in sys.modules))"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=REPO)

@@ -215,9 +215,9 @@ def test_missing_table_is_unavailable_not_a_botocore_error(target):
 
 
 def replace_table(target, table: str):
-    store = target.store()
-    store.table = table
-    return store
+    from tessera.core.backends.aws import AwsStore
+
+    return AwsStore(table=table, bucket=target.bucket, dynamodb=target.clients.dynamodb, s3=target.clients.s3)
 
 
 def test_version_item_layout(target):

@@ -1,0 +1,194 @@
+"""The commit transaction: which items one ``TransactWriteItems`` writes, and what a cancellation means.
+
+A commit writes, all or nothing (``docs/aws.md``, "Commit protocol"): the head (compare-and-set on its
+version), the revision counter (compare-and-set on its value), the immutable version item, the change-log
+entry, the ancestors' live-descendant counts when the key turns live or goes away, and — when the caller
+hands one over — the request's audit record. ``TransactionPlan`` keeps, for every item, what it stands
+for, so a cancellation's per-item reasons turn into the right domain error.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from tessera.core.backends.aws.items import (
+    COUNTER_PK,
+    COUNTER_SK,
+    b,
+    change_item,
+    get_n,
+    head_pk,
+    n,
+    pad,
+    s,
+    version_attributes,
+    version_pk,
+)
+from tessera.core.errors import KeyConflict, Unavailable, VersionConflict
+from tessera.core.model import Version, ancestors
+
+MAX_TRANSACTION_ITEMS = 100  # DynamoDB's limit per TransactWriteItems
+# Error codes that mean "try later": botocore already retried them with backoff before we see them.
+RETRYABLE_ITEM_CODES = frozenset({"TransactionConflict", "ThrottlingError", "ProvisionedThroughputExceeded"})
+HEAD, COUNTER, VERSION, CHANGE, ANCESTOR, AUDIT = "head", "counter", "version", "change", "ancestor", "audit"
+
+
+@dataclass(frozen=True)
+class Pending:
+    """One version to commit, with what the commit needs to know about the key's previous version."""
+
+    version: Version
+    previous_live: bool
+    obj: str | None = None  # its S3 object (live versions)
+    sha: str | None = None
+
+    @property
+    def previous(self) -> int:
+        return self.version.version - 1
+
+    @property
+    def live(self) -> bool:
+        return not self.version.deleted
+
+    @property
+    def becomes_live(self) -> bool:
+        return self.live and not self.previous_live
+
+    @property
+    def changes_ancestors(self) -> bool:
+        return self.becomes_live or (self.previous_live and not self.live)
+
+    def item_count(self) -> int:
+        """Items this version adds to a transaction (head, version, change-log entry, ancestors)."""
+        return 3 + (len(ancestors(self.version.key)) if self.changes_ancestors else 0)
+
+
+@dataclass
+class TransactionPlan:
+    """The items of one transaction and, index by index, what each one is: (role, pending index, detail)."""
+
+    table: str
+    items: list[dict[str, Any]] = field(default_factory=list)
+    roles: list[tuple[str, int, str]] = field(default_factory=list)
+
+    def add(self, role: str, index: int, item: dict[str, Any], detail: str = "") -> None:
+        self.items.append(item)
+        self.roles.append((role, index, detail))
+
+    def counter(self, current: int, revision: int) -> None:
+        """Exactly one commit can move the revision counter from ``current``."""
+        condition = "attribute_not_exists(#v)" if current == 0 else "#v = :current"
+        values: dict[str, Any] = {":next": n(revision)}
+        if current:
+            values[":current"] = n(current)
+        self.add(COUNTER, -1, {
+            "Update": {
+                "TableName": self.table,
+                "Key": {"PK": s(COUNTER_PK), "SK": s(COUNTER_SK)},
+                "UpdateExpression": "SET #v = :next",
+                "ConditionExpression": condition,
+                "ExpressionAttributeNames": {"#v": "v"},
+                "ExpressionAttributeValues": values,
+                "ReturnValuesOnConditionCheckFailure": "ALL_OLD",
+            }
+        })  # fmt: skip
+
+    def version(self, index: int, pending: Pending, revision: int, change_expires: int) -> None:
+        """Head, version item, change-log entry and ancestors of one pending version."""
+        version = pending.version
+        scope, key = version.scope, version.key
+        attributes = version_attributes(version, revision, pending.obj, pending.sha)
+        names: dict[str, str] = {}
+        values: dict[str, Any] = {":live": b(pending.live)}
+        sets = ["live = :live"]
+        for name, value in attributes.items():
+            names[f"#{name}"] = name
+            values[f":{name}"] = value
+            sets.append(f"#{name} = :{name}")
+        gone = [name for name in ("rb", "kid", "obj", "sha") if name not in attributes]
+        names.update({f"#{name}": name for name in gone})
+        if pending.previous == 0:
+            condition = "attribute_not_exists(#ver)"
+        else:
+            condition = "#ver = :previous"
+            values[":previous"] = n(pending.previous)
+        if pending.becomes_live:  # a key turning live must have no live key below it
+            condition += " AND (attribute_not_exists(below) OR below = :zero)"
+            values[":zero"] = n(0)
+        expression = "SET " + ", ".join(sets) + (" REMOVE " + ", ".join(f"#{name}" for name in gone) if gone else "")
+        self.add(HEAD, index, {
+            "Update": {
+                "TableName": self.table,
+                "Key": {"PK": s(head_pk(scope)), "SK": s(key)},
+                "UpdateExpression": expression,
+                "ConditionExpression": condition,
+                "ExpressionAttributeNames": names,
+                "ExpressionAttributeValues": values,
+                "ReturnValuesOnConditionCheckFailure": "ALL_OLD",
+            }
+        })  # fmt: skip
+        self.add(VERSION, index, {
+            "Put": {
+                "TableName": self.table,
+                "Item": {"PK": s(version_pk(scope, key)), "SK": s(pad(version.version)), **attributes},
+                "ConditionExpression": "attribute_not_exists(PK)",
+            }
+        })  # fmt: skip
+        self.add(CHANGE, index, {
+            "Put": {
+                "TableName": self.table,
+                "Item": change_item(version, revision, change_expires),
+                "ConditionExpression": "attribute_not_exists(PK)",
+            }
+        })  # fmt: skip
+        # A key turning live needs every ancestor not live, and counts itself below each; a live key going
+        # away uncounts itself. (Updates of a live key change neither.)
+        if pending.changes_ancestors:
+            delta = 1 if pending.becomes_live else -1
+            for ancestor in ancestors(key):
+                update: dict[str, Any] = {
+                    "TableName": self.table,
+                    "Key": {"PK": s(head_pk(scope)), "SK": s(ancestor)},
+                    "UpdateExpression": "ADD below :delta",
+                    "ExpressionAttributeValues": {":delta": n(delta)},
+                }
+                if pending.becomes_live:
+                    update["ConditionExpression"] = "attribute_not_exists(live) OR live = :false"
+                    update["ExpressionAttributeValues"][":false"] = b(False)
+                    update["ReturnValuesOnConditionCheckFailure"] = "ALL_OLD"
+                self.add(ANCESTOR, index, {"Update": update}, ancestor)
+
+    def put(self, role: str, item: dict[str, Any], condition: str = "attribute_not_exists(PK)") -> None:
+        """A plain conditional put (the audit record of the request that commits)."""
+        self.add(role, -1, {"Put": {"TableName": self.table, "Item": item, "ConditionExpression": condition}})
+
+    def raise_for_cancellation(
+        self,
+        reasons: list[Mapping[str, Any]],
+        pending: list[Pending],
+        read_head: Callable[[Version], Mapping[str, Any] | None],
+    ) -> None:
+        """Turn a cancelled transaction into the domain error, or return when it is worth retrying
+        (only the revision counter lost, or a transient per-item conflict)."""
+        codes = [reason.get("Code", "None") for reason in reasons]
+        for position, code in enumerate(codes):
+            if code != "ConditionalCheckFailed" or position >= len(self.roles):
+                continue
+            role, index, detail = self.roles[position]
+            if role == HEAD:
+                item = pending[index]
+                old = reasons[position].get("Item") or read_head(item.version) or {}
+                current = get_n(old, "ver") or 0
+                if current != item.previous:
+                    raise VersionConflict("the key changed since it was read", current)
+                raise KeyConflict("keys exist below this key, so it cannot hold a value")
+            if role == ANCESTOR:
+                raise KeyConflict(f"'{detail}' holds a value, so no key can be below it")
+            if role == AUDIT:
+                raise Unavailable("the audit log moved under this writer; nothing was changed")
+        retryable = {"ConditionalCheckFailed", "None", *RETRYABLE_ITEM_CODES}
+        unexpected = [code for code in codes if code not in retryable]
+        if unexpected:
+            raise Unavailable(f"dynamodb refused the commit ({unexpected[0]}); nothing was changed")

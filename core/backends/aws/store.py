@@ -1,0 +1,358 @@
+"""``AwsStore``: the ``VersionStore`` and ``RewrapStore`` of the aws backend (S3 values, DynamoDB state).
+
+Reads are single strongly consistent ``GetItem``/``Query`` calls; the commit writes the S3 object first,
+then one ``TransactWriteItems`` (``commit.py``) conditioned on the head's version and on the revision
+counter. No botocore exception leaves the module: conflicts become ``VersionConflict``/``KeyConflict``,
+anything else that persists after botocore's retries ``Unavailable``.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+import uuid
+from collections import OrderedDict
+from collections.abc import Callable, Mapping
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+from tessera.core.backends.aws import maintenance
+from tessera.core.backends.aws.calls import AwsClients, CallCounter, ClientFailure, Table, call_aws, shared_clients
+from tessera.core.backends.aws.commit import Pending, TransactionPlan
+from tessera.core.backends.aws.items import (
+    CHANGES_PK,
+    COUNTER_PK,
+    COUNTER_SK,
+    ENVS_PK,
+    META_PK,
+    b,
+    get_n,
+    get_s,
+    head_pk,
+    is_this_commit,
+    item_to_change,
+    item_to_version,
+    object_key,
+    pad,
+    s,
+    sha256,
+    version_pk,
+)
+from tessera.core.errors import KeyConflict, RevisionCompacted, Unavailable, VersionConflict
+from tessera.core.model import Change, Environment, Scope, Version, is_under
+
+if TYPE_CHECKING:  # the settings module is light, but keep the adapter's imports obvious
+    from tessera.core.settings import Settings
+
+# A commit that keeps losing only the revision counter (other keys committing) retries this often before
+# giving up with 503: each loss means someone else made progress, so this bounds latency, not correctness.
+COUNTER_ATTEMPTS = 60
+DEFAULT_CHANGE_LOG_TTL = timedelta(days=30)
+DEFAULT_RECORD_CACHE = 20_000
+
+
+class RecordCache:
+    """Bounded LRU of immutable version records by (scope, key, version): a version never changes once
+    committed (a rewrap swaps its object, which ``load_envelope`` notices), so entries never go stale."""
+
+    def __init__(self, max_entries: int = DEFAULT_RECORD_CACHE) -> None:
+        self.max_entries = max_entries
+        self._entries: OrderedDict[tuple[Scope, str, int], Version] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, scope: Scope, key: str, version: int) -> Version | None:
+        with self._lock:
+            hit = self._entries.get((scope, key, version))
+            if hit is not None:
+                self._entries.move_to_end((scope, key, version))
+            return hit
+
+    def put(self, record: Version) -> None:
+        stored = replace(record, envelope=None)  # envelopes stay in S3; only metadata is cached
+        with self._lock:
+            self._entries[(record.scope, record.key, record.version)] = stored
+            self._entries.move_to_end((record.scope, record.key, record.version))
+            while len(self._entries) > self.max_entries:
+                self._entries.popitem(last=False)
+
+    def drop(self, scope: Scope, key: str, version: int) -> None:
+        with self._lock:
+            self._entries.pop((scope, key, version), None)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+
+class AwsStore:
+    """``VersionStore`` + ``RewrapStore`` over one S3 bucket and one DynamoDB table.
+
+    >>> # store = AwsStore(table="tessera", bucket="tessera-values", dynamodb=clients.dynamodb, s3=clients.s3)
+    >>> # store.latest(Scope(), "database.host")   # → Version(...) or None: one consistent GetItem
+    """
+
+    backend_name = "aws"
+
+    def __init__(
+        self,
+        *,
+        table: str,
+        bucket: str,
+        dynamodb: Any,
+        s3: Any,
+        calls: CallCounter | None = None,
+        change_log_ttl: timedelta = DEFAULT_CHANGE_LOG_TTL,
+        record_cache_entries: int = DEFAULT_RECORD_CACHE,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.calls = calls if calls is not None else CallCounter()
+        self.table = table
+        self.db = Table(table, dynamodb, self.calls)  # the table behind counted, consistent calls
+        self.bucket = bucket
+        self.dynamodb = dynamodb
+        self.s3 = s3
+        self.change_log_ttl = change_log_ttl
+        self.records = RecordCache(record_cache_entries)
+        self._sealed = maintenance.SealedVersions(self)
+        self._sleep = sleep
+
+    @classmethod
+    def from_settings(cls, settings: Settings, clients: AwsClients | None = None) -> AwsStore:
+        clients = clients or shared_clients(settings.region, settings.endpoint_url)
+        if not settings.bucket or not settings.table:
+            raise Unavailable("the aws backend needs TESSERA_BUCKET and TESSERA_TABLE")
+        return cls(table=settings.table, bucket=settings.bucket, dynamodb=clients.dynamodb, s3=clients.s3, calls=clients.calls)
+
+    def close(self) -> None:
+        """Nothing to release: clients are shared and stateless between calls."""
+
+    # ------------------------------------------------------------------ S3
+    def s3_call(self, operation: str, handled: frozenset[str] = frozenset(), **params: Any) -> dict[str, Any]:
+        return call_aws(self.calls, "s3", self.s3, operation, handled, **params)
+
+    def _get_object(self, ref: str) -> bytes:
+        response = self.s3_call("GetObject", frozenset({"NoSuchKey", "404"}), Bucket=self.bucket, Key=ref)
+        try:
+            return response["Body"].read()
+        except Exception as exc:  # a connection dropped mid-body is botocore's, urllib3's or the socket's
+            raise Unavailable("s3 connection dropped while reading a value") from exc
+
+    def discard_object(self, obj: str | None) -> None:
+        """Best effort: an object no commit points at (``tessera aws gc`` removes it later otherwise)."""
+        if obj is None:
+            return
+        try:
+            self.s3_call("DeleteObject", Bucket=self.bucket, Key=obj)
+        except Unavailable:
+            pass
+
+    # ------------------------------------------------------------------ reads
+    def latest(self, scope: Scope, key: str) -> Version | None:
+        """One strongly consistent GetItem: the head carries the latest version's metadata."""
+        item = self.db.get(head_pk(scope), key)
+        if item is None or "ver" not in item:
+            return None  # no head, or only the live-descendant count of a path that never held a value
+        record = item_to_version(item)
+        self.records.put(record)
+        return record
+
+    def get_version(self, scope: Scope, key: str, version: int) -> Version | None:
+        cached = self.records.get(scope, key, version)
+        if cached is not None:
+            return cached
+        item = self.db.get(version_pk(scope, key), pad(version))
+        if item is None:
+            return None
+        record = item_to_version(item)
+        self.records.put(record)
+        return record
+
+    def load_envelope(self, version: Version) -> bytes:
+        ref = version.envelope_ref
+        if ref is None:
+            stored = self.get_version(version.scope, version.key, version.version)
+            ref = stored.envelope_ref if stored else None
+        if ref is None:
+            raise Unavailable("the stored value is missing")
+        try:
+            return self._get_object(ref)
+        except ClientFailure:
+            # A rewrap may have moved the value to a new object since this record was read: look again.
+            self.records.drop(version.scope, version.key, version.version)
+            item = self.db.get(version_pk(version.scope, version.key), pad(version.version))
+            fresh = get_s(item, "obj") if item else None
+            if item is None or fresh is None or fresh == ref:
+                raise Unavailable("the stored value is missing") from None
+            self.records.put(item_to_version(item))
+            try:
+                return self._get_object(fresh)
+            except ClientFailure:
+                raise Unavailable("the stored value is missing") from None
+
+    def history(self, scope: Scope, key: str, limit: int, before: int | None) -> list[Version]:
+        condition = "PK = :pk"
+        values: dict[str, Any] = {":pk": s(version_pk(scope, key))}
+        if before is not None:
+            condition += " AND SK < :before"
+            values[":before"] = s(pad(before))
+        items = self.db.query(
+            limit=limit, KeyConditionExpression=condition, ExpressionAttributeValues=values, ScanIndexForward=False
+        )
+        records = [item_to_version(item) for item in items]
+        for record in records:
+            self.records.put(record)
+        return records
+
+    def list_latest(self, scope: Scope, prefix: str) -> list[Version]:
+        values: dict[str, Any] = {":pk": s(head_pk(scope)), ":live": b(True)}
+        condition = "PK = :pk"
+        if prefix:
+            # [prefix, prefix + "/"] holds prefix, prefix.* and (as '-' < '.' < '/') prefix-*: filtered below.
+            condition += " AND SK BETWEEN :low AND :high"
+            values[":low"] = s(prefix)
+            values[":high"] = s(prefix + "/")
+        items = self.db.query(KeyConditionExpression=condition, FilterExpression="live = :live", ExpressionAttributeValues=values)
+        found = [item_to_version(item) for item in items if is_under(item["SK"]["S"], prefix)]
+        return sorted(found, key=lambda record: record.key)
+
+    def current_revision(self) -> int:
+        item = self.db.get(COUNTER_PK, COUNTER_SK)
+        return (get_n(item, "v") or 0) if item is not None else 0
+
+    def changes_since(self, revision: int, limit: int) -> list[Change]:
+        items = self.db.partition(CHANGES_PK, after=pad(max(revision, 0)), limit=limit)
+        changes = [item_to_change(item) for item in items]
+        # Revisions are gap-free, so a gap means TTL has deleted entries (it deletes in no particular order):
+        # refuse rather than let a watcher skip a change silently.
+        expected = max(revision, 0) + 1
+        for change in changes:
+            if change.revision != expected:
+                raise RevisionCompacted("changes after this revision are no longer retained; resync", self.current_revision())
+            expected += 1
+        return changes
+
+    def oldest_retained_revision(self) -> int:
+        first = next(self.db.partition(CHANGES_PK, limit=1), None)
+        if first is not None:
+            return int(first["rev"]["N"])
+        return self.current_revision() + 1
+
+    # ------------------------------------------------------------------ the commit
+    def commit(self, version: Version) -> Version:
+        """S3 object first, then one ``TransactWriteItems`` (see docs/aws.md, "Commit protocol")."""
+        scope, key = version.scope, version.key
+        pending = Pending(version, self._liveness_of(scope, key, version.version - 1))
+        if pending.live:
+            if version.envelope is None:
+                raise Unavailable("a live version needs an envelope")
+            obj = object_key(scope, key, version.version)
+            pending = replace(pending, obj=obj, sha=sha256(version.envelope))
+            self.s3_call("PutObject", Bucket=self.bucket, Key=obj, Body=version.envelope, IfNoneMatch="*",
+                         ContentType="application/octet-stream")  # fmt: skip
+        try:
+            revision = self._commit_transaction(pending)
+        except (VersionConflict, KeyConflict):
+            # Definitely not committed: the object is garbage now (gc would find it; this saves it the trouble).
+            self.discard_object(pending.obj)
+            raise
+        committed = replace(version, revision=revision, envelope_ref=pending.obj)
+        self.records.put(committed)
+        return committed
+
+    def _liveness_of(self, scope: Scope, key: str, version: int) -> bool:
+        """Whether ``version`` of ``key`` held a value. Immutable, so the record cache answers it when
+        ``latest`` has just read it (the service always reads before it writes); else one read of the head."""
+        if version == 0:
+            return False
+        cached = self.records.get(scope, key, version)
+        if cached is not None:
+            return not cached.deleted
+        head = self.db.get(head_pk(scope), key)
+        current = get_n(head, "ver") if head else None
+        if head is None or current != version:
+            raise VersionConflict("the key changed since it was read", current or 0)
+        return bool(head["live"]["BOOL"])
+
+    def _change_expires(self) -> int:
+        return int((datetime.now(UTC) + self.change_log_ttl).timestamp())
+
+    def _commit_transaction(self, pending: Pending) -> int:
+        version = pending.version
+        for attempt in range(COUNTER_ATTEMPTS):
+            current_revision = self.current_revision()
+            revision = current_revision + 1
+            plan = TransactionPlan(self.table)
+            plan.version(0, pending, revision, self._change_expires())
+            plan.counter(current_revision, revision)
+            try:
+                self.db.transact(
+                    plan.items,
+                    frozenset({"TransactionCanceledException", "TransactionConflictException",
+                               "IdempotentParameterMismatchException"}),
+                    # Same token across botocore's retries: a retry of a commit that did land is a no-op success.
+                    ClientRequestToken=uuid.uuid4().hex,
+                )  # fmt: skip
+                return revision
+            except ClientFailure as failure:
+                reasons = failure.response.get("CancellationReasons") or []
+                head_now = reasons[0].get("Item") if reasons and reasons[0].get("Code") == "ConditionalCheckFailed" else None
+                if head_now is not None and is_this_commit(head_now, version, pending.obj):
+                    # A botocore retry of an attempt that had landed (its answer lost) met its own head.
+                    return int(head_now["rev"]["N"])
+                plan.raise_for_cancellation(reasons, [pending], self._head_item)
+            except Unavailable:
+                landed = self._landed(version, pending.obj)
+                if landed is not None:
+                    return landed
+                raise
+            # Lost the revision counter (another key committed) or a transient conflict: go again.
+            self._sleep(random.uniform(0, min(0.25, 0.004 * 2**attempt)))
+        raise Unavailable("too much write contention; nothing was changed")
+
+    def _head_item(self, version: Version) -> Mapping[str, Any] | None:
+        return self.db.get(head_pk(version.scope), version.key)
+
+    def _landed(self, version: Version, obj: str | None) -> int | None:
+        """After an ambiguous failure (the transaction may have landed, its answer lost): did it?"""
+        try:
+            item = self.db.get(version_pk(version.scope, version.key), pad(version.version))
+        except Unavailable:
+            return None
+        if item is not None and is_this_commit(item, version, obj):
+            return int(item["rev"]["N"])
+        return None
+
+    # ------------------------------------------------------------------ environments and meta
+    def list_envs(self) -> list[Environment]:
+        return [Environment(item["SK"]["S"], get_s(item, "parent")) for item in self.db.partition(ENVS_PK)]
+
+    def put_env(self, env: Environment) -> bool:
+        item: dict[str, Any] = {"PK": s(ENVS_PK), "SK": s(env.name)}
+        if env.parent is not None:
+            item["parent"] = s(env.parent)
+        response = self.db.call("PutItem", TableName=self.db.name, Item=item, ReturnValues="ALL_OLD")
+        return "Attributes" not in response
+
+    def get_meta(self, name: str) -> str | None:
+        item = self.db.get(META_PK, name)
+        return get_s(item, "value") if item else None
+
+    def put_meta(self, name: str, value: str) -> None:
+        self.db.call("PutItem", TableName=self.db.name, Item={"PK": s(META_PK), "SK": s(name), "value": s(value)})
+
+    # ------------------------------------------------------------------ key rotation and gc (maintenance.py)
+    def iter_sealed_versions(self, after: tuple[str, str, str, int] | None, limit: int) -> list[Version]:
+        """Sealed versions in (namespace, env, key, version) order, strictly after ``after`` (one scan per run)."""
+        return self._sealed.page(after, limit)
+
+    def replace_envelope(self, version: Version, old: bytes, new: bytes, new_key_id: str) -> bool:
+        return maintenance.replace_envelope(self, version, old, new, new_key_id)
+
+    def versions_by_key_id(self) -> dict[str, int]:
+        return maintenance.versions_by_key_id(self)
+
+    def collect_orphans(
+        self, grace_seconds: float = 3600.0, dry_run: bool = False, now: datetime | None = None
+    ) -> maintenance.OrphanReport:
+        return maintenance.collect_orphans(self, grace_seconds, dry_run, now)
