@@ -43,7 +43,12 @@ def serve(
     except ImportError as exc:  # the base install and [cli] alone have no server stack
         _fail(f"tessera serve needs the server extra: pip install 'tessera-config[server]' ({exc.name} is missing)")
 
-    run_server(host=host, port=port, data_dir=data_dir, config_file=config_file, root_token=root_token, dev=dev, backend=backend)
+    from tessera.core.errors import TesseraError
+
+    try:
+        run_server(host=host, port=port, data_dir=data_dir, config_file=config_file, root_token=root_token, dev=dev, backend=backend)
+    except TesseraError as exc:  # a store that cannot be reached or loaded: one clear line, not a trace
+        _fail(f"cannot start: {exc.message}")
 
 
 # ---------------------------------------------------------------------- talking to a server

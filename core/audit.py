@@ -185,8 +185,7 @@ class AuditReader(Protocol):
     def chain_entries(self, chain: str, after_seq: int, limit: int) -> list[AuditEntry]: ...
 
 
-def _walk(reader: AuditReader, chain: str, page: int) -> Iterator[AuditEntry]:
-    after = 0
+def _walk(reader: AuditReader, chain: str, page: int, after: int = 0) -> Iterator[AuditEntry]:
     while True:
         batch = reader.chain_entries(chain, after, page)
         yield from batch
@@ -210,10 +209,13 @@ def _original_seq(entry: AuditEntry) -> int | None:
     return None
 
 
-def verify_chain(chain: str, entries: Iterator[AuditEntry], head: tuple[int, str] | None) -> tuple[int, Problem | None]:
-    """Walk one chain in seq order; returns (entries checked, first problem or None)."""
-    expected_seq, prev_hash, count = 1, GENESIS, 0
-    recent: OrderedDict[str, int] = OrderedDict({GENESIS: 0})  # hash → seq of recent entries
+def verify_chain(
+    chain: str, entries: Iterator[AuditEntry], head: tuple[int, str] | None, start: tuple[int, str] = (0, GENESIS)
+) -> tuple[int, Problem | None]:
+    """Walk one chain in seq order from ``start`` (the seq and hash the first entry links to: the genesis, or a
+    retention checkpoint); returns (entries checked, first problem or None)."""
+    expected_seq, prev_hash, count = start[0] + 1, start[1], 0
+    recent: OrderedDict[str, int] = OrderedDict({start[1]: start[0]})  # hash → seq of recent entries
     for entry in entries:
         count += 1
         if entry_hash(entry) != entry.hash:
@@ -274,8 +276,11 @@ def verify(reader: AuditReader, page: int = 5000, anchors: dict[str, tuple[int, 
     nothing up to it was rewritten — even by someone who recomputed every hash and the stored head.
     """
     report = VerifyReport(chains=reader.chains())
+    # A store whose records expire (DynamoDB's TTL) names where each chain's retained part starts.
+    starts: dict[str, tuple[int, str]] = reader.chain_starts() if hasattr(reader, "chain_starts") else {}
     for chain in sorted(report.chains):
-        count, problem = verify_chain(chain, _walk(reader, chain, page), report.chains[chain])
+        start = starts.get(chain, (0, GENESIS))
+        count, problem = verify_chain(chain, _walk(reader, chain, page, start[0]), report.chains[chain], start)
         report.entries += count
         if problem is not None:
             report.problem = problem

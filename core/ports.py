@@ -136,10 +136,11 @@ class AuditStore(Protocol):
 
     ``append`` links ``entries`` (in order) to the end of ``chain`` and stores them durably in one atomic
     step, or raises ``Unavailable`` and stores none of them. It returns the entries with chain, seq,
-    prev_hash and hash set.
+    prev_hash and hash set. A store that shards its log itself (DynamoDB: the shard this process holds) picks
+    the chain and says so with ``chain_name = None``; callers pass the store's ``chain_name``.
     """
 
-    def append(self, chain: str, entries: list[AuditEntry]) -> list[AuditEntry]: ...
+    def append(self, chain: str | None, entries: list[AuditEntry]) -> list[AuditEntry]: ...
 
     def query(
         self, key: str | None, service: str | None, since: datetime | None, limit: int, phase: str | None = "response"

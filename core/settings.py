@@ -31,6 +31,9 @@ class Settings(BaseModel):
     value_cache_entries: int = 10_000
     max_watch_seconds: float = 60.0  # the contract's clamp; 25 on Lambda, where API Gateway ends requests at 30 s
     change_log_retention: int = 100_000
+    # aws backend retention, by time (the table's TTL): ChangeLogRetentionDays / AuditRetentionDays in the template
+    change_log_retention_days: int = Field(default=30, ge=1)
+    audit_retention_days: int = Field(default=90, ge=1)
 
     @model_validator(mode="after")
     def _refuse_unsafe(self) -> Settings:
@@ -53,6 +56,8 @@ class Settings(BaseModel):
             "table": "TESSERA_TABLE",
             "kms_key_id": "TESSERA_KMS_KEY_ID",
             "change_log_retention": "TESSERA_CHANGE_LOG_RETENTION",
+            "change_log_retention_days": "TESSERA_CHANGE_LOG_RETENTION_DAYS",
+            "audit_retention_days": "TESSERA_AUDIT_RETENTION_DAYS",
             "region": "AWS_REGION",
             "endpoint_url": "AWS_ENDPOINT_URL",
         }

@@ -18,6 +18,7 @@ from tessera.core.access_service import AccessService
 from tessera.core.audit import MAX_BATCH, AuditLog, DisabledAuditLog, entry_to_log
 from tessera.core.auth import Authenticator
 from tessera.core.damping import FailureDamper
+from tessera.core.errors import Unavailable
 from tessera.core.policy import PolicyAuthorizer
 from tessera.core.ports import VersionStore
 from tessera.core.settings import Settings
@@ -71,10 +72,12 @@ def build_access_stores(settings: Settings, store: VersionStore) -> Any:
     if settings.backend == "aws":
         try:
             from tessera.core.backends.aws_access import DynamoAccessStore  # only when used
-        except ImportError:
-            pass
-        else:
-            return DynamoAccessStore.for_store(store)
+        except ImportError as exc:
+            # Fail closed: tokens, policies and the audit log in memory would let a node run unaudited.
+            raise Unavailable(
+                f"the aws backend cannot load its token, policy and audit stores ({exc.name or exc}); not starting"
+            ) from exc
+        return DynamoAccessStore.for_store(store)
     from tessera.core.backends.memory_access import MemoryAccessStore
 
     logger.warning("no durable token/policy/audit storage for the %s store: using memory (not for production)", type(store).__name__)

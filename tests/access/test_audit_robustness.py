@@ -285,11 +285,11 @@ def test_request_entries_on_dynamodb():
     from tests.aws.support import moto_target
 
     with moto_target() as target:
-        store = DynamoAccessStore(table=target.table, dynamodb=target.clients.dynamodb, chain_name="node-a")
-        store.append("node-a", [entry(1, action="config.write", outcome="attempt", status=0, phase="request"), entry(2)])
+        store = DynamoAccessStore(table=target.table, dynamodb=target.clients.dynamodb)
+        linked = store.append(None, [entry(1, action="config.write", outcome="attempt", status=0, phase="request"), entry(2)])
         assert [e.seq for e in store.query(key=None, service=None, since=None, limit=10)] == [2]
         assert [e.phase for e in store.query(key=None, service=None, since=None, limit=10, phase="request")] == ["request"]
-        assert {e.phase for e in store.chain_entries("node-a", 0, 10)} == {"request", "response"}
+        assert {e.phase for e in store.chain_entries(linked[0].chain, 0, 10)} == {"request", "response"}
         assert verify(store).ok
 
 

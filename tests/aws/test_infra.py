@@ -92,7 +92,7 @@ def test_each_function_has_least_privilege(translated):
         for statement in _role_statements(translated, function):
             writes = WRITE_ACTIONS & set(statement["Action"])
             if writes:  # only audit appends, pinned to the audit partitions
-                assert statement["Condition"]["ForAllValues:StringLike"]["dynamodb:LeadingKeys"] == ["AUDIT#*", "AUDITHEAD"]
+                assert statement["Condition"]["ForAllValues:StringLike"]["dynamodb:LeadingKeys"] == ["AUDITLOG#*", "AUDITSHARD", "AUDITCKPT"]
             assert not any(a in ("s3:PutObject", "kms:GenerateDataKey", "kms:Encrypt") for a in statement["Action"]), function
     for function in ("Policy", "Auth"):
         actions = {a for s in _role_statements(translated, function) for a in s["Action"]}

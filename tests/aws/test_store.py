@@ -244,3 +244,17 @@ def test_a_change_log_gap_left_by_ttl_is_refused_not_skipped(target):
         with pytest.raises(RevisionCompacted) as raised:
             service.store.changes_since(since, 10)
         assert raised.value.extra["current_revision"] == 4
+
+
+def test_change_log_and_audit_retention_come_from_the_settings(target):
+    """ChangeLogRetentionDays / AuditRetentionDays reach the store (TESSERA_*_RETENTION_DAYS, set by the template)."""
+    from tessera.core.backends.aws import AwsStore
+    from tessera.core.settings import Settings
+
+    env = {**target.env(), "TESSERA_CHANGE_LOG_RETENTION_DAYS": "7", "TESSERA_AUDIT_RETENTION_DAYS": "400"}
+    store = AwsStore.from_settings(Settings.from_env(env), target.clients)
+    assert store.change_log_ttl.days == 7 and store.audit_retention.days == 400
+    store.commit(_pending("ttl.key", 1, action=Action.CREATE))
+    change = target.clients.dynamodb.get_item(TableName=target.table, Key={"PK": {"S": "CHANGES"}, "SK": {"S": pad(1)}})["Item"]
+    seconds = int(change["expires_at"]["N"]) - datetime.now(UTC).timestamp()
+    assert 6.9 * 86400 < seconds <= 7 * 86400

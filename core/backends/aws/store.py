@@ -18,9 +18,11 @@ from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
+from tessera.core.access_model import AuditEntry
 from tessera.core.backends.aws import maintenance
+from tessera.core.backends.aws.audit import DEFAULT_RETENTION, ShardWriter
 from tessera.core.backends.aws.calls import AwsClients, CallCounter, ClientFailure, Table, call_aws, shared_clients
-from tessera.core.backends.aws.commit import Pending, TransactionPlan
+from tessera.core.backends.aws.commit import AUDIT, Pending, TransactionPlan
 from tessera.core.backends.aws.items import (
     CHANGES_PK,
     COUNTER_PK,
@@ -40,6 +42,7 @@ from tessera.core.backends.aws.items import (
     sha256,
     version_pk,
 )
+from tessera.core.backends.aws.stamp import AuthStamp
 from tessera.core.errors import KeyConflict, RevisionCompacted, Unavailable, VersionConflict
 from tessera.core.model import Change, Environment, Scope, Version, is_under
 
@@ -103,6 +106,7 @@ class AwsStore:
         s3: Any,
         calls: CallCounter | None = None,
         change_log_ttl: timedelta = DEFAULT_CHANGE_LOG_TTL,
+        audit_retention: timedelta = DEFAULT_RETENTION,
         record_cache_entries: int = DEFAULT_RECORD_CACHE,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
@@ -113,6 +117,11 @@ class AwsStore:
         self.dynamodb = dynamodb
         self.s3 = s3
         self.change_log_ttl = change_log_ttl
+        self.audit_retention = audit_retention
+        self._audit_writer: ShardWriter | None = None
+        # Meta (the root token's digest, the active KMS key) is answered from memory while the auth stamp stays put.
+        self.auth_stamp = AuthStamp(self.db)
+        self._meta = self.auth_stamp.cache()
         self.records = RecordCache(record_cache_entries)
         self._sealed = maintenance.SealedVersions(self)
         self._sleep = sleep
@@ -122,10 +131,25 @@ class AwsStore:
         clients = clients or shared_clients(settings.region, settings.endpoint_url)
         if not settings.bucket or not settings.table:
             raise Unavailable("the aws backend needs TESSERA_BUCKET and TESSERA_TABLE")
-        return cls(table=settings.table, bucket=settings.bucket, dynamodb=clients.dynamodb, s3=clients.s3, calls=clients.calls)
+        return cls(
+            table=settings.table,
+            bucket=settings.bucket,
+            dynamodb=clients.dynamodb,
+            s3=clients.s3,
+            calls=clients.calls,
+            change_log_ttl=timedelta(days=settings.change_log_retention_days),
+            audit_retention=timedelta(days=settings.audit_retention_days),
+        )
 
     def close(self) -> None:
         """Nothing to release: clients are shared and stateless between calls."""
+
+    def audit_writer(self) -> ShardWriter:
+        """The writer of this process's audit shard, shared with ``DynamoAccessStore`` (``commit``'s records
+        and the other requests' records extend one chain)."""
+        if self._audit_writer is None:
+            self._audit_writer = ShardWriter(self.db, self.audit_retention)
+        return self._audit_writer
 
     # ------------------------------------------------------------------ S3
     def s3_call(self, operation: str, handled: frozenset[str] = frozenset(), **params: Any) -> dict[str, Any]:
@@ -239,8 +263,9 @@ class AwsStore:
         return self.current_revision() + 1
 
     # ------------------------------------------------------------------ the commit
-    def commit(self, version: Version) -> Version:
-        """S3 object first, then one ``TransactWriteItems`` (see docs/aws.md, "Commit protocol")."""
+    def commit(self, version: Version, audit: AuditEntry | None = None) -> Version:
+        """S3 object first, then one ``TransactWriteItems`` (see docs/aws.md, "Commit protocol"); ``audit``,
+        the request's record, is written in that same transaction: the change and its record land together."""
         scope, key = version.scope, version.key
         pending = Pending(version, self._liveness_of(scope, key, version.version - 1))
         if pending.live:
@@ -251,7 +276,7 @@ class AwsStore:
             self.s3_call("PutObject", Bucket=self.bucket, Key=obj, Body=version.envelope, IfNoneMatch="*",
                          ContentType="application/octet-stream")  # fmt: skip
         try:
-            revision = self._commit_transaction(pending)
+            revision = self._commit_recorded(pending, audit) if audit is not None else self._commit_transaction(pending)
         except (VersionConflict, KeyConflict):
             # Definitely not committed: the object is garbage now (gc would find it; this saves it the trouble).
             self.discard_object(pending.obj)
@@ -277,7 +302,22 @@ class AwsStore:
     def _change_expires(self) -> int:
         return int((datetime.now(UTC) + self.change_log_ttl).timestamp())
 
-    def _commit_transaction(self, pending: Pending) -> int:
+    def _commit_recorded(self, pending: Pending, audit: AuditEntry) -> int:
+        writer = self.audit_writer()
+        with writer.lock:  # the record's place in the chain is held until the transaction's outcome is known
+            block = writer.reserve([audit])
+            try:
+                revision = self._commit_transaction(pending, block.item)
+            except (VersionConflict, KeyConflict):
+                writer.settle(block, False)
+                raise
+            except BaseException:
+                writer.settle(block, None)  # maybe written: the writer looks for its real tail before the next one
+                raise
+            writer.settle(block, True)
+            return revision
+
+    def _commit_transaction(self, pending: Pending, audit_item: dict[str, Any] | None = None) -> int:
         version = pending.version
         for attempt in range(COUNTER_ATTEMPTS):
             current_revision = self.current_revision()
@@ -285,6 +325,8 @@ class AwsStore:
             plan = TransactionPlan(self.table)
             plan.version(0, pending, revision, self._change_expires())
             plan.counter(current_revision, revision)
+            if audit_item is not None:
+                plan.put(AUDIT, audit_item)
             try:
                 self.db.transact(
                     plan.items,
@@ -335,11 +377,17 @@ class AwsStore:
         return "Attributes" not in response
 
     def get_meta(self, name: str) -> str | None:
-        item = self.db.get(META_PK, name)
-        return get_s(item, "value") if item else None
+        def load() -> str | None:
+            item = self.db.get(META_PK, name)
+            return get_s(item, "value") if item else None
+
+        return self._meta.get(name, load)  # type: ignore[no-any-return]
 
     def put_meta(self, name: str, value: str) -> None:
-        self.db.call("PutItem", TableName=self.db.name, Item={"PK": s(META_PK), "SK": s(name), "value": s(value)})
+        """With the auth stamp moved in the same transaction: every node sees a new root digest within a second."""
+        item = {"PK": s(META_PK), "SK": s(name), "value": s(value)}
+        self.db.transact([{"Put": {"TableName": self.table, "Item": item}}, self.auth_stamp.bump()])
+        self.auth_stamp.changed()
 
     # ------------------------------------------------------------------ key rotation and gc (maintenance.py)
     def iter_sealed_versions(self, after: tuple[str, str, str, int] | None, limit: int) -> list[Version]:
