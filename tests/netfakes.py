@@ -204,8 +204,10 @@ class PlainHTTPServer:
     """Not Tessera: a plain HTTP server on 127.0.0.1 that answers every request with ``status``, ``content_type``
     and ``body`` (an HTML page by default)."""
 
-    def __init__(self, status: int = 200, body: bytes = HTML_PAGE, content_type: str = "text/html; charset=utf-8") -> None:
+    def __init__(self, status: int = 200, body: bytes = HTML_PAGE, content_type: str = "text/html; charset=utf-8",
+                 headers: dict[str, str] | None = None) -> None:
         answer = (status, body, content_type)
+        extra = dict(headers or {})
 
         class Handler(BaseHTTPRequestHandler):
             def _answer(self) -> None:
@@ -213,6 +215,8 @@ class PlainHTTPServer:
                 self.send_response(code)
                 self.send_header("Content-Type", ctype)
                 self.send_header("Content-Length", str(len(payload)))
+                for name, value in extra.items():
+                    self.send_header(name, value)
                 self.end_headers()
                 self.wfile.write(payload)
 

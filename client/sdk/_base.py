@@ -32,6 +32,7 @@ from tessera.client.sdk.types import (
 )
 
 MISSING: Any = object()
+USER_AGENT = "tessera-sdk (python)"
 TOKEN_ENV = "TESSERA_TOKEN"
 
 
@@ -85,7 +86,7 @@ class ClientBase:
         self.idempotency_keys = idempotency_keys
         token = token if token is not None else os.environ.get(TOKEN_ENV) or None
         self._token = token
-        self._headers = {"User-Agent": "tessera-sdk", **(headers or {})}
+        self._headers = {"User-Agent": USER_AGENT, **(headers or {})}
         if token:
             self._headers["Authorization"] = f"Bearer {token}"
         self._ring = NodeRing(self.endpoints)

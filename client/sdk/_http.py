@@ -232,6 +232,12 @@ def interpret(call: Call, node: str, response: httpx.Response) -> Answer:
             reason = f"HTTP {status} {code}"
             raise NodeFailed(NodeFailure(node, reason, maybe_applied=maybe_applied), _retry_after(response.headers))
         raise error_for(status, error, node=node, request_id=request_id)
+    if 300 <= status < 400 and response.headers.get("location"):
+        raise ConfigurationError(
+            f"{call.method} {url} redirects to {response.headers['location']}: Tessera never redirects its API, so the "
+            "endpoint URL is probably not the one to use (http instead of https, or a path a proxy rewrites)",
+            status=status, node=node, request_id=request_id,
+        )
     if status < 200 or status >= 300:
         raise ConfigurationError(
             f"{call.method} {url} answered HTTP {status}, which Tessera never sends for it: check the endpoint URL",

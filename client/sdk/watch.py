@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Any
 import httpx
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
 
+from tessera.client.sdk._base import USER_AGENT
 from tessera.client.sdk._http import NodeFailed
 from tessera.client.sdk.errors import (
     ConfigurationError,
@@ -56,7 +57,8 @@ if TYPE_CHECKING:
 logger = logging.getLogger("tessera.client")
 MAX_ERRORS = 100  # the error history a handle keeps (oldest dropped first)
 MIN_BACKOFF, MAX_BACKOFF = 0.1, 5.0
-PING_INTERVAL, PING_TIMEOUT = 5.0, 10.0  # a node that stops answering (paused, cut off) is left within ~15 s
+PING_INTERVAL, PING_TIMEOUT = 5.0, 10.0
+MAX_MESSAGE = 4 * 1024 * 1024  # an event holds at most one 64 KiB value; anything far larger is not Tessera  # a node that stops answering (paused, cut off) is left within ~15 s
 # The status each /ws error code would have over HTTP, so both transports raise the same exceptions.
 WS_STATUS = {"unauthenticated": 401, "forbidden": 403, "not_found": 404, "revision_compacted": 410,
              "too_many_requests": 429, "rate_limited": 429, "unavailable": 503, "deadline_exceeded": 503}
@@ -332,8 +334,8 @@ class WatchHandle:
         state.node = node
         try:
             socket = connect(websocket_url(node), open_timeout=self._client.timeout, ping_interval=PING_INTERVAL,
-                             ping_timeout=PING_TIMEOUT, close_timeout=1, max_size=None,
-                             additional_headers={"User-Agent": "tessera-sdk"})
+                             ping_timeout=PING_TIMEOUT, close_timeout=1, max_size=MAX_MESSAGE,
+                             additional_headers={"User-Agent": USER_AGENT})
         except (InvalidStatus, InvalidURI, InvalidHandshake) as exc:
             # An HTTP answer to the upgrade (a proxy without WebSocket support, or not Tessera at all): long poll
             # on this node from now on; its answer tells which.
@@ -542,8 +544,8 @@ class AsyncWatchHandle:
         state.node = node
         try:
             socket = await connect(websocket_url(node), open_timeout=self._client.timeout, ping_interval=PING_INTERVAL,
-                                   ping_timeout=PING_TIMEOUT, close_timeout=1, max_size=None,
-                                   additional_headers={"User-Agent": "tessera-sdk"})
+                                   ping_timeout=PING_TIMEOUT, close_timeout=1, max_size=MAX_MESSAGE,
+                                   additional_headers={"User-Agent": USER_AGENT})
         except (InvalidStatus, InvalidURI, InvalidHandshake) as exc:
             logger.info("watch: %s refused the WebSocket upgrade (%s); using long poll", node, exc)
             state.websocket_refused.add(node)

@@ -228,6 +228,14 @@ def test_a_server_that_is_not_tessera_is_a_configuration_error(make, status, bod
             client.list()
 
 
+def test_a_redirect_is_a_configuration_error(make):
+    with PlainHTTPServer(301, b"", "text/plain", headers={"Location": "https://tessera.example/"}) as redirecting:
+        client = make(redirecting.url)
+        with pytest.raises(ConfigurationError) as info:
+            client.get("database.host")
+    assert "redirects to https://tessera.example/" in str(info.value)
+
+
 def test_cli_reports_a_non_tessera_server_in_one_line():
     with PlainHTTPServer() as impostor:
         env = {**os.environ, "TESSERA_URL": impostor.url, "TESSERA_TOKEN": TOKEN}

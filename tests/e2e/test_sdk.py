@@ -30,8 +30,15 @@ def two_nodes(tmp_path):
     second.stop()
 
 
-def test_sdk_round_trip_and_errors(two_nodes):
-    node, _ = two_nodes
+@pytest.fixture(scope="module")
+def node(tmp_path_factory):
+    """One server for the tests that need no second node (each server start costs seconds on a busy machine)."""
+    process = ServerProcess(tmp_path_factory.mktemp("sdk") / "data", root_token=TOKEN).start()
+    yield process
+    process.stop()
+
+
+def test_sdk_round_trip_and_errors(node):
     with Tessera(node.url, TOKEN) as client:
         assert client.put("app.name", "demo").version == 1
         assert client.get("app.name").value == "demo"
@@ -63,8 +70,7 @@ def test_failover_and_watch_miss_nothing_across_a_node_kill(two_nodes):
     assert revisions == sorted(set(revisions))
 
 
-def test_cli_get_put_export_and_run(two_nodes):
-    node, _ = two_nodes
+def test_cli_get_put_export_and_run(node):
     env = {**os.environ, "TESSERA_URL": node.url, "TESSERA_TOKEN": TOKEN}
     cli = [sys.executable, "-m", "tessera.client.cli"]
 
