@@ -213,7 +213,7 @@ class ClientBase:
 
     # ------------------------------------------------------------------ results
     def _read_result(self, answer: Answer, scope: tuple[str, str], version: int | None) -> Entry:
-        entry = Entry.from_body(answer.body)
+        entry = Entry._from_body(answer.body)
         if version is None:
             self._cache.put((*scope, entry.key), entry)
             if self._lkg is not None:
@@ -232,7 +232,7 @@ class ClientBase:
 
     @staticmethod
     def _write_result(answer: Answer) -> WriteResult:
-        return WriteResult.from_body(answer.body, status=answer.status, replayed=answer.replayed)
+        return WriteResult._from_body(answer.body, status=answer.status, replayed=answer.replayed)
 
     @staticmethod
     def _delete_result(answer: Answer) -> DeleteResult:
@@ -247,7 +247,7 @@ class ClientBase:
 
     @staticmethod
     def _history_result(answer: Answer) -> list[Version]:
-        return [Version.from_body(item) for item in answer.body["versions"]]
+        return [Version._from_body(item) for item in answer.body["versions"]]
 
     @staticmethod
     def _list_page(answer: Answer, seen: set[str]) -> tuple[list[KeyInfo], str | None]:
@@ -261,7 +261,7 @@ class ClientBase:
             if cursor in seen:
                 raise ConfigurationError(f"GET /config on {answer.node} repeated the page cursor {cursor!r}")
             seen.add(cursor)
-        return [KeyInfo.from_body(item) for item in body["keys"]], cursor or None
+        return [KeyInfo._from_body(item) for item in body["keys"]], cursor or None
 
     @staticmethod
     def _import_result(answer: Answer) -> ImportResult:
@@ -285,4 +285,4 @@ class ClientBase:
         body = answer.body
         if not isinstance(body["events"], list) or not isinstance(body["revision"], int):
             raise ConfigurationError(f"GET /watch on {answer.node} answered a body that is not Tessera's")
-        return body["revision"], [Event.from_body(item) for item in body["events"]]
+        return body["revision"], [Event._from_body(item) for item in body["events"]]

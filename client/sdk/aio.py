@@ -78,7 +78,12 @@ class AsyncClient(ClientBase):
         await self._http.aclose()
 
     async def close(self) -> None:
-        """The same as :meth:`aclose`."""
+        """The same as :meth:`aclose` (the name the sync client uses).
+
+        Example::
+
+            await client.close()
+        """
         await self.aclose()
 
     async def __aenter__(self) -> AsyncClient:
@@ -302,7 +307,7 @@ class AsyncClient(ClientBase):
                 state.advance((await own.health()).revision)  # pinned now: a change right after watch() is seen
             except TesseraError as exc:
                 state.pending = exc  # handled (reported, retried or fatal) by the watch itself
-        handle = AsyncWatchHandle(own, state, callback, on_error).start()
+        handle = AsyncWatchHandle(own, state, callback, on_error)._start()
         self._watches = [h for h in self._watches if h.alive] + [handle]
         return handle
 

@@ -307,7 +307,7 @@ class Client(ClientBase):
                 state.advance(own.health().revision)  # pinned now: a change right after watch() returns is seen
             except TesseraError as exc:
                 state.pending = exc  # handled (reported, retried or fatal) by the watch itself
-        handle = WatchHandle(own, state, callback, on_error).start()
+        handle = WatchHandle(own, state, callback, on_error)._start()
         self._watches = [h for h in self._watches if h.alive] + [handle]
         return handle
 

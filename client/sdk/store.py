@@ -158,7 +158,7 @@ class LastKnownGood:
             document = json.loads(path.read_bytes())
             items = document["entries"] if document.get("format") == FILE_FORMAT else []
             for item in items:
-                entry = Entry.from_body(item)
+                entry = Entry._from_body(item)
                 if self._persisted(entry):
                     self._entries[(entry.namespace, entry.env, entry.key)] = entry
         except FileNotFoundError:

@@ -58,6 +58,11 @@ class Entry:
 
     @property
     def is_subtree(self) -> bool:
+        """True for a subtree read (no value of its own; ``value`` is the nested object).
+
+        >>> Entry(key="database", value={"host": "h"}, version=None).is_subtree
+        True
+        """
         return self.version is None
 
     def __repr__(self) -> str:
@@ -66,7 +71,7 @@ class Entry:
                 f"stale={self.stale!r}, namespace={self.namespace!r}, env={self.env!r})")
 
     @classmethod
-    def from_body(cls, body: dict[str, Any]) -> Entry:
+    def _from_body(cls, body: dict[str, Any]) -> Entry:
         return cls(
             key=str(body["key"]),
             value=body["value"],
@@ -82,10 +87,19 @@ class Entry:
         )
 
     def as_stale(self) -> Entry:
+        """The same entry marked as served from the last-known-good store.
+
+        >>> Entry(key="a", value=1, version=1).as_stale().stale
+        True
+        """
         return replace(self, stale=True)
 
     def to_json(self) -> dict[str, Any]:
-        """The JSON form kept by the last-known-good file (and printed by ``tessera get --json``)."""
+        """The JSON form kept by the last-known-good file (and printed by ``tessera get --json``).
+
+        >>> Entry(key="a", value=1, version=1).to_json()["value"]
+        1
+        """
         return {
             "key": self.key, "value": self.value, "version": self.version, "secret": self.secret,
             "namespace": self.namespace, "env": self.env, "resolved_env": self.resolved_env,
@@ -117,7 +131,7 @@ class WriteResult:
     replayed: bool = False
 
     @classmethod
-    def from_body(cls, body: dict[str, Any], *, status: int, replayed: bool) -> WriteResult:
+    def _from_body(cls, body: dict[str, Any], *, status: int, replayed: bool) -> WriteResult:
         return cls(
             key=str(body["key"]), version=int(body["version"]), revision=body.get("revision"),
             secret=bool(body.get("secret", False)), action=body.get("action"),
@@ -127,6 +141,11 @@ class WriteResult:
         )
 
     def to_json(self) -> dict[str, Any]:
+        """The contract's JSON shape of a write's answer (``tessera put --json`` prints it).
+
+        >>> WriteResult(key="a", version=2, revision=9, secret=False, action="update").to_json()["version"]
+        2
+        """
         return {"key": self.key, "version": self.version, "revision": self.revision, "secret": self.secret,
                 "action": self.action, "namespace": self.namespace, "env": self.env,
                 "updated_at": _format_time(self.updated_at), "updated_by": self.updated_by}
@@ -174,7 +193,7 @@ class Version:
         return f"Version(version={self.version}, action={self.action!r}, secret={self.secret}{shown})"
 
     @classmethod
-    def from_body(cls, body: dict[str, Any]) -> Version:
+    def _from_body(cls, body: dict[str, Any]) -> Version:
         return cls(
             version=int(body["version"]), action=str(body.get("action", "")), secret=bool(body.get("secret", False)),
             updated_at=parse_time(body.get("updated_at")), updated_by=body.get("updated_by"),
@@ -198,7 +217,7 @@ class KeyInfo:
     updated_by: str | None = None
 
     @classmethod
-    def from_body(cls, body: dict[str, Any]) -> KeyInfo:
+    def _from_body(cls, body: dict[str, Any]) -> KeyInfo:
         return cls(key=str(body["key"]), version=int(body["version"]), secret=bool(body.get("secret", False)),
                    resolved_env=body.get("resolved_env"), updated_at=parse_time(body.get("updated_at")),
                    updated_by=body.get("updated_by"))
@@ -242,6 +261,11 @@ class Event:
 
     @property
     def deleted(self) -> bool:
+        """True for a deletion (which carries no value).
+
+        >>> Event(revision=5, key="a", version=3, action="delete").deleted
+        True
+        """
         return self.action == "delete"
 
     def __repr__(self) -> str:
@@ -249,7 +273,7 @@ class Event:
         return f"Event(revision={self.revision}, key={self.key!r}, version={self.version}, action={self.action!r}{shown})"
 
     @classmethod
-    def from_body(cls, body: dict[str, Any]) -> Event:
+    def _from_body(cls, body: dict[str, Any]) -> Event:
         return cls(
             revision=int(body["revision"]), key=str(body["key"]), version=body.get("version"),
             action=str(body.get("action", "")), namespace=str(body.get("namespace", "default")),
@@ -258,6 +282,11 @@ class Event:
         )
 
     def to_json(self) -> dict[str, Any]:
+        """The contract's JSON shape of an event (``tessera watch`` prints one per line).
+
+        >>> Event(revision=5, key="a", version=1, action="create", value=1, has_value=True).to_json()["value"]
+        1
+        """
         body: dict[str, Any] = {"revision": self.revision, "key": self.key, "version": self.version, "action": self.action,
                                 "namespace": self.namespace, "env": self.env, "secret": self.secret}
         if self.has_value:

@@ -166,12 +166,15 @@ def _log_unhandled(exc: BaseException, fatal: bool) -> None:
 
 
 class WatchHandle:
-    """A running watch (a background thread). ``alive``, ``wait()``, ``stop()``, ``errors``, ``cursor``.
+    """A running watch (a background thread). ``alive``, ``wait()``, ``stop()``, ``error``, ``errors``, ``cursor``,
+    ``transport``; a context manager that stops it.
 
     Example::
 
         handle = client.watch("features.*", on_change, on_error=report)
-        ...
+        if not handle.alive:             # ended: not Tessera, or the token was refused
+            raise handle.error
+        print(handle.transport, handle.cursor, handle.errors[-3:])
         handle.stop()
     """
 
@@ -256,7 +259,7 @@ class WatchHandle:
         return f"WatchHandle(patterns={self._state.patterns!r}, alive={self.alive}, cursor={self.cursor})"
 
     # ------------------------------------------------------------------ the thread
-    def start(self) -> WatchHandle:
+    def _start(self) -> WatchHandle:
         self._thread.start()
         return self
 
@@ -356,7 +359,7 @@ class WatchHandle:
             for raw in socket:
                 message = parse_ws_message(raw, node)
                 if message["type"] == "event":
-                    self._deliver(Event.from_body(message))
+                    self._deliver(Event._from_body(message))
                     state.reset_backoff()
                 elif message["type"] == "error":
                     raise ws_error(message, node)
@@ -396,7 +399,15 @@ class WatchHandle:
 
 
 class AsyncWatchHandle:
-    """A running watch in the asyncio form (a task). ``alive``, ``await wait()``, ``await stop()``, ``errors``."""
+    """A running watch in the asyncio form (a task): the same properties as :class:`WatchHandle`, with
+    ``await wait()`` and ``await stop()``.
+
+    Example::
+
+        handle = await client.watch("features.*", on_change)
+        ...
+        await handle.stop()
+    """
 
     def __init__(self, client: AsyncClient, state: WatchState, callback: Callable[[Event], Any],
                  on_error: Callable[[BaseException], Any] | None) -> None:
@@ -432,7 +443,7 @@ class AsyncWatchHandle:
     def transport(self) -> str | None:
         return self._state.transport
 
-    def start(self) -> AsyncWatchHandle:
+    def _start(self) -> AsyncWatchHandle:
         self._task = asyncio.ensure_future(self._run())
         return self
 
@@ -559,7 +570,7 @@ class AsyncWatchHandle:
             async for raw in socket:
                 message = parse_ws_message(raw, node)
                 if message["type"] == "event":
-                    await self._deliver(Event.from_body(message))
+                    await self._deliver(Event._from_body(message))
                     state.reset_backoff()
                 elif message["type"] == "error":
                     raise ws_error(message, node)

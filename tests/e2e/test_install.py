@@ -6,9 +6,8 @@ How it stays offline and current on a clean CI machine:
   ``.venv/wheelhouse`` with wheels of the base dependencies (httpx, websockets, tenacity and theirs) and of the
   build tools (setuptools, wheel). Installing packages is setup, not test traffic.
 - This test copies the current source to a temporary folder, builds its wheel there (build isolation on, build tools
-  from the wheelhouse, ``--no-index``: no network, nothing written into the repository), creates a venv with the
-  interpreter's bundled pip (``ensurepip``, offline) and installs that wheel with ``--no-index --find-links
-  .venv/wheelhouse``. An install that needed anything the base distribution does not declare fails here, and so does
+  from the wheelhouse, ``--no-index``: no network, nothing written into the repository), creates a bare venv and
+  installs that wheel into it with this venv's pip (``pip --python``, ``--no-index --find-links .venv/wheelhouse``). An install that needed anything the base distribution does not declare fails here, and so does
   a heavy dependency sneaking into the base list (it would be missing from the wheelhouse, so pip could not resolve it).
 - A wheelhouse that is missing (a venv not made by ``make``) fails with the command that makes it.
 """
@@ -67,14 +66,15 @@ def test_base_install_is_the_sdk_alone(tmp_path):
     (wheel,) = dist.glob("tessera_config-*.whl")
 
     fresh = tmp_path / "fresh"
-    venv.create(fresh, with_pip=True)
+    venv.create(fresh, with_pip=False)  # this pip installs into it (--python): no ensurepip, no pip in the way
     python = fresh / "bin" / "python"
-    run(python, "-m", "pip", "install", "--quiet", "--no-index", "--find-links", WHEELHOUSE, wheel)
+    pip = [sys.executable, "-m", "pip", "--python", python]
+    run(*pip, "install", "--quiet", "--no-index", "--find-links", WHEELHOUSE, wheel)
 
     probe = f"HEAVY = {HEAVY!r}\n{PROBE}"
     found = json.loads(run(python, "-c", probe, cwd=tmp_path).stdout)
     assert found["imported"] == [] and found["installed"] == [], found
     assert found["client"].startswith("tessera.client.sdk") and found["async_client"].startswith("tessera.client.sdk")
-    installed = {line.split("==")[0].lower().replace("_", "-") for line in run(python, "-m", "pip", "freeze", "--all").stdout.split()}
+    installed = {line.split("==")[0].lower().replace("_", "-") for line in run(*pip, "freeze", "--all").stdout.split()}
     assert {"tessera-config", "httpx", "websockets", "tenacity"} <= installed
     assert not installed & {"fastapi", "uvicorn", "boto3", "typer", "rich", "pydantic", "cryptography"}
