@@ -19,10 +19,9 @@ keys: a rule naming ``admin`` grants (or denies) it whatever its path and scopes
 
 from __future__ import annotations
 
-import re
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -61,16 +60,19 @@ def compile_path(path: str) -> PathMatcher:
     if segments[-1] == WILDCARD and WILDCARD not in segments[:-1]:
         below = ".".join(segments[:-1]) + "."
         return lambda key: key.startswith(below)
-    parts = []
-    for i, segment in enumerate(segments):
-        if segment != WILDCARD:
-            parts.append(re.escape(segment))
-        elif i == len(segments) - 1:
-            parts.append(r"[^.]+(?:\.[^.]+)*")  # trailing ``*``: one segment or more, any depth
-        else:
-            parts.append(r"[^.]+")  # a middle ``*``: exactly one segment
-    pattern = re.compile(r"\.".join(parts) + r"\Z")
-    return lambda key: pattern.match(key) is not None
+    # A middle ``*`` is exactly one segment; a trailing one is one segment or more. Compared segment by segment
+    # (no regular expression: a policy of thousands of such rules compiles in milliseconds).
+    trailing = segments[-1] == WILDCARD
+    length = len(segments)
+    fixed = tuple((i, segment) for i, segment in enumerate(segments) if segment != WILDCARD)
+
+    def matches(key: str) -> bool:
+        parts = key.split(".")
+        if (len(parts) < length) if trailing else (len(parts) != length):
+            return False
+        return all(parts) and all(parts[i] == segment for i, segment in fixed)
+
+    return matches
 
 
 def _always(key: str) -> bool:
@@ -106,11 +108,12 @@ class _CompiledRule:
     envs: frozenset[str] | None
 
     def applies(self, scope: Scope, key: str) -> bool:
+        return self.in_scope(scope) and self.matches_key(key)
+
+    def in_scope(self, scope: Scope) -> bool:
         if self.namespaces is not None and scope.namespace not in self.namespaces:
             return False
-        if self.envs is not None and scope.env not in self.envs:
-            return False
-        return self.matches_key(key)
+        return self.envs is None or scope.env in self.envs
 
 
 def _scope_set(names: Sequence[str]) -> frozenset[str] | None:
@@ -132,11 +135,82 @@ def compile_policy(policy: PolicyDoc) -> tuple[_CompiledRule, ...]:
     )
 
 
-class CompiledPolicies:
-    """The rules of several policies, indexed by capability; ``decide`` is a short loop of string tests."""
+# Up to this many rules per capability a decision tries each in turn (a few string tests); above it, the rules
+# are looked up in a trie of their path segments, so a decision costs the same with 10 rules or 64,000.
+LINEAR_RULES = 16
 
-    def __init__(self, compiled: Iterable[tuple[_CompiledRule, ...]]) -> None:
+
+class _Node:
+    # Made only when needed (most nodes are leaves holding one rule): tens of thousands of rules index quickly.
+    __slots__ = ("children", "exact", "below")
+
+    def __init__(self) -> None:
+        self.children: dict[str, _Node] | None = None  # by segment; WILDCARD: a middle ``*``, any one segment
+        self.exact: list[tuple[int, _CompiledRule]] | None = None  # paths ending here: the key ends here too
+        self.below: list[tuple[int, _CompiledRule]] | None = None  # paths ``<here>.*``: one segment or more follows
+
+    def child(self, segment: str) -> _Node:
+        if self.children is None:
+            self.children = {}
+        node = self.children.get(segment)
+        if node is None:
+            node = self.children[segment] = _Node()
+        return node
+
+
+class _RuleTrie:
+    """One capability's rules by path segments. ``candidates(key)`` yields exactly the rules whose path matches
+    ``key`` (with their order number), visiting one node per key segment (more only along middle ``*`` edges).
+
+    >>> trie = _RuleTrie(compile_policy(PolicyDoc("p", (Rule("a.*", ("read",)), Rule("a.*.c", ("read",))))))
+    >>> sorted(rule.rule.path for _, rule in trie.candidates("a.b.c")), list(trie.candidates("b.c"))
+    (['a.*', 'a.*.c'], [])
+    """
+
+    def __init__(self, rules: Sequence[_CompiledRule]) -> None:
+        self.root = _Node()
+        for ordinal, rule in enumerate(rules):
+            segments = rule.rule.path.split(".")
+            trailing = segments[-1] == WILDCARD
+            node = self.root
+            for segment in segments[:-1] if trailing else segments:
+                node = node.child(segment)
+            if trailing:
+                node.below = node.below or []
+                node.below.append((ordinal, rule))
+            else:
+                node.exact = node.exact or []
+                node.exact.append((ordinal, rule))
+
+    def candidates(self, key: str) -> Iterator[tuple[int, _CompiledRule]]:
+        frontier = [self.root]
+        for segment in key.split("."):
+            following = []
+            for node in frontier:
+                if node.below:
+                    yield from node.below  # a segment follows this node: ``<node>.*`` matches
+                if node.children:
+                    child = node.children.get(segment)
+                    if child is not None:
+                        following.append(child)
+                    child = node.children.get(WILDCARD)
+                    if child is not None:
+                        following.append(child)
+            if not following:
+                return
+            frontier = following
+        for node in frontier:
+            if node.exact:
+                yield from node.exact
+
+
+class CompiledPolicies:
+    """The rules of several policies, indexed by capability (and by path when there are many); a decision is a
+    short loop of string tests whatever the number of rules."""
+
+    def __init__(self, compiled: Iterable[tuple[_CompiledRule, ...]], linear_rules: int = LINEAR_RULES) -> None:
         self._by_capability: dict[str, tuple[_CompiledRule, ...]] = {}
+        self._tries: dict[str, _RuleTrie] = {}
         collected: dict[str, list[_CompiledRule]] = {}
         for rules in compiled:
             for rule in rules:
@@ -145,17 +219,33 @@ class CompiledPolicies:
         for capability, capability_rules in collected.items():
             # Denies first: the first deny that applies decides, and no allow needs to be looked at.
             denies = tuple(r for r in capability_rules if r.deny)
-            self._by_capability[capability] = denies + tuple(r for r in capability_rules if not r.deny)
+            ordered = denies + tuple(r for r in capability_rules if not r.deny)
+            self._by_capability[capability] = ordered
+            if len(ordered) > linear_rules and capability != ADMIN:
+                self._tries[capability] = _RuleTrie(ordered)
 
     def decide(self, capability: str, scope: Scope, key: str) -> Decision:
         rules = self._by_capability.get(capability)
         if not rules:
             return DENIED_BY_DEFAULT
-        admin = capability == ADMIN
-        for rule in rules:
-            if admin or rule.applies(scope, key):
-                return Decision(not rule.deny, rule.policy, rule.index, rule.rule)
-        return DENIED_BY_DEFAULT
+        if capability == ADMIN:
+            rule = rules[0]
+            return Decision(not rule.deny, rule.policy, rule.index, rule.rule)
+        trie = self._tries.get(capability)
+        if trie is None:
+            for rule in rules:
+                if rule.applies(scope, key):
+                    return Decision(not rule.deny, rule.policy, rule.index, rule.rule)
+            return DENIED_BY_DEFAULT
+        # The same answer as the loop above: the first rule in that order (denies first) that applies.
+        first: tuple[int, _CompiledRule] | None = None
+        for ordinal, rule in trie.candidates(key):
+            if (first is None or ordinal < first[0]) and rule.in_scope(scope):
+                first = (ordinal, rule)
+        if first is None:
+            return DENIED_BY_DEFAULT
+        rule = first[1]
+        return Decision(not rule.deny, rule.policy, rule.index, rule.rule)
 
     def allowed(self, capability: str, scope: Scope, key: str) -> bool:
         return self.decide(capability, scope, key).allowed
