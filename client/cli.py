@@ -36,6 +36,8 @@ def serve(
     root_token: str | None = typer.Option(None, envvar="TESSERA_ROOT_TOKEN", help="the root token to accept"),
     dev: bool = typer.Option(False, "--dev", help="dev mode: 127.0.0.1, sample config, root token shown on every start"),
     backend: str | None = typer.Option(None, envvar="TESSERA_BACKEND", help="local (default) or aws"),
+    tls_cert: str | None = typer.Option(None, envvar="TESSERA_TLS_CERT", help="PEM certificate (chain): serve HTTPS"),
+    tls_key: str | None = typer.Option(None, envvar="TESSERA_TLS_KEY", help="PEM private key of --tls-cert"),
 ) -> None:
     """Run the Tessera server."""
     try:
@@ -46,7 +48,8 @@ def serve(
     from tessera.core.errors import TesseraError
 
     try:
-        run_server(host=host, port=port, data_dir=data_dir, config_file=config_file, root_token=root_token, dev=dev, backend=backend)
+        run_server(host=host, port=port, data_dir=data_dir, config_file=config_file, root_token=root_token, dev=dev, backend=backend,
+                   tls_cert=tls_cert, tls_key=tls_key)
     except TesseraError as exc:  # a store that cannot be reached or loaded: one clear line, not a trace
         _fail(f"cannot start: {exc.message}")
 

@@ -52,7 +52,7 @@ def build_store(settings: Settings) -> VersionStore:
     from tessera.core.backends.sqlite import SQLiteStore
 
     data_dir = Path(settings.data_dir)
-    data_dir.mkdir(parents=True, exist_ok=True)
+    data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)  # private, like every file in it
     return SQLiteStore(data_dir / "tessera.db", change_log_retention=settings.change_log_retention)
 
 

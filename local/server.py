@@ -15,6 +15,7 @@ from tessera.core.settings import Settings
 from tessera.handlers.app import create_app
 from tessera.handlers.bootstrap import Container, build
 from tessera.local.files import prepare_data_dir
+from tessera.local.http_limits import server_options
 
 SAMPLE_CONFIG = Path(__file__).with_name("sample-config.yaml")
 DEV_TOKEN_FILE = "root-token"
@@ -62,6 +63,8 @@ def serve(
     root_token: str | None = None,
     dev: bool = False,
     backend: str | None = None,
+    tls_cert: str | None = None,
+    tls_key: str | None = None,
 ) -> None:
     if dev:
         host = "127.0.0.1"
@@ -69,20 +72,22 @@ def serve(
             config_file = SAMPLE_CONFIG
     settings = Settings.from_env(data_dir=data_dir, root_token=root_token, dev=dev or None, backend=backend)
     prepare_data_dir(settings.data_dir)  # 0700, files 0600: tightens an older release's, refuses if it cannot
+    http_options = server_options(os.environ, tls_cert, tls_key)  # limits, TLS: a bad one refused before anything
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     container = build(settings)
     token, note = settle_root_token(container, settings)
     if config_file is not None:
         summary = import_config_file(container, Path(config_file))
         print(f"Imported {config_file}: {summary}", flush=True)
-    url = f"http://{host}:{port}"
+    url = f"{'https' if tls_cert else 'http'}://{host}:{port}"
     print(f"Tessera ({settings.backend} backend, data in {settings.data_dir}) listening on {url}", flush=True)
     if token is not None:
         print(f"Root token: {token}", flush=True)
     print(f"  ({note})", flush=True)
     print(f'Try: curl -H "Authorization: Bearer $TOKEN" {url}/config/database.host', flush=True)
     app = create_app(container)
-    config = uvicorn.Config(app, host=host, port=port, log_level="warning", ws="auto", access_log=False)
+    config = uvicorn.Config(app, host=host, port=port, log_level="warning", ws="auto", access_log=False,
+                            **http_options)
     try:
         uvicorn.Server(config).run()
     finally:

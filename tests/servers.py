@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -32,16 +33,24 @@ class ServerProcess:
     port: int = 0
     process: subprocess.Popen | None = None
     log_path: Path | None = None
+    tls: tuple[Path, Path] | None = None  # (certificate, key): serve HTTPS, and clients verify against the certificate
+    wrapper: list[str] = field(default_factory=list)  # a command that execs the server, e.g. ["prlimit", "--nofile=1024"]
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}"
+
+    @property
+    def verify(self) -> ssl.SSLContext | bool:
+        return ssl.create_default_context(cafile=str(self.tls[0])) if self.tls else True
 
     def start(self, timeout: float = 20.0) -> ServerProcess:
         self.port = self.port or free_port()
-        args = [*TESSERA, "serve", "--host", "127.0.0.1", "--port", str(self.port), "--data-dir", str(self.data_dir)]
+        args = [*self.wrapper, *TESSERA, "serve", "--host", "127.0.0.1", "--port", str(self.port), "--data-dir", str(self.data_dir)]
         if self.root_token:
             args += ["--root-token", self.root_token]
+        if self.tls:
+            args += ["--tls-cert", str(self.tls[0]), "--tls-key", str(self.tls[1])]
         args += self.extra_args
         self.log_path = self.log_path or self.data_dir.parent / f"server-{self.port}.log"
         environment = {**os.environ, "PYTHONUNBUFFERED": "1", **self.env}
@@ -53,7 +62,7 @@ class ServerProcess:
             if self.process.poll() is not None:
                 raise RuntimeError(f"tessera serve exited early:\n{self.log()}")
             try:
-                if httpx.get(self.url + "/health", timeout=1).status_code == 200:
+                if httpx.get(self.url + "/health", timeout=1, verify=self.verify).status_code == 200:
                     return self
             except httpx.HTTPError:
                 pass
@@ -80,4 +89,5 @@ class ServerProcess:
     def client(self, token: str | None = None, **kwargs) -> httpx.Client:
         token = token or self.root_token
         headers = {"Authorization": f"Bearer {token}"} if token else {}
+        kwargs.setdefault("verify", self.verify)
         return httpx.Client(base_url=self.url, headers=headers, timeout=30, **kwargs)

@@ -105,7 +105,7 @@ class SQLiteStore:
 
     def __init__(self, path: Path | str, change_log_retention: int = 100_000) -> None:
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.change_log_retention = change_log_retention
         # Trim the change log in steps of a tenth of its retention (at most every 1000 commits).
         self._compaction_every = max(1, min(1000, change_log_retention // 10))

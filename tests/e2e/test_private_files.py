@@ -73,15 +73,30 @@ def test_a_server_under_umask_000_keeps_every_file_private(tmp_path):
 
 
 def test_the_store_creates_its_files_0600_whatever_the_umask(tmp_path):
+    data = tmp_path / "data"
     with umask(0o000):
-        store = SQLiteStore(tmp_path / "tessera.db")
+        store = SQLiteStore(data / "tessera.db")
         try:
             store.put_meta("x", "1")
-            files = {p.name: mode(p) for p in tmp_path.iterdir()}
+            files = {p.name: mode(p) for p in data.iterdir()}
         finally:
             store.close()
     assert set(files) >= {"tessera.db", "tessera.db-wal", "tessera.db-shm"}, files
     assert set(files.values()) == {0o600}, {n: oct(m) for n, m in files.items()}
+    assert mode(data) == 0o700  # a directory the store creates is private too (the CLI's commands create it so)
+
+
+def test_a_data_directory_made_by_another_command_needs_no_tightening(tmp_path):
+    """``tessera keys``/``audit`` commands build the container before any server ran: what they create is private
+    already, so the first ``tessera serve`` has nothing to warn about."""
+    from tessera.core.settings import Settings
+    from tessera.handlers.bootstrap import build
+
+    data = tmp_path / "data"
+    with umask(0o022):
+        build(Settings(data_dir=data)).close()
+    assert_private(data)
+    assert secure_data_dir(data) == []
 
 
 def older_release_layout(data: Path) -> None:
