@@ -19,6 +19,9 @@ class Settings(BaseModel):
     backend: Literal["local", "aws"] = "local"
     data_dir: Path = Path(".tessera")
     root_token: str | None = Field(default=None, repr=False)
+    # The root token's SHA-256 (hex), pinned by the deployment (infra/template.yaml's RootTokenSha256): the
+    # functions accept that root token without the string ever reaching them, and never write the digest.
+    root_token_sha256: str | None = Field(default=None, pattern="^[0-9a-f]{64}$")
     dev: bool = False
     master_key: str | None = Field(default=None, repr=False)  # TESSERA_MASTER_KEY: overrides the keyring file
     # aws backend
@@ -51,6 +54,7 @@ class Settings(BaseModel):
             "backend": "TESSERA_BACKEND",
             "data_dir": "TESSERA_DATA_DIR",
             "root_token": "TESSERA_ROOT_TOKEN",
+            "root_token_sha256": "TESSERA_ROOT_TOKEN_SHA256",
             "master_key": "TESSERA_MASTER_KEY",
             "bucket": "TESSERA_BUCKET",
             "table": "TESSERA_TABLE",

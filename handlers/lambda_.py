@@ -72,6 +72,7 @@ def reset() -> None:
         _handler = None
 
 
-# One name per handler group, as the template refers to them: same app, separate functions and roles.
+# Every HTTP function of infra/template.yaml runs ``handler`` (same app, separate functions and roles); the
+# names the previous template used stay valid for stacks deployed from it.
 get_handler = write_handler = history_handler = rollback_handler = handler
 policy_handler = auth_handler = watch_handler = audit_handler = handler

@@ -19,6 +19,7 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from tessera.core.access_model import AuditEntry
+from tessera.core.auth import ROOT_HASH_META
 from tessera.core.backends.aws import maintenance
 from tessera.core.backends.aws.audit import DEFAULT_RETENTION, ShardWriter
 from tessera.core.backends.aws.calls import AwsClients, CallCounter, ClientFailure, Table, call_aws, shared_clients
@@ -109,6 +110,7 @@ class AwsStore:
         audit_retention: timedelta = DEFAULT_RETENTION,
         record_cache_entries: int = DEFAULT_RECORD_CACHE,
         sleep: Callable[[float], None] = time.sleep,
+        pinned_meta: Mapping[str, str] | None = None,
     ) -> None:
         self.calls = calls if calls is not None else CallCounter()
         self.table = table
@@ -122,6 +124,8 @@ class AwsStore:
         # Meta (the root token's digest, the active KMS key) is answered from memory while the auth stamp stays put.
         self.auth_stamp = AuthStamp(self.db)
         self._meta = self.auth_stamp.cache()
+        # Meta the deployment fixes (the root token's digest on Lambda): answered without a read, never written.
+        self.pinned_meta = dict(pinned_meta or {})
         self.records = RecordCache(record_cache_entries)
         self._sealed = maintenance.SealedVersions(self)
         self._sleep = sleep
@@ -139,6 +143,7 @@ class AwsStore:
             calls=clients.calls,
             change_log_ttl=timedelta(days=settings.change_log_retention_days),
             audit_retention=timedelta(days=settings.audit_retention_days),
+            pinned_meta={ROOT_HASH_META: settings.root_token_sha256} if settings.root_token_sha256 else None,
         )
 
     def close(self) -> None:
@@ -377,6 +382,9 @@ class AwsStore:
         return "Attributes" not in response
 
     def get_meta(self, name: str) -> str | None:
+        if name in self.pinned_meta:
+            return self.pinned_meta[name]
+
         def load() -> str | None:
             item = self.db.get(META_PK, name)
             return get_s(item, "value") if item else None
@@ -385,6 +393,8 @@ class AwsStore:
 
     def put_meta(self, name: str, value: str) -> None:
         """With the auth stamp moved in the same transaction: every node sees a new root digest within a second."""
+        if name in self.pinned_meta:
+            raise Unavailable(f"'{name}' is fixed by the deployment's settings; change it there")
         item = {"PK": s(META_PK), "SK": s(name), "value": s(value)}
         self.db.transact([{"Put": {"TableName": self.table, "Item": item}}, self.auth_stamp.bump()])
         self.auth_stamp.changed()
