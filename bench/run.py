@@ -453,19 +453,23 @@ def run(plan: Plan, only: set[str], results: Results) -> None:
 
 
 def describe(plan: Plan, commit: str, started: dt.datetime, elapsed: float) -> str:
-    tool = "wrk" if wrk_available() else "the built-in asyncio load generator (wrk absent)"
+    tool = f"wrk, {plan.threads} threads" if wrk_available() else "the built-in asyncio load generator in 1 process (wrk absent)"
     load = os.getloadavg()
     return (f"{'quick' if plan.quick else 'full'} run of {started:%Y-%m-%d %H:%M} UTC on commit {commit}, "
-            f"{elapsed / 60:.1f} min; {tool}, {plan.threads} threads, {plan.connections} connections, "
+            f"{elapsed / 60:.1f} min; {tool}, {plan.connections} connections, "
             f"{plan.seconds:g} s per target after {plan.warmup:g} s warm-up; {os.cpu_count()} cores, "
             f"load average {load[0]:.1f} at the end (the machine is shared: compare ratios, not absolute figures); "
             f"Python {platform.python_version()}")  # fmt: skip
 
 
 def git_commit() -> str:
-    completed = subprocess.run(["git", "log", "-1", "--format=%h %s"], cwd=REPO, capture_output=True, text=True)
+    try:
+        completed = subprocess.run(["git", "log", "-1", "--format=%h %s"], cwd=REPO, capture_output=True, text=True, timeout=30)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO, capture_output=True, text=True,
+                               timeout=30)  # fmt: skip
+    except (OSError, subprocess.TimeoutExpired):
+        return "unknown"
     text = completed.stdout.strip()
-    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO, capture_output=True, text=True)
     return (text[:80] + (" (with local changes)" if dirty.stdout.strip() else "")) or "unknown"
 
 
