@@ -7,7 +7,7 @@ RUN_STAMP := $(VENV)/.installed-run
 WHEELHOUSE := $(VENV)/wheelhouse
 BENCH_STAMP := $(VENV)/.bench-installed
 
-.PHONY: run test test-fast lint bench bench-quick bench-tools profile clean
+.PHONY: run test test-fast lint chaos bench bench-quick bench-tools profile clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -46,6 +46,11 @@ lint: $(STAMP)
 $(BENCH_STAMP): $(STAMP) pyproject.toml
 	$(BIN)/pip install --quiet -e '.[test,bench]'
 	touch $(BENCH_STAMP)
+
+## make chaos: the long chaos and soak runs (50 kill -9 rounds, a 5-minute soak with 200 watchers, disk full as
+## root); `make test` runs the short forms. Figures go to docs/reliability.md by hand.
+chaos: $(STAMP)
+	TESSERA_CHAOS=long $(BIN)/python -m pytest tests/chaos -q -s -p no:cacheprovider --timeout=3600
 
 ## make bench-tools: Debian's etcd-server (3.4) and wrk, when absent (needs root; rows say "absent" without them)
 bench-tools:
