@@ -32,12 +32,15 @@ def test_kill_9_rounds_under_writers(tmp_path):
         revisions.append(revision)
         before = len(writers.acks)
         threads = writers.run(f"r{round_number}")
-        time.sleep(rng.uniform(0.5, 1.5))  # kill at a random moment, with writes in flight
+        deadline = time.monotonic() + 30
+        while len(writers.acks) == before and time.monotonic() < deadline:  # the writers are going (a slow machine)
+            time.sleep(0.05)
+        assert len(writers.acks) > before, f"round {round_number}: no write acknowledged in 30 s"
+        time.sleep(rng.uniform(0.3, 1.2))  # then kill at a random moment, with writes in flight
         server.kill9()
         writers.stop.set()
         for thread in threads:
             thread.join(30)
-        assert len(writers.acks) > before, f"round {round_number}: no write acknowledged"
         audit_verify(data)  # on the crashed store itself, before any restart repairs anything
     assert writers is not None
     final = ServerProcess(data, root_token=TOKEN, log_path=tmp_path / "final.log").start(timeout=60)
