@@ -41,6 +41,7 @@ import json
 import logging
 import queue
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, InvalidStateError
@@ -303,15 +304,37 @@ def anchors_from(document: dict[str, Any]) -> dict[str, tuple[int, str]]:
 
 
 # ---------------------------------------------------------------------------------------------- group commit
+FLUSH_INTERVAL = 0.1  # the contract's bound: records of reads reach durable storage within 100 ms
+RETRY_INTERVAL = 0.5  # how often an unhealthy log tries to flush again
+
+
 class AuditSink(Protocol):
+    """Where entries go. ``append`` links and writes them (to the file or table: before a response may go out);
+    ``flush`` makes everything appended so far durable. A sink whose appends are durable already (DynamoDB)
+    says so with ``durable_appends = True`` and its ``flush`` does nothing."""
+
     def append(self, chain: str, entries: list[AuditEntry]) -> list[AuditEntry]: ...
+
+    def flush(self) -> None: ...
 
 
 class AuditLog:
-    """Group-committing audit writer. ``submit`` returns a future resolved once the entry is durable.
+    """Group-committing audit writer: ``submit`` returns a future resolved once the entry is appended
+    (``durable=False``: a read's record) or durable (``durable=True``: a refused or uncommitted mutation's record).
 
-    ``emit`` receives each entry after its batch is durable (the structured log line); it never sees a
-    value or a token string because entries hold neither.
+    One writer thread takes everything queued, appends it in one transaction, and flushes (one fsync) when a
+    waiter needs durability or the oldest record appended since the last flush is ``flush_interval`` old.
+    A record that changes something is written by the store inside the commit itself (``VersionStore.commit``'s
+    ``audit``), so it is durable with the change; this writer carries everything else.
+
+    Fail-closed: the waiters of a batch that cannot be appended get ``Unavailable`` (the HTTP layer answers
+    ``503``). When a flush fails — or an append, on a sink that flushes — the log turns unhealthy (``ready`` is
+    False, ``failure`` says why) and every later ``submit`` is refused at once, until the writer, trying every
+    ``RETRY_INTERVAL`` seconds, appends and flushes a probe record (``audit.resumed``). A crash can lose only
+    records appended since the last flush: reads' records, at most ``flush_interval`` of them.
+
+    ``emit`` receives each entry after it is appended (the structured log line); it never sees a value or a
+    token string because entries hold neither.
     """
 
     enabled = True
@@ -322,79 +345,174 @@ class AuditLog:
         chain: str = "main",
         emit: Callable[[AuditEntry], None] | None = None,
         max_batch: int = MAX_BATCH,
+        flush_interval: float = FLUSH_INTERVAL,
     ) -> None:
         self.sink = sink
         self.chain = chain
         self.emit = emit
         self.max_batch = max_batch
-        self._queue: queue.SimpleQueue[tuple[AuditEntry, Future[AuditEntry]] | None] = queue.SimpleQueue()
+        self.flush_interval = flush_interval
+        # A sink without ``flush`` (DynamoDB: every append is a durable write) needs no flushing.
+        self._sink_flush: Callable[[], None] | None = getattr(sink, "flush", None)
+        self.durable_appends = bool(getattr(sink, "durable_appends", self._sink_flush is None))
+        self._queue: queue.SimpleQueue[tuple[list[AuditEntry], Future[list[AuditEntry]], bool] | None] = queue.SimpleQueue()
         self._closed = False
         self._lock = threading.Lock()  # submit vs close: nothing is queued behind the stop marker
+        self.failure: str | None = None  # why the log cannot take records, while it cannot
+        self._unflushed_since: float | None = None  # monotonic time of the oldest append not yet flushed
         self._thread = threading.Thread(target=self._run, name="audit-writer", daemon=True)
         self._thread.start()
         self.batches = 0  # counters for the benchmark and tests
         self.written = 0
+        self.flushes = 0
 
-    def submit(self, entry: AuditEntry) -> Future[AuditEntry]:
-        future: Future[AuditEntry] = Future()
+    @property
+    def ready(self) -> bool:
+        return self.failure is None and not self._closed
+
+    def submit(self, entry: AuditEntry, durable: bool = False) -> Future[AuditEntry]:
+        """One entry; the future holds it linked (chain, seq, hash set)."""
+        single: Future[AuditEntry] = Future()
+        batch = self.submit_batch([entry], durable)
+
+        def unwrap(done: Future[list[AuditEntry]]) -> None:
+            if done.cancelled():
+                single.cancel()
+            elif done.exception() is not None:
+                single.set_exception(done.exception())  # type: ignore[arg-type]
+            else:
+                single.set_result(done.result()[0])
+
+        batch.add_done_callback(unwrap)
+        return single
+
+    def submit_batch(self, entries: list[AuditEntry], durable: bool = False) -> Future[list[AuditEntry]]:
+        """Several entries with one future (what the HTTP layer hands over per event-loop turn)."""
+        future: Future[list[AuditEntry]] = Future()
         with self._lock:
-            if not self._closed:
-                self._queue.put((entry, future))
+            if not self._closed and self.failure is None:
+                self._queue.put((entries, future, durable))
                 return future
-        future.set_exception(Unavailable("the audit log is closed"))
+            reason = "the audit log is closed" if self._closed else "the audit log cannot be written"
+        future.set_exception(Unavailable(reason))
         return future
 
-    def record(self, entry: AuditEntry, timeout: float = 30.0) -> AuditEntry:
+    def record(self, entry: AuditEntry, timeout: float = 30.0, durable: bool = True) -> AuditEntry:
         """Submit and wait (for callers that are not on an event loop)."""
-        return self.submit(entry).result(timeout)
+        return self.submit(entry, durable).result(timeout)
+
+    def flush(self, timeout: float = 30.0) -> None:
+        """Wait until everything submitted so far is durable (``Unavailable`` if it cannot be)."""
+        self.submit_batch([], durable=True).result(timeout)
+
+    # ------------------------------------------------------------------ the writer thread
+    def _next_wait(self) -> float | None:
+        if self.failure is not None:
+            return RETRY_INTERVAL
+        if self._unflushed_since is None:
+            return None
+        return max(0.0, self._unflushed_since + self.flush_interval - time.monotonic())
 
     def _run(self) -> None:
         stop = False
         while not stop:
-            batch: list[tuple[AuditEntry, Future[AuditEntry]]] = []
+            batch: list[tuple[list[AuditEntry], Future[list[AuditEntry]], bool]] = []
             try:
-                item = self._queue.get()
+                try:
+                    item = self._queue.get(timeout=self._next_wait())
+                except queue.Empty:
+                    self._flush()  # the oldest unflushed record is due, or an unhealthy log retries
+                    continue
                 if item is None:
-                    return
-                batch.append(item)
-                while len(batch) < self.max_batch:
-                    try:
-                        more = self._queue.get_nowait()
-                    except queue.Empty:
-                        break
-                    if more is None:
-                        stop = True
-                        break
-                    batch.append(more)
-                self._write(batch)
+                    stop = True
+                else:
+                    batch.append(item)
+                    size = len(item[0])
+                    while size < self.max_batch:
+                        try:
+                            more = self._queue.get_nowait()
+                        except queue.Empty:
+                            break
+                        if more is None:
+                            stop = True
+                            break
+                        batch.append(more)
+                        size += len(more[0])
+                    self._write(batch)
+                if stop:
+                    self._flush()
             except BaseException as exc:  # noqa: BLE001 - the writer must outlive any batch; no entry content is logged
                 logger.error("audit writer: a batch failed with %s; continuing", type(exc).__name__)
-                for _, future in batch:
+                for _, future, _ in batch:
                     _fail(future)
 
-    def _write(self, batch: list[tuple[AuditEntry, Future[AuditEntry]]]) -> None:
-        # A waiter may have gone (its asyncio task was cancelled, which cancels a pending future). Its entry is
+    def _write(self, batch: list[tuple[list[AuditEntry], Future[list[AuditEntry]], bool]]) -> None:
+        # A waiter may have gone (its asyncio task was cancelled, which cancels a pending future). Its entries are
         # still written — the request happened — only the result is not delivered. Marking the others running
         # makes a later cancel() a no-op, so set_result below cannot meet a cancelled future.
-        waiting = [_claim(future) for _, future in batch]
+        waiting = [_claim(future) for _, future, _ in batch]
+        entries = [entry for group, _, _ in batch for entry in group]
+        if self.failure is not None:
+            self._flush()  # try to recover first: nothing is appended while the log is unhealthy
+        stored: list[AuditEntry] = []
         try:
-            stored = self.sink.append(self.chain, [entry for entry, _ in batch])
-        except Exception:  # noqa: BLE001 - every failure means "not durable": fail closed
-            for (_, future), wants in zip(batch, waiting, strict=True):
+            if self.failure is not None:
+                raise Unavailable(self.failure)
+            if entries:
+                stored = self.sink.append(self.chain, entries)
+                if self._unflushed_since is None and not self.durable_appends:
+                    self._unflushed_since = time.monotonic()
+            if any(durable for _, _, durable in batch) or self._next_wait() == 0.0:
+                self._flush(raise_errors=True)
+        except Exception as exc:  # noqa: BLE001 - every failure means "not recorded": fail closed
+            if not self.durable_appends:
+                # Records already served (appended, not yet durable) may be at risk: stop everything until a
+                # probe record can be appended and flushed. Where every append is its own durable write
+                # (DynamoDB), a failed append fails only its own requests.
+                self._mark_failed(exc)
+            for (_, future, _), wants in zip(batch, waiting, strict=True):
                 if wants:
                     _fail(future)
             return
         self.batches += 1
         self.written += len(stored)
-        for (_, future), wants, entry in zip(batch, waiting, stored, strict=True):
+        offset = 0
+        for (group, future, _), wants in zip(batch, waiting, strict=True):
             if wants:
-                _deliver(future, entry)
+                _deliver(future, stored[offset : offset + len(group)])
+            offset += len(group)
         if self.emit is not None:
             for entry in stored:
                 try:
                     self.emit(entry)
-                except Exception:  # noqa: BLE001 - the durable record exists; a log hiccup must not fail it
+                except Exception:  # noqa: BLE001 - the record exists; a log hiccup must not fail it
                     pass
+
+    def _flush(self, raise_errors: bool = False) -> None:
+        if self._unflushed_since is None and self.failure is None:
+            return
+        try:
+            if self.failure is not None:
+                # Recovering: the probe is a real record, appended and flushed like any other. It marks in the
+                # chain itself that records were refused before it (their requests got 503 and were not served).
+                self.sink.append(self.chain, [_resumed_entry(self.failure)])
+            if self._sink_flush is not None:
+                self._sink_flush()
+        except Exception as exc:  # noqa: BLE001
+            self._mark_failed(exc)
+            if raise_errors:
+                raise
+            return
+        self.flushes += 1
+        self._unflushed_since = None
+        if self.failure is not None:
+            logger.warning("audit log: records can be written again; accepting requests")
+            self.failure = None
+
+    def _mark_failed(self, exc: BaseException) -> None:
+        if self.failure is None:
+            logger.error("audit log: cannot write records (%s); refusing every request until it can", type(exc).__name__)
+        self.failure = f"the audit log cannot be written ({type(exc).__name__})"
 
     def close(self) -> None:
         with self._lock:
@@ -405,7 +523,11 @@ class AuditLog:
         self._thread.join(timeout=10)
 
 
-def _claim(future: Future[AuditEntry]) -> bool:
+def _resumed_entry(failure: str) -> AuditEntry:
+    return AuditEntry(ts=datetime.now(UTC), request_id="", action="audit.resumed", outcome="error", status=503, target=failure[:256])
+
+
+def _claim(future: Future[Any]) -> bool:
     """Mark a future running; False when nobody waits for its result (cancelled, or already resolved)."""
     try:
         return future.set_running_or_notify_cancel()
@@ -413,14 +535,14 @@ def _claim(future: Future[AuditEntry]) -> bool:
         return False
 
 
-def _deliver(future: Future[AuditEntry], entry: AuditEntry) -> None:
+def _deliver(future: Future[Any], entry: Any) -> None:
     try:
         future.set_result(entry)
     except InvalidStateError:  # already resolved or cancelled: nobody is waiting for it
         pass
 
 
-def _fail(future: Future[AuditEntry]) -> None:
+def _fail(future: Future[Any]) -> None:
     try:
         if not future.done():
             future.set_exception(Unavailable("the audit log cannot be written"))
@@ -432,14 +554,25 @@ class DisabledAuditLog:
     """Audit off: only for the benchmark baseline (``TESSERA_AUDIT=off``); never in production."""
 
     enabled = False
+    ready = True
+    failure = None
+    durable_appends = True
 
-    def submit(self, entry: AuditEntry) -> Future[AuditEntry]:
+    def submit(self, entry: AuditEntry, durable: bool = False) -> Future[AuditEntry]:
         future: Future[AuditEntry] = Future()
         future.set_result(entry)
         return future
 
-    def record(self, entry: AuditEntry, timeout: float = 30.0) -> AuditEntry:
+    def submit_batch(self, entries: list[AuditEntry], durable: bool = False) -> Future[list[AuditEntry]]:
+        future: Future[list[AuditEntry]] = Future()
+        future.set_result(entries)
+        return future
+
+    def record(self, entry: AuditEntry, timeout: float = 30.0, durable: bool = True) -> AuditEntry:
         return entry
+
+    def flush(self, timeout: float = 30.0) -> None:
+        pass
 
     def close(self) -> None:
         pass

@@ -14,12 +14,71 @@ from typing import Any
 
 import yaml
 
-from tessera.core.errors import InvalidRequest
+from tessera.core.errors import InvalidRequest, PayloadTooLarge
 
 FORMATS = ("json", "yaml", "dotenv")
 
 
 MAX_IMPORT_KEYS = 10_000
+MAX_DOCUMENT_BYTES = 4 * 1024 * 1024  # an import's size once YAML aliases are expanded (JSON-encoded, estimated)
+MAX_DOCUMENT_DEPTH = 32 + 64  # 32 key segments of objects, then a value nested at most 64 deep
+
+
+def check_document(document: Any) -> None:
+    """Refuse, before any work, a parsed import whose expanded size, depth or key count passes the limits.
+
+    YAML aliases make one parsed object stand in many places, so a few hundred bytes can describe gigabytes
+    (an "alias bomb"). Sizes are summed per distinct object, memoized by identity: the cost is linear in what
+    the parser built, never in the expansion. A document that refers to itself (``&a [*a]``) is refused too.
+    Too big (bytes or keys): ``413 payload_too_large``; too deep or cyclic: ``400 invalid_request``.
+    """
+    measured: dict[int, tuple[int, int, int]] = {}  # id → (estimated bytes, depth, leaf keys)
+    visiting: set[int] = set()
+    stack: list[tuple[Any, bool]] = [(document, False)]
+    while stack:
+        node, children_done = stack.pop()
+        if not isinstance(node, (dict, list)):
+            continue
+        ident = id(node)
+        if children_done:
+            size, depth, leaves = 2, 0, 0
+            is_dict = isinstance(node, dict)
+            children: Any = node.values() if isinstance(node, dict) else node
+            for child in children:
+                if isinstance(child, str):
+                    size += len(child) + 3
+                    leaves += 1
+                elif isinstance(child, (dict, list)):
+                    child_size, child_depth, child_leaves = measured[id(child)]
+                    size += child_size + 1
+                    if child_depth > depth:
+                        depth = child_depth
+                    leaves += child_leaves if isinstance(child, dict) else 1
+                else:
+                    size += 9  # a number, true, false or null
+                    leaves += 1
+            if is_dict:
+                size += sum(len(str(name)) + 3 for name in node)
+            visiting.discard(ident)
+            measured[ident] = (size, depth + 1, leaves)
+            if size > MAX_DOCUMENT_BYTES:
+                raise PayloadTooLarge(f"the document expands to more than {MAX_DOCUMENT_BYTES // (1024 * 1024)} MiB (YAML aliases included)")
+            if depth + 1 > MAX_DOCUMENT_DEPTH:
+                raise InvalidRequest(f"the document nests deeper than {MAX_DOCUMENT_DEPTH} levels")
+            if leaves > MAX_IMPORT_KEYS:
+                raise PayloadTooLarge(f"an import may hold at most {MAX_IMPORT_KEYS} keys")
+            continue
+        if ident in measured:
+            continue
+        if ident in visiting:
+            raise InvalidRequest("the document refers to itself (a recursive YAML alias)")
+        visiting.add(ident)
+        if len(visiting) > MAX_DOCUMENT_DEPTH:
+            raise InvalidRequest(f"the document nests deeper than {MAX_DOCUMENT_DEPTH} levels")
+        stack.append((node, True))
+        for child in node.values() if isinstance(node, dict) else node:
+            if isinstance(child, (dict, list)) and id(child) not in measured:
+                stack.append((child, False))
 
 
 def flatten(values: dict[str, Any], prefix: str = "", max_keys: int = MAX_IMPORT_KEYS) -> list[tuple[str, Any]]:
@@ -113,7 +172,8 @@ def parse_content(fmt: str, content: str) -> dict[str, Any]:
         if fmt == "json":
             data = json.loads(content)
         elif fmt == "yaml":
-            data = yaml.safe_load(content)
+            # libyaml's loader when present (several times faster); the same safe constructors either way.
+            data = yaml.load(content, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))  # noqa: S506
             if data is None:
                 data = {}
         else:
@@ -122,6 +182,10 @@ def parse_content(fmt: str, content: str) -> dict[str, Any]:
         raise InvalidRequest(f"content is not valid {fmt}") from exc
     if not isinstance(data, dict):
         raise InvalidRequest(f"{fmt} content must hold an object at the top")
+    if fmt == "yaml":
+        # Only YAML can expand (aliases). JSON's size is its text's (the body is at most 1 MiB) and its depth
+        # is bounded per value when each key is checked; dotenv is flat.
+        check_document(data)
     return data
 
 

@@ -30,7 +30,11 @@ class VersionStore(Protocol):
 
     def load_envelope(self, version: Version) -> bytes: ...
 
-    def commit(self, version: Version) -> Version: ...
+    def commit(self, version: Version, audit: AuditEntry | None = None) -> Version:
+        """Atomically: check the head is ``version.version - 1``, store the version, move the head, take the next
+        revision, append the change-log entry — and, when ``audit`` is given (stores with ``audit_in_commit``),
+        append that audit record to the store's audit chain in the same step, so it is durable with the change."""
+        ...
 
     def history(self, scope: Scope, key: str, limit: int, before: int | None) -> list[Version]: ...
 
@@ -154,4 +158,17 @@ class AuditStore(Protocol):
 
     def chain_entries(self, chain: str, after_seq: int, limit: int) -> list[AuditEntry]:
         """A chain's entries in stored order (by seq), with seq above ``after_seq``."""
+        ...
+
+
+class ChangeAuditor(Protocol):
+    """How a request's audit record rides along with the commit it causes (``ConfigService`` asks; the HTTP
+    layer answers with what it knows of the request: who, which request id, from where)."""
+
+    def entry_for(self, version: Version) -> AuditEntry | None:
+        """The record to write in the commit of ``version`` (None: none in this commit)."""
+        ...
+
+    def recorded(self, entry: AuditEntry) -> None:
+        """The commit holding ``entry`` succeeded: the record is durable."""
         ...

@@ -7,6 +7,7 @@ import/export, environments and diff. Every rule of the contract's ``/config`` p
 
 from __future__ import annotations
 
+import bisect
 import builtins  # ``list`` inside ConfigService names its method
 import hashlib
 import json
@@ -44,13 +45,16 @@ from tessera.core.model import (
     parse_prefix,
     utcnow,
 )
-from tessera.core.ports import KeyService, VersionStore
+from tessera.core.ports import ChangeAuditor, KeyService, VersionStore
 from tessera.core.watch import ChangeNotifier
 
 MAX_VALUE_BYTES = 64 * 1024
+MAX_VALUE_DEPTH = 64  # the contract's bound on nesting (arrays inside arrays)
 MAX_HISTORY_LIMIT = 1000
+MAX_LIST_LIMIT = 10_000
+DEFAULT_LIST_LIMIT = 1000
 COMMIT_ATTEMPTS = 20
-ENV_CACHE_SECONDS = 1.0
+ENV_CACHE_SECONDS = 1.0  # stores without a read stamp (aws): how long a node trusts its copy of the environments
 
 
 def encode_value(value: Any) -> bytes:
@@ -58,9 +62,31 @@ def encode_value(value: Any) -> bytes:
     return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
 
 
+def value_depth(value: Any, limit: int = MAX_VALUE_DEPTH) -> int:
+    """How deeply containers nest in ``value`` (``1`` → 0, ``[[1]]`` → 2), counting no further than ``limit + 1``.
+
+    Iterative, and it stops at the first container past ``limit``: a hostile value costs at most one walk of
+    what the body parser already produced, never a recursion or an unbounded expansion.
+    """
+    deepest = 0
+    stack: list[tuple[Any, int]] = [(value, 0)]
+    while stack:
+        node, depth = stack.pop()
+        if isinstance(node, (list, dict)):
+            depth += 1
+            if depth > limit:
+                return depth
+            deepest = max(deepest, depth)
+            stack.extend((child, depth) for child in (node.values() if isinstance(node, dict) else node))
+    return deepest
+
+
 def check_value(value: Any) -> bytes:
+    """Refuse what the contract refuses (objects, nesting past 64, over 64 KiB encoded); the cheap checks first."""
     if isinstance(value, dict):
         raise InvalidValue("a value may not be a JSON object: write its leaves as keys, or use import")
+    if value_depth(value) > MAX_VALUE_DEPTH:
+        raise InvalidValue(f"a value may nest at most {MAX_VALUE_DEPTH} levels deep")
     try:
         encoded = encode_value(value)
     except (TypeError, ValueError, RecursionError) as exc:
@@ -118,6 +144,12 @@ class ResolvedLeaf:
     env: str
 
 
+@dataclass(frozen=True)
+class ListPage:
+    leaves: list[ResolvedLeaf]
+    next: str | None  # pass as ``after`` for the next page; None on the last one
+
+
 class ValueCache:
     """Bounded LRU of decrypted values by (scope, key, version): versions are immutable, so entries never go stale.
 
@@ -151,6 +183,60 @@ class ValueCache:
                 self.total_bytes -= evicted
 
 
+class ReadCache:
+    """Resolved reads (which version of a key an env sees, which leaves a prefix holds), exactly coherent with
+    the store: every lookup first compares the store's read stamp (``VersionStore.read_stamp``, one cheap read)
+    with the stamp the entries were made under, and drops them all when it moved — whichever process or node
+    committed. A read after an acknowledged write therefore always sees it.
+
+    Entries made by a reader that validated an older stamp are refused (``generation``), so a slow reader can
+    never put something stale back after a newer stamp cleared the cache. Stores without a read stamp (aws,
+    where the head read is the consistent read) get no cache: ``enabled`` is False.
+    """
+
+    def __init__(self, store: Any, max_entries: int = 50_000) -> None:
+        self._read_stamp: Callable[[], object] | None = getattr(store, "read_stamp", None)
+        self.enabled = self._read_stamp is not None
+        self.max_entries = max_entries
+        self._stamp: object = None
+        self.generation = 0
+        self._entries: dict[tuple[Any, ...], Any] = {}
+        self._lock = threading.Lock()
+
+    def validate(self) -> int:
+        """Check the stamp (clearing on a change); returns the generation that fills must present."""
+        assert self._read_stamp is not None
+        stamp = self._read_stamp()
+        if stamp != self._stamp:
+            with self._lock:
+                if stamp != self._stamp:
+                    self._entries = {}
+                    self._stamp = stamp
+                    self.generation += 1
+        return self.generation
+
+    def get(self, cache_key: tuple[Any, ...]) -> Any:
+        return self._entries.get(cache_key, _MISSING)
+
+    def put(self, cache_key: tuple[Any, ...], generation: int, value: Any) -> None:
+        with self._lock:
+            if generation != self.generation:
+                return  # made under an older stamp: might be stale
+            if len(self._entries) >= self.max_entries:
+                self._entries = {}
+            self._entries[cache_key] = value
+
+    def clear(self) -> None:
+        """This node just committed: nothing cached survives (the stamp would say so too; this is at once)."""
+        with self._lock:
+            self._entries = {}
+            self._stamp = None
+            self.generation += 1
+
+
+_MISSING = object()
+
+
 class ConfigService:
     def __init__(
         self,
@@ -165,9 +251,12 @@ class ConfigService:
         self.authorizer: Authorizer = authorizer or RootOnly()
         self.clock = clock
         self.values = ValueCache(value_cache_entries)
+        self.reads = ReadCache(store)
         self.notifier = ChangeNotifier()
-        self._env_cache: tuple[float, dict[str, Environment]] | None = None
+        self._env_cache: tuple[object, dict[str, Environment]] | None = None
         self._env_lock = threading.Lock()
+        # Set by the composition root when the store records a change's audit entry in its commit.
+        self.audit_in_commit = bool(getattr(store, "audit_in_commit", False))
 
     # ------------------------------------------------------------------ authorization helpers
     def can(self, principal: Principal, capability: str, scope: Scope, key: str) -> bool:
@@ -176,6 +265,13 @@ class ConfigService:
     def require(self, principal: Principal, capability: str, scope: Scope, key: str) -> None:
         if not self.can(principal, capability, scope, key):
             raise Forbidden(f"this token may not {capability} this key")
+
+    def require_some_write(self, principal: Principal, scope: Scope) -> None:
+        """Refuse at once a caller who may write no key at all in ``scope`` (before an import body is parsed)."""
+        allows_some_key = getattr(self.authorizer, "allows_some_key", None)
+        allowed = allows_some_key(principal, "write", scope) if allows_some_key is not None else principal.is_root
+        if not allowed:
+            raise Forbidden("this token may not write any key here")
 
     def require_admin(self, principal: Principal) -> None:
         if not self.can(principal, "admin", Scope(), "*"):
@@ -196,17 +292,31 @@ class ConfigService:
 
     # ------------------------------------------------------------------ environments
     def envs(self, *, fresh: bool = False) -> dict[str, Environment]:
+        """Every environment by name. Cached: under the read stamp where the store has one (exact), else for
+        ``ENV_CACHE_SECONDS``."""
+        if self.reads.enabled:
+            generation = self.reads.validate()
+            cached = self.reads.get(("envs",))
+            if cached is not _MISSING and not fresh:
+                return cached  # type: ignore[no-any-return]
+            envs = self._load_envs()
+            self.reads.put(("envs",), generation, envs)
+            return envs
         now = time.monotonic()
         with self._env_lock:
-            cached = self._env_cache
-        if cached is not None and not fresh and cached[0] > now:
-            return cached[1]
+            timed = self._env_cache
+        if timed is not None and not fresh and timed[0] > now:  # type: ignore[operator]
+            return timed[1]
+        envs = self._load_envs()
+        with self._env_lock:
+            self._env_cache = (now + ENV_CACHE_SECONDS, envs)
+        return envs
+
+    def _load_envs(self) -> dict[str, Environment]:
         envs = {DEFAULT: Environment(DEFAULT, None)}
         for env in self.store.list_envs():
             if env.name != DEFAULT:
                 envs[env.name] = env
-        with self._env_lock:
-            self._env_cache = (now + ENV_CACHE_SECONDS, envs)
         return envs
 
     def env_chain(self, env: str) -> list[str]:
@@ -255,6 +365,7 @@ class ConfigService:
         created = self.store.put_env(Environment(name, parent))
         with self._env_lock:
             self._env_cache = None
+        self.reads.clear()
         return created
 
     # ------------------------------------------------------------------ reads
@@ -293,6 +404,18 @@ class ConfigService:
     def _resolve_leaf(self, scope: Scope, key: str, chain: list[str]) -> ResolvedLeaf | None:
         """The nearest env's live version of ``key``, unless a nearer env holds an ancestor or a descendant of
         it: that env's shape wins, exactly as in :meth:`resolved_leaves` (so leaf, subtree and export agree)."""
+        if not self.reads.enabled:
+            return self._resolve_leaf_uncached(scope, key, chain)
+        generation = self.reads.validate()
+        cache_key = ("leaf", scope, key)
+        cached = self.reads.get(cache_key)
+        if cached is not _MISSING:
+            return cached  # type: ignore[no-any-return]
+        leaf = self._resolve_leaf_uncached(scope, key, chain)
+        self.reads.put(cache_key, generation, leaf)
+        return leaf
+
+    def _resolve_leaf_uncached(self, scope: Scope, key: str, chain: list[str]) -> ResolvedLeaf | None:
         for depth, env in enumerate(chain):
             env_scope = scope.with_env(env)
             latest = self.store.latest(env_scope, key)
@@ -315,12 +438,28 @@ class ConfigService:
 
         Across environments a leaf in a nearer env hides the whole branch of a farther one at the same
         path (and vice versa), so the resolved tree never holds a key and its prefix at once.
+        O(n log n) in the number of leaves; cached under the read stamp like single reads.
         """
         chain = chain or self.env_chain(scope.env)
+        if not self.reads.enabled:
+            return self._resolve_leaves_uncached(scope, prefix, chain)
+        generation = self.reads.validate()
+        cache_key = ("leaves", scope, prefix)
+        cached = self.reads.get(cache_key)
+        if cached is not _MISSING:
+            return cached  # type: ignore[no-any-return]
+        leaves = self._resolve_leaves_uncached(scope, prefix, chain)
+        self.reads.put(cache_key, generation, leaves)
+        return leaves
+
+    def _resolve_leaves_uncached(self, scope: Scope, prefix: str, chain: list[str]) -> list[ResolvedLeaf]:
         chosen: dict[str, ResolvedLeaf] = {}
         for env in chain:
+            # Keys chosen from nearer envs, sorted: a farther env's key is hidden by an ancestor among them
+            # (a set lookup per segment) or a descendant (a bisection), never by a scan of all of them.
+            nearer = sorted(chosen)
             for version in self.store.list_latest(scope.with_env(env), prefix):
-                if version.key in chosen or _collides(version.key, chosen):
+                if version.key in chosen or _collides(version.key, chosen, nearer):
                     continue
                 chosen[version.key] = ResolvedLeaf(version, env)
         return [chosen[k] for k in sorted(chosen)]
@@ -340,12 +479,28 @@ class ConfigService:
         return readable, redacted
 
     def list(self, principal: Principal, scope: Scope, prefix: str | None) -> list[ResolvedLeaf]:
+        """Every leaf under ``prefix`` the caller may list (all pages at once)."""
+        return self.list_page(principal, scope, prefix, limit=None).leaves
+
+    def list_page(
+        self, principal: Principal, scope: Scope, prefix: str | None, limit: int | None = DEFAULT_LIST_LIMIT, after: str | None = None
+    ) -> ListPage:
+        """One page of the leaves the caller may list, in key order, after the key ``after``; ``next`` is the cursor
+        of the following page (the page's last key) or None. ``limit=None``: no limit."""
         prefix = parse_prefix(prefix)
-        return [
-            leaf
-            for leaf in self.resolved_leaves(scope, prefix)
-            if self.can(principal, "list", scope, leaf.version.key)
-        ]
+        if limit is not None and not 1 <= limit <= MAX_LIST_LIMIT:
+            raise InvalidRequest(f"limit must be between 1 and {MAX_LIST_LIMIT}")
+        leaves = self.resolved_leaves(scope, prefix)
+        start = bisect.bisect_right(leaves, after, key=lambda leaf: leaf.version.key) if after else 0
+        page: builtins.list[ResolvedLeaf] = []
+        for index in range(start, len(leaves)):
+            leaf = leaves[index]
+            if not self.can(principal, "list", scope, leaf.version.key):
+                continue
+            if limit is not None and len(page) == limit:
+                return ListPage(page, page[-1].version.key)
+            page.append(leaf)
+        return ListPage(page, None)
 
     def history(
         self, principal: Principal, scope: Scope, key: str, limit: int = 100, before: int | None = None
@@ -378,6 +533,7 @@ class ConfigService:
         value: Any,
         secret: bool | None = None,
         expected_version: int | None = None,
+        audit: ChangeAuditor | None = None,
     ) -> WriteResult:
         key = parse_key(key)
         check_value(value)
@@ -405,7 +561,7 @@ class ConfigService:
                 return WriteResult(latest, created=False, changed=False)  # type: ignore[arg-type]
             action = Action.UPDATE if live else Action.CREATE
             try:
-                committed = self._commit(principal, scope, key, current + 1, action, is_secret, value)
+                committed = self._commit(principal, scope, key, current + 1, action, is_secret, value, audit=audit)
             except VersionConflict:
                 if expected_version is not None:
                     raise
@@ -413,7 +569,9 @@ class ConfigService:
             return WriteResult(committed, created=action is Action.CREATE)
         raise VersionConflict("too much contention on this key; retry", self._current_version(scope, key))
 
-    def delete(self, principal: Principal, scope: Scope, key: str, expected_version: int | None = None) -> Version:
+    def delete(
+        self, principal: Principal, scope: Scope, key: str, expected_version: int | None = None, audit: ChangeAuditor | None = None
+    ) -> Version:
         key = parse_key(key)
         self.require_env(scope.env)
         self.require(principal, "delete", scope, key)
@@ -424,13 +582,15 @@ class ConfigService:
             if expected_version is not None and expected_version != latest.version:
                 raise VersionConflict("expected_version does not match the latest version", latest.version)
             try:
-                return self._commit(principal, scope, key, latest.version + 1, Action.DELETE, latest.secret, None)
+                return self._commit(principal, scope, key, latest.version + 1, Action.DELETE, latest.secret, None, audit=audit)
             except VersionConflict:
                 if expected_version is not None:
                     raise
         raise VersionConflict("too much contention on this key; retry", self._current_version(scope, key))
 
-    def rollback(self, principal: Principal, scope: Scope, key: str, version: int) -> Version:
+    def rollback(
+        self, principal: Principal, scope: Scope, key: str, version: int, audit: ChangeAuditor | None = None
+    ) -> Version:
         key = parse_key(key)
         self.require_env(scope.env)
         if version < 1:
@@ -446,7 +606,7 @@ class ConfigService:
             current = self._current_version(scope, key)
             try:
                 return self._commit(
-                    principal, scope, key, current + 1, Action.ROLLBACK, target.secret, value, rolled_back_from=version
+                    principal, scope, key, current + 1, Action.ROLLBACK, target.secret, value, rolled_back_from=version, audit=audit
                 )
             except VersionConflict:
                 continue
@@ -475,6 +635,7 @@ class ConfigService:
         secret: bool,
         value: Any,
         rolled_back_from: int | None = None,
+        audit: ChangeAuditor | None = None,
     ) -> Version:
         envelope = key_id = encoded = None
         if action is not Action.DELETE:
@@ -493,7 +654,11 @@ class ConfigService:
             envelope=envelope,
             key_id=key_id,
         )
-        committed = self.store.commit(pending)
+        entry = audit.entry_for(pending) if audit is not None and self.audit_in_commit else None
+        committed = self.store.commit(pending, audit=entry) if entry is not None else self.store.commit(pending)
+        if entry is not None and audit is not None:
+            audit.recorded(entry)
+        self.reads.clear()
         if encoded is not None:
             self.values.put((scope, key, number), json.loads(encoded), len(encoded))
         self.notifier.notify()
@@ -501,7 +666,12 @@ class ConfigService:
 
     # ------------------------------------------------------------------ import / export / diff
     def import_values(
-        self, principal: Principal, scope: Scope, values: dict[str, Any], secrets: Iterable[str] = ()
+        self,
+        principal: Principal,
+        scope: Scope,
+        values: dict[str, Any],
+        secrets: Iterable[str] = (),
+        audit: ChangeAuditor | None = None,
     ) -> ImportResult:
         self.require_env(scope.env)
         secret_keys = set(secrets)
@@ -509,7 +679,7 @@ class ConfigService:
         errors: list[dict[str, str]] = []
         for key, value in flatten(values):
             try:
-                result = self.put(principal, scope, key, value, secret=True if key in secret_keys else None)
+                result = self.put(principal, scope, key, value, secret=True if key in secret_keys else None, audit=audit)
             except SecretFlagImmutable:
                 # A key already secret stays secret; a plain key named in ``secrets`` is an error.
                 errors.append({"key": key, "code": SecretFlagImmutable.code, "message": "key exists and is not secret"})
@@ -567,13 +737,15 @@ def _diff_item(key: str, secret: bool, field_name: str, value: Any) -> dict[str,
     return item
 
 
-def _collides(key: str, chosen: dict[str, ResolvedLeaf]) -> bool:
-    """True when ``key`` is an ancestor or descendant of a key already chosen from a nearer env."""
+def _collides(key: str, chosen: dict[str, ResolvedLeaf], nearer: builtins.list[str]) -> bool:
+    """True when ``key`` is an ancestor or descendant of a key chosen from a nearer env (``nearer``: those keys,
+    sorted; keys of the env being resolved never collide with each other, the store refuses that)."""
     parts = key.split(".")
     if any(".".join(parts[:i]) in chosen for i in range(1, len(parts))):
         return True
     prefix = key + "."
-    return any(other.startswith(prefix) for other in chosen)
+    at = bisect.bisect_left(nearer, prefix)
+    return at < len(nearer) and nearer[at].startswith(prefix)
 
 
 def _insert(tree: dict[str, Any], path: list[str], value: Any) -> None:

@@ -29,6 +29,9 @@ logger = logging.getLogger("tessera")
 @dataclass(frozen=True)
 class AccessOptions:
     audit_enabled: bool = True
+    # Each record also as a JSON log line on stdout: on Lambda (where stdout is CloudWatch Logs) by default,
+    # elsewhere when asked (TESSERA_AUDIT_STDOUT=1); the audit log itself is the record either way.
+    audit_stdout: bool = False
     failure_limit: int = 100
     failure_window: float = 60.0
     penalty_seconds: float = 30.0
@@ -36,8 +39,10 @@ class AccessOptions:
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> AccessOptions:
         env = os.environ if environ is None else environ
+        stdout_default = "on" if env.get("AWS_LAMBDA_FUNCTION_NAME") else "off"
         return cls(
             audit_enabled=env.get("TESSERA_AUDIT", "on").lower() not in ("off", "0", "false", "no"),
+            audit_stdout=env.get("TESSERA_AUDIT_STDOUT", stdout_default).lower() in ("on", "1", "true", "yes"),
             failure_limit=int(env.get("TESSERA_AUTH_FAILURE_LIMIT", "100")),
             failure_window=float(env.get("TESSERA_AUTH_FAILURE_WINDOW", "60")),
             penalty_seconds=float(env.get("TESSERA_AUTH_PENALTY", "30")),
@@ -106,7 +111,7 @@ def build_access(
         audit_log: AuditLog | DisabledAuditLog = AuditLog(
             stores,
             chain=chain,
-            emit=audit_logger() if emit == "default" else emit,
+            emit=(audit_logger() if options.audit_stdout else None) if emit == "default" else emit,
             max_batch=getattr(stores, "max_batch", MAX_BATCH),  # DynamoDB: 100 items per transaction
         )
     else:

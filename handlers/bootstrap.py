@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import functools
-from dataclasses import dataclass
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from tessera.core.auth import Authenticator
 from tessera.core.backends.keyring import LocalKeyring
@@ -13,7 +16,10 @@ from tessera.core.crypto import CachingKeyService
 from tessera.core.ports import KeyService, VersionStore
 from tessera.core.service import ConfigService
 from tessera.core.settings import Settings
-from tessera.handlers.access_wiring import build_access
+from tessera.handlers.access_wiring import AccessParts, build_access
+
+T = TypeVar("T")
+BLOCKING_THREADS = 32  # writes (each waits for an fsync) and, on remote stores, every store call
 
 
 @dataclass
@@ -23,12 +29,35 @@ class Container:
     keys: KeyService
     service: ConfigService
     authenticator: Authenticator
-    extras: dict[str, Any]
+    access: AccessParts
+    executor: ThreadPoolExecutor = field(default_factory=lambda: ThreadPoolExecutor(BLOCKING_THREADS, thread_name_prefix="tessera"))
+
+    @property
+    def inline_reads(self) -> bool:
+        """Reads of the embedded store are memory-speed lookups (and the read cache answers most): they run on the
+        event loop. A remote store's reads wait on the network, so they go to threads."""
+        return self.store.backend_name == "local"
+
+    async def read(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run a read: inline on the event loop for the embedded store, in a thread otherwise."""
+        if self.inline_reads:
+            return fn(*args)
+        return await asyncio.get_running_loop().run_in_executor(self.executor, functools.partial(fn, *args))
+
+    async def blocking(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run what may wait on a disk flush or the network (a commit, an import) in a thread."""
+        return await asyncio.get_running_loop().run_in_executor(self.executor, functools.partial(fn, *args))
+
+    def not_ready_reason(self) -> str | None:
+        """Why this node cannot serve right now (the audit log or the store cannot take writes), or None."""
+        audit_log = self.access.audit_log
+        if not audit_log.ready:
+            return audit_log.failure or "the audit log cannot be written"
+        return None
 
     def close(self) -> None:
-        access = self.extras.get("access")
-        if access is not None:
-            access.close()  # flushes the audit writer before the store goes
+        self.access.close()  # flushes the audit writer before the store goes
+        self.executor.shutdown(wait=False, cancel_futures=True)
         self.store.close()
 
 
@@ -77,4 +106,4 @@ def build(settings: Settings | None = None, *, store: VersionStore | None = None
     access.bind(authenticator)
     if settings.root_token:
         authenticator.set_root_token(settings.root_token)
-    return Container(settings, store, keys, service, authenticator, {"access": access})
+    return Container(settings, store, keys, service, authenticator, access)

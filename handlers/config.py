@@ -1,17 +1,30 @@
-"""``/config``: read, subtree, list, write, delete, history, rollback, import, export."""
+"""``/config``: read, subtree, list, write, delete, history, rollback, import, export.
+
+Every route is named after its audit action and states its facts on the request's auditor; reads run inline
+for the embedded store (``Container.read``), writes in a thread (``Container.blocking``).
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
 from fastapi import APIRouter, Request, Response
-from fastapi.responses import JSONResponse
 from starlette.convertors import Convertor, register_url_convertor
 
 from tessera.core.errors import InvalidRequest
 from tessera.core.formats import parse_content, render
-from tessera.handlers.deps import JsonBody, PrincipalDep, ScopeDep, ServiceDep, int_param
-from tessera.handlers.render import history_item, list_item, read_body, write_body
+from tessera.handlers.deps import (
+    AuditorDep,
+    ContainerDep,
+    JsonBody,
+    PrincipalDep,
+    ScopeDep,
+    before_change,
+    int_param,
+    json_body,
+)
+from tessera.handlers.reads import read_response
+from tessera.handlers.render import dumps, history_item, list_item, write_body
 
 
 class AnyKeyConvertor(Convertor[str]):
@@ -30,6 +43,10 @@ class AnyKeyConvertor(Convertor[str]):
 
 register_url_convertor("anykey", AnyKeyConvertor())
 router = APIRouter(prefix="/config")
+
+
+def json_response(body: Any, status: int = 200) -> Response:
+    return Response(dumps(body), status_code=status, media_type="application/json")
 
 
 def _bool_field(body: dict[str, Any], name: str) -> bool | None:
@@ -55,23 +72,51 @@ def _string_list(body: dict[str, Any], name: str) -> list[str]:
     return value
 
 
-@router.get("")
-def list_keys(principal: PrincipalDep, scope: ScopeDep, service: ServiceDep, prefix: str | None = None) -> dict:
-    return {"keys": [list_item(leaf) for leaf in service.list(principal, scope, prefix)]}
-
-
-@router.get("/export")
-def export(
-    principal: PrincipalDep, scope: ScopeDep, service: ServiceDep, format: str = "json", prefix: str | None = None
+@router.get("", name="config.list")
+async def list_keys(
+    principal: PrincipalDep,
+    scope: ScopeDep,
+    container: ContainerDep,
+    auditor: AuditorDep,
+    prefix: str | None = None,
+    limit: str | None = None,
+    after: str | None = None,
 ) -> Response:
+    auditor.note("config.list", target=prefix)
+    page_size = int_param(limit, "limit", minimum=1, maximum=10_000) or 1000
+    page = await container.read(container.service.list_page, principal, scope, prefix, page_size, after or None)
+    return json_response({"keys": [list_item(leaf) for leaf in page.leaves], "next": page.next})
+
+
+@router.get("/export", name="config.export")
+async def export(
+    principal: PrincipalDep,
+    scope: ScopeDep,
+    container: ContainerDep,
+    auditor: AuditorDep,
+    format: str = "json",
+    prefix: str | None = None,
+) -> Response:
+    auditor.note("config.export", target=prefix)
     if format not in ("json", "yaml", "dotenv"):
         raise InvalidRequest("format must be json, yaml or dotenv")
-    body, media_type = render(format, service.export(principal, scope, prefix))
+    flat = await container.read(container.service.export, principal, scope, prefix)
+    body, media_type = render(format, flat)
     return Response(body, media_type=media_type)
 
 
-@router.post("/import")
-def import_values(principal: PrincipalDep, scope: ScopeDep, body: JsonBody, service: ServiceDep) -> dict:
+@router.post("/import", name="config.import")
+async def import_values(
+    principal: PrincipalDep, scope: ScopeDep, container: ContainerDep, auditor: AuditorDep, request: Request
+) -> Response:
+    auditor.note("config.import")
+    auditor.many_commits = True
+    service = container.service
+    # Cheap checks first: a caller who may write nothing here is refused before its body is read or parsed.
+    await container.read(service.require_env, scope.env)
+    service.require_some_write(principal, scope)
+    await before_change(request, auditor, service.audit_in_commit)
+    body = await json_body(request)
     secrets = _string_list(body, "secrets")
     if "values" in body:
         values = body["values"]
@@ -80,69 +125,95 @@ def import_values(principal: PrincipalDep, scope: ScopeDep, body: JsonBody, serv
     elif "content" in body:
         if not isinstance(body["content"], str) or not isinstance(body.get("format", "json"), str):
             raise InvalidRequest("'content' and 'format' must be strings")
-        values = parse_content(body.get("format", "json"), body["content"])
+        values = await container.blocking(parse_content, body.get("format", "json"), body["content"])
     else:
         raise InvalidRequest("give 'values', or 'format' and 'content'")
-    result = service.import_values(principal, scope, values, secrets)
-    return {"created": result.created, "updated": result.updated, "unchanged": result.unchanged, "errors": result.errors}
+    # Each key's commit carries its own record (phase "commit"); the request's record follows, durable.
+    result = await container.blocking(service.import_values, principal, scope, values, secrets, auditor)
+    return json_response({"created": result.created, "updated": result.updated, "unchanged": result.unchanged, "errors": result.errors})
 
 
-@router.get("/history/{key:anykey}")
-def history(
+@router.get("/history/{key:anykey}", name="config.history")
+async def history(
     key: str,
     principal: PrincipalDep,
     scope: ScopeDep,
-    service: ServiceDep,
+    container: ContainerDep,
+    auditor: AuditorDep,
     limit: str | None = None,
     before: str | None = None,
-) -> dict:
-    entries = service.history(
+) -> Response:
+    auditor.note("config.history", key=key)
+    entries = await container.read(
+        container.service.history,
         principal,
         scope,
         key,
         int_param(limit, "limit", minimum=1, maximum=1000) or 100,
         int_param(before, "before", minimum=1),
     )
-    return {"key": key, "namespace": scope.namespace, "env": scope.env, "versions": [history_item(e) for e in entries]}
+    return json_response({"key": key, "namespace": scope.namespace, "env": scope.env, "versions": [history_item(e) for e in entries]})
 
 
-@router.post("/rollback/{key:anykey}")
-def rollback(key: str, principal: PrincipalDep, scope: ScopeDep, service: ServiceDep, version: str | None = None) -> dict:
+@router.post("/rollback/{key:anykey}", name="config.rollback")
+async def rollback(
+    key: str,
+    request: Request,
+    principal: PrincipalDep,
+    scope: ScopeDep,
+    container: ContainerDep,
+    auditor: AuditorDep,
+    version: str | None = None,
+) -> Response:
+    auditor.note("config.rollback", key=key)
+    await before_change(request, auditor, container.service.audit_in_commit)
     target = int_param(version, "version", minimum=1)
     if target is None:
         raise InvalidRequest("?version= is required")
-    committed = service.rollback(principal, scope, key, target)
-    return {**write_body(committed), "rolled_back_from": target}
+    committed = await container.blocking(container.service.rollback, principal, scope, key, target, auditor)
+    auditor.note(version=committed.version)
+    return json_response({**write_body(committed), "rolled_back_from": target})
 
 
-@router.get("/{key:anykey}")
-def read(
-    key: str, request: Request, principal: PrincipalDep, scope: ScopeDep, service: ServiceDep, version: str | None = None
+@router.get("/{key:anykey}", name="config.read")
+async def read(key: str, request: Request, principal: PrincipalDep, container: ContainerDep, auditor: AuditorDep) -> Response:
+    """Answered by the ASGI front's fast path, except ``HEAD`` and ``?explain=true``; same logic either way."""
+    auditor.note("config.read", key=key)
+    status, headers, body = await container.read(
+        read_response, container.service, auditor, principal, key, dict(request.query_params), request.headers.get("if-none-match", "").encode("latin-1") or None
+    )
+    return Response(body, status_code=status, headers={k.decode(): v.decode("latin-1") for k, v in headers})
+
+
+@router.put("/{key:anykey}", name="config.write")
+async def write(
+    key: str, request: Request, principal: PrincipalDep, scope: ScopeDep, body: JsonBody, container: ContainerDep, auditor: AuditorDep
 ) -> Response:
-    result = service.get(principal, scope, key, int_param(version, "version", minimum=1))
-    etag = result.etag
-    tags = _if_none_match(request)
-    if etag in tags or "*" in tags:
-        return Response(status_code=304, headers={"ETag": etag})
-    return JSONResponse(read_body(result), headers={"ETag": etag})
-
-
-def _if_none_match(request: Request) -> set[str]:
-    header = request.headers.get("if-none-match", "")
-    return {tag.strip().removeprefix("W/") for tag in header.split(",") if tag.strip()}
-
-
-@router.put("/{key:anykey}")
-def write(key: str, principal: PrincipalDep, scope: ScopeDep, body: JsonBody, service: ServiceDep) -> JSONResponse:
+    auditor.note("config.write", key=key)
+    await before_change(request, auditor, container.service.audit_in_commit)
     if "value" not in body:
         raise InvalidRequest("'value' is required")
-    result = service.put(
-        principal, scope, key, body["value"], _bool_field(body, "secret"), _int_field(body, "expected_version")
+    result = await container.blocking(
+        container.service.put, principal, scope, key, body["value"], _bool_field(body, "secret"), _int_field(body, "expected_version"), auditor
     )
-    return JSONResponse(write_body(result.version), status_code=201 if result.created else 200)
+    auditor.note(version=result.version.version)
+    return json_response(write_body(result.version), status=201 if result.created else 200)
 
 
-@router.delete("/{key:anykey}")
-def delete(key: str, principal: PrincipalDep, scope: ScopeDep, service: ServiceDep, expected_version: str | None = None) -> dict:
-    tombstone = service.delete(principal, scope, key, int_param(expected_version, "expected_version", minimum=0))
-    return {"key": tombstone.key, "version": tombstone.version, "revision": tombstone.revision}
+@router.delete("/{key:anykey}", name="config.delete")
+async def delete(
+    key: str,
+    request: Request,
+    principal: PrincipalDep,
+    scope: ScopeDep,
+    container: ContainerDep,
+    auditor: AuditorDep,
+    expected_version: str | None = None,
+) -> Response:
+    auditor.note("config.delete", key=key)
+    await before_change(request, auditor, container.service.audit_in_commit)
+    tombstone = await container.blocking(
+        container.service.delete, principal, scope, key, int_param(expected_version, "expected_version", minimum=0), auditor
+    )
+    auditor.note(version=tombstone.version)
+    return json_response({"key": tombstone.key, "version": tombstone.version, "revision": tombstone.revision})

@@ -1,4 +1,8 @@
-"""FastAPI dependencies: the container, the calling principal, the scope, a JSON body, the request id."""
+"""FastAPI dependencies: the container, the calling principal, the scope, a JSON body, the request's auditor.
+
+All are ``async``: a sync dependency would cost every request a hop to the thread pool. Store lookups they need
+run inline for the embedded store and in a thread for remote ones (``Container.read``).
+"""
 
 from __future__ import annotations
 
@@ -10,17 +14,43 @@ from fastapi import Depends, Request
 from tessera.core.errors import InvalidRequest, PayloadTooLarge
 from tessera.core.model import Principal, Scope, parse_scope
 from tessera.core.service import ConfigService
+from tessera.handlers.auditing import Auditor, client_address
 from tessera.handlers.bootstrap import Container
 
 MAX_BODY_BYTES = 1024 * 1024
 
 
 def get_container(request: Request) -> Container:
-    return request.app.state.container
+    container: Container = request.app.state.container
+    return container
 
 
 def get_service(request: Request) -> ConfigService:
-    return request.app.state.container.service
+    service: ConfigService = request.app.state.container.service
+    return service
+
+
+def get_auditor(request: Request) -> Auditor:
+    """The request's auditor (set by the ASGI front for audited paths; a detached one elsewhere)."""
+    auditor = request.scope.get("state", {}).get("auditor")
+    if auditor is None:
+        auditor = Auditor(request.scope.get("state", {}).get("request_id", ""), request.method, request.url.path, client_address(request.scope))
+        request.scope.setdefault("state", {})["auditor"] = auditor
+    return auditor
+
+
+async def before_change(request: Request, auditor: Auditor, recorded_in_commit: bool = False) -> None:
+    """Before a change whose record cannot ride in its commit (tokens, policies, environments; config writes on
+    a store without ``audit_in_commit``): a durable ``phase="request"`` record, so a change is never without
+    one. If it cannot be written the change does not run (``503``)."""
+    if recorded_in_commit:
+        return
+    from tessera.core.errors import Unavailable
+
+    try:
+        await request.app.state.audit_queue.record(auditor.attempt_entry(), durable=True)
+    except Exception as exc:  # noqa: BLE001 - not durable (or too slow): do not run the change
+        raise Unavailable("the audit log cannot be written; the request was not run") from exc
 
 
 def parse_bearer(header: str) -> str | None:
@@ -35,15 +65,18 @@ def bearer_token(request: Request) -> str | None:
     return parse_bearer(request.headers.get("authorization", ""))
 
 
-def get_principal(request: Request) -> Principal:
-    principal = request.app.state.container.authenticator.authenticate(bearer_token(request))
-    request.state.principal = principal
+async def get_principal(request: Request) -> Principal:
+    container: Container = request.app.state.container
+    principal = await container.read(container.authenticator.authenticate, bearer_token(request))
+    get_auditor(request).principal = principal
     return principal
 
 
-def get_scope(request: Request, namespace: str | None = None, env: str | None = None) -> Scope:
+async def get_scope(request: Request, namespace: str | None = None, env: str | None = None) -> Scope:
+    auditor = get_auditor(request)
+    auditor.note_scope(namespace, env)
     scope = parse_scope(namespace, env)
-    request.state.scope = scope
+    auditor.note(scope=scope)
     return scope
 
 
@@ -88,4 +121,5 @@ ContainerDep = Annotated[Container, Depends(get_container)]
 ServiceDep = Annotated[ConfigService, Depends(get_service)]
 PrincipalDep = Annotated[Principal, Depends(get_principal)]
 ScopeDep = Annotated[Scope, Depends(get_scope)]
+AuditorDep = Annotated[Auditor, Depends(get_auditor)]
 JsonBody = Annotated[dict[str, Any], Depends(json_body)]

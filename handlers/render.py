@@ -1,8 +1,15 @@
-"""Domain results → the JSON shapes of ``API.md``. Values appear only where the caller may see them."""
+"""Domain results → the JSON shapes of ``API.md``. Values appear only where the caller may see them.
+
+:func:`dumps` is total: every value the store holds renders, however deep (values written before the contract's
+depth limit existed may nest far deeper than 64).
+"""
 
 from __future__ import annotations
 
+import json
 from typing import Any
+
+import orjson
 
 from tessera.core.model import Version, format_time
 from tessera.core.service import HistoryEntry, ReadResult, ResolvedLeaf
@@ -71,3 +78,62 @@ def history_item(entry: HistoryEntry) -> dict[str, Any]:
     if entry.has_value and not version.secret:
         item["value"] = entry.value
     return item
+
+
+JSON = (b"content-type", b"application/json")
+
+
+def dumps(document: Any) -> bytes:
+    """JSON bytes: orjson (fast) for everything it takes, the standard library past orjson's nesting limit
+    (255), and an iterative encoder past the standard library's (the interpreter's recursion limit)."""
+    try:
+        return orjson.dumps(document)
+    except (TypeError, orjson.JSONEncodeError):
+        pass
+    try:
+        return json.dumps(document, ensure_ascii=False, separators=(",", ":")).encode()
+    except RecursionError:
+        return iterative_dumps(document).encode()
+
+
+def iterative_dumps(document: Any) -> str:
+    """JSON text of ``document`` with an explicit stack: no recursion, whatever the nesting."""
+    out: list[str] = []
+    stack: list[Any] = [document]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, _Token):
+            out.append(item.text)
+        elif isinstance(item, dict):
+            out.append("{")
+            pairs = list(item.items())
+            stack.append(_Token("}"))
+            for index in range(len(pairs) - 1, -1, -1):
+                name, value = pairs[index]
+                stack.append(value)
+                stack.append(_Token(json.dumps(str(name), ensure_ascii=False) + ":"))
+                if index:
+                    stack.append(_Token(","))
+        elif isinstance(item, list):
+            out.append("[")
+            stack.append(_Token("]"))
+            for index in range(len(item) - 1, -1, -1):
+                stack.append(item[index])
+                if index:
+                    stack.append(_Token(","))
+        else:
+            out.append(json.dumps(item, ensure_ascii=False))
+    return "".join(out)
+
+
+class _Token:
+    __slots__ = ("text",)
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+
+def error_body(status: int, code: str, message: str, request_id: str, **extra: Any) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+    """(status, headers, body) of the contract's error shape."""
+    body = dumps({"error": {"code": code, "message": message, "request_id": request_id, **extra}})
+    return status, [JSON], body

@@ -13,6 +13,7 @@ from tessera.core.audit import GENESIS, RESPONSE, link
 
 class MemoryAccessStore:
     chain_name = "main"
+    durable_appends = True  # as durable as memory gets
 
     def __init__(self) -> None:
         self._lock = threading.Lock()

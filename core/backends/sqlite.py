@@ -11,12 +11,13 @@ from __future__ import annotations
 import os
 import sqlite3
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 
+from tessera.core.access_model import AuditEntry
 from tessera.core.errors import KeyConflict, Unavailable, VersionConflict
 from tessera.core.model import Action, Change, Environment, Scope, Version, ancestors
 
@@ -117,6 +118,9 @@ class SQLiteStore:
         self._idle_readers: list[sqlite3.Connection] = []
         self._readers_lock = threading.Lock()
         self.readers_opened = 0
+        # Set by the access store sharing this file: appends audit records inside a commit's transaction.
+        self.audit_appender: Callable[[sqlite3.Connection, list[AuditEntry]], list[AuditEntry]] | None = None
+        self.audit_in_commit = False
         with self._write_lock, translated_errors():
             self._writer.executescript(SCHEMA)
 
@@ -147,19 +151,30 @@ class SQLiteStore:
             return rows
 
     @contextmanager
-    def transaction(self) -> Iterator[sqlite3.Connection]:
-        """``BEGIN IMMEDIATE`` on the writer connection; commits on success, rolls back on any error."""
+    def transaction(self, durable: bool = True) -> Iterator[sqlite3.Connection]:
+        """``BEGIN IMMEDIATE`` on the writer connection; commits on success, rolls back on any error.
+
+        ``durable=False`` commits without an fsync (``synchronous=NORMAL`` for this one transaction): what the
+        audit log's appends of read records use. The WAL is a sequence, so the next durable commit (any
+        config write, or the audit log's flush) makes those frames durable too.
+        """
         with self._write_lock, translated_errors():
-            self._writer.execute("BEGIN IMMEDIATE")
+            if not durable:
+                self._writer.execute("PRAGMA synchronous=NORMAL")
             try:
-                yield self._writer
-                self._writer.execute("COMMIT")
-            except BaseException:
-                # Also after a failed COMMIT (SQLITE_BUSY, I/O error): a connection left inside its transaction
-                # would refuse every later BEGIN, i.e. every write until a restart.
-                if self._writer.in_transaction:
-                    self._writer.execute("ROLLBACK")
-                raise
+                self._writer.execute("BEGIN IMMEDIATE")
+                try:
+                    yield self._writer
+                    self._writer.execute("COMMIT")
+                except BaseException:
+                    # Also after a failed COMMIT (SQLITE_BUSY, I/O error): a connection left inside its transaction
+                    # would refuse every later BEGIN, i.e. every write until a restart.
+                    if self._writer.in_transaction:
+                        self._writer.execute("ROLLBACK")
+                    raise
+            finally:
+                if not durable:
+                    self._writer.execute("PRAGMA synchronous=FULL")
 
     def close(self) -> None:
         with self._readers_lock:
@@ -221,6 +236,18 @@ class SQLiteStore:
         rows = self._query("SELECT value FROM counters WHERE name = 'revision'")
         return rows[0][0] if rows else 0
 
+    def read_stamp(self) -> tuple[int, int]:
+        """(revision, environments version): changes whenever anything a read resolves could have changed,
+        whichever process committed it. One primary-key range read, cheap enough to check before every
+        cached answer."""
+        revision = envs = 0
+        for name, value in self._query("SELECT name, value FROM counters WHERE name IN ('envs', 'revision')"):
+            if name == "revision":
+                revision = value
+            else:
+                envs = value
+        return revision, envs
+
     def changes_since(self, revision: int, limit: int) -> list[Change]:
         rows = self._query(
             "SELECT revision, namespace, env, key, version, action, secret FROM changes "
@@ -236,8 +263,12 @@ class SQLiteStore:
         return self.current_revision() + 1
 
     # ------------------------------------------------------------------ the commit
-    def commit(self, version: Version) -> Version:
+    def commit(self, version: Version, audit: AuditEntry | None = None) -> Version:
+        """One atomic, durable step: the version, the head, the revision, the change-log row and (when given)
+        the change's audit record, linked into the audit chain by the appender the access store attached."""
         scope = version.scope
+        if audit is not None and self.audit_appender is None:
+            raise Unavailable("this store has no audit log to record the change in")
         with self.transaction() as db:
             head = db.execute(
                 "SELECT version FROM heads WHERE namespace = ? AND env = ? AND key = ?",
@@ -269,6 +300,8 @@ class SQLiteStore:
             )
             if revision % self._compaction_every == 0 and revision > self.change_log_retention:
                 db.execute("DELETE FROM changes WHERE revision <= ?", (revision - self.change_log_retention,))
+            if audit is not None and self.audit_appender is not None:
+                self.audit_appender(db, [audit])
         return replace(version, revision=revision)
 
     @staticmethod
@@ -308,6 +341,8 @@ class SQLiteStore:
                 "INSERT INTO envs (name, parent) VALUES (?, ?) ON CONFLICT (name) DO UPDATE SET parent = excluded.parent",
                 (env.name, env.parent),
             )
+            # Part of the read stamp: every process's read cache sees the new inheritance at once.
+            db.execute("INSERT INTO counters (name, value) VALUES ('envs', 1) ON CONFLICT (name) DO UPDATE SET value = value + 1")
         return not existed
 
     def get_meta(self, name: str) -> str | None:

@@ -11,6 +11,7 @@ transaction, so every process writing to the same file extends one unforked chai
 from __future__ import annotations
 
 import json
+import sqlite3
 from datetime import UTC, datetime
 
 from tessera.core.access_model import AuditEntry, PolicyDoc, Rule, TokenRecord
@@ -83,6 +84,8 @@ def _policy(row: tuple) -> PolicyDoc:
 
 
 class SQLiteAccessStore:
+    chain_name = "main"  # one chain per file: every process on this data directory extends it
+
     def __init__(self, store: SQLiteStore) -> None:
         self.store = store
         with store.transaction() as db:
@@ -92,6 +95,9 @@ class SQLiteAccessStore:
             columns = {row[1] for row in db.execute("PRAGMA table_info(audit)")}
             if "phase" not in columns:  # a file from before request entries: NULL is "response"
                 db.execute("ALTER TABLE audit ADD COLUMN phase TEXT")
+        # Records of changes are written inside the commit's own transaction (durable with the change).
+        store.audit_appender = lambda db, entries: self._append_in(db, self.chain_name, entries)
+        store.audit_in_commit = True
 
     # ------------------------------------------------------------------ tokens
     def create_token(self, record: TokenRecord) -> None:
@@ -155,28 +161,44 @@ class SQLiteAccessStore:
 
     # ------------------------------------------------------------------ audit
     def append(self, chain: str, entries: list[AuditEntry]) -> list[AuditEntry]:
+        """Written to the file without an fsync: :meth:`flush` (or the next durable commit) makes it durable."""
         if not entries:
             return []
+        with self.store.transaction(durable=False) as db:
+            return self._append_in(db, chain, entries)
+
+    def flush(self) -> None:
+        """Make every record appended so far durable: a tiny commit with ``synchronous=FULL`` fsyncs the WAL,
+        which holds those records' frames before it."""
         with self.store.transaction() as db:
-            head = db.execute("SELECT seq, hash FROM audit_heads WHERE chain = ?", (chain,)).fetchone()
-            last_seq, last_hash = (head[0], head[1]) if head else (0, GENESIS)
-            linked = link(chain, entries, last_seq, last_hash)
-            db.executemany(
-                f"INSERT INTO audit ({AUDIT_COLUMNS}) VALUES ({', '.join('?' * 20)})",
-                [
-                    (
-                        e.chain, e.seq, _stamp(e.ts), e.request_id, e.service, e.token_id, e.action, e.namespace,
-                        e.env, e.key, e.version, e.outcome, e.status, e.target, e.client, e.method, e.path,
-                        e.prev_hash, e.hash, None if e.phase == RESPONSE else e.phase,
-                    )
-                    for e in linked
-                ],
-            )  # fmt: skip
             db.execute(
-                "INSERT INTO audit_heads (chain, seq, hash) VALUES (?, ?, ?) "
-                "ON CONFLICT (chain) DO UPDATE SET seq = excluded.seq, hash = excluded.hash",
-                (chain, linked[-1].seq, linked[-1].hash),
+                "INSERT INTO meta (name, value) VALUES ('audit_flushed_at', ?) "
+                "ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+                (_stamp(datetime.now(UTC)),),
             )
+
+    @staticmethod
+    def _append_in(db: sqlite3.Connection, chain: str, entries: list[AuditEntry]) -> list[AuditEntry]:
+        """Link ``entries`` to the chain's head and insert them, inside the caller's transaction."""
+        head = db.execute("SELECT seq, hash FROM audit_heads WHERE chain = ?", (chain,)).fetchone()
+        last_seq, last_hash = (head[0], head[1]) if head else (0, GENESIS)
+        linked = link(chain, entries, last_seq, last_hash)
+        db.executemany(
+            f"INSERT INTO audit ({AUDIT_COLUMNS}) VALUES ({', '.join('?' * 20)})",
+            [
+                (
+                    e.chain, e.seq, _stamp(e.ts), e.request_id, e.service, e.token_id, e.action, e.namespace,
+                    e.env, e.key, e.version, e.outcome, e.status, e.target, e.client, e.method, e.path,
+                    e.prev_hash, e.hash, None if e.phase == RESPONSE else e.phase,
+                )
+                for e in linked
+            ],
+        )  # fmt: skip
+        db.execute(
+            "INSERT INTO audit_heads (chain, seq, hash) VALUES (?, ?, ?) "
+            "ON CONFLICT (chain) DO UPDATE SET seq = excluded.seq, hash = excluded.hash",
+            (chain, linked[-1].seq, linked[-1].hash),
+        )
         return linked
 
     def query(

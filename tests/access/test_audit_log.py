@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 
 import pytest
 
@@ -57,8 +58,55 @@ def test_a_failed_append_fails_every_waiter_of_its_batch():
         with pytest.raises(Unavailable):
             future.result(5)
     assert emitted == [] and sink.chains() == {}
+    assert log.ready  # every append is its own durable write here: a failure fails only its own batch
     sink.fail = False
-    assert log.submit(entry(6)).result(5).seq == 1  # recovers once the store does
+    assert log.submit(entry(7)).result(5).seq == 1  # recovers once the store does
     log.close()
     with pytest.raises(Unavailable):
-        log.submit(entry(7)).result(1)  # closed: refuses rather than dropping silently
+        log.submit(entry(8)).result(1)  # closed: refuses rather than dropping silently
+
+
+class FlushingSink(MemoryAccessStore):
+    """Appends land at once; ``flush`` makes them durable (like SQLite's non-fsynced appends)."""
+
+    durable_appends = False
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.flush_fails = False
+        self.flushed = 0
+
+    def flush(self) -> None:
+        if self.flush_fails:
+            raise OSError("fsync: input/output error")
+        self.flushed = sum(seq for seq, _ in self.heads.values())
+
+
+def test_reads_are_flushed_within_the_interval_and_a_failed_flush_stops_everything_until_a_probe_succeeds():
+    sink = FlushingSink()
+    log = AuditLog(sink, flush_interval=0.05)
+    try:
+        assert log.submit(entry(1)).result(5).seq == 1  # appended: answered before any flush
+        deadline = time.monotonic() + 5
+        while sink.flushed < 1 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert sink.flushed == 1  # durable within the interval, with nobody asking
+        sink.flush_fails = True
+        log.submit(entry(2)).result(5)  # appended; its flush will fail
+        while log.ready and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert not log.ready and "OSError" in (log.failure or "")
+        with pytest.raises(Unavailable):
+            log.submit(entry(3)).result(5)  # refused at once while the log cannot flush
+        with pytest.raises(Unavailable):
+            log.submit(entry(4), durable=True).result(5)
+        sink.flush_fails = False
+        while not log.ready and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert log.ready
+        chain = sink.chain_entries("main", 0, 10)
+        assert [e.action for e in chain][-1] == "audit.resumed"  # the gap is marked in the chain itself
+        assert log.submit(entry(5), durable=True).result(5).seq == len(chain) + 1
+        assert verify(sink).ok
+    finally:
+        log.close()

@@ -21,7 +21,7 @@ from tessera.core.backends.memory_access import MemoryAccessStore
 from tessera.core.errors import Unavailable
 from tessera.core.model import utcnow
 from tessera.handlers.app import create_app
-from tessera.handlers.audit_middleware import classify
+from tessera.handlers.auditing import Auditor, facts_from_route
 from tests.access.conftest import ROOT
 from tests.access.test_audit_chain import entry
 
@@ -122,7 +122,7 @@ def test_submit_racing_close_never_leaves_a_future_unresolved():
 
 # ------------------------------------------------------------------------------------------- 1: the HTTP layer
 def slow_appends(container, delay: float) -> None:
-    stores = container.extras["access"].stores
+    stores = container.access.stores
     original = stores.append
 
     def slow(chain, entries):
@@ -146,7 +146,7 @@ def test_a_websocket_auth_timeout_during_the_record_loses_nothing(container, mon
             ws.send_json({"type": "auth", "token": "tsr_anything"})
             answer = ws.receive_json()
         assert answer["code"] == "unauthenticated" and "unknown" in answer["message"]  # its message was answered
-        audit_log = container.extras["access"].audit_log
+        audit_log = container.access.audit_log
         assert audit_log._thread.is_alive()
         assert client.get("/config", headers=ROOT).status_code == 200
         entries = client.get("/audit?limit=10", headers=ROOT).json()["entries"]
@@ -154,12 +154,12 @@ def test_a_websocket_auth_timeout_during_the_record_loses_nothing(container, mon
 
 
 def test_a_stuck_audit_writer_answers_503_instead_of_hanging(container, monkeypatch):
-    import tessera.handlers.audit_middleware as middleware
+    import tessera.handlers.auditing as auditing
 
-    monkeypatch.setattr(middleware, "AUDIT_WAIT_SECONDS", 0.3)
+    monkeypatch.setattr(auditing, "AUDIT_WAIT_SECONDS", 0.3)
     release = threading.Event()
     with TestClient(create_app(container)) as client:
-        stores = container.extras["access"].stores
+        stores = container.access.stores
         original = stores.append
 
         def stuck(chain, entries):
@@ -189,58 +189,69 @@ def mend_audit(container) -> None:
         db.execute("DROP TRIGGER audit_broken")
 
 
-def test_a_write_is_not_run_when_its_request_entry_cannot_be_written(client, container):
-    """The reviewer's audit_after.py: a PUT while the audit log is down answered 503 yet committed."""
+def test_nothing_changes_when_its_record_cannot_be_written(client, container):
+    """The reviewer's audit_after.py: a PUT while the audit log is down answered 503 yet committed. A config
+    write's record is part of its commit (one transaction), so it fails with it; a token or environment change
+    gets a durable request-phase record first and does not run when that cannot be written."""
     break_audit(container)
     response = client.put("/config/db.password", json={"value": "hunter2", "secret": True}, headers=ROOT)
-    assert response.status_code == 503 and "not run" in response.json()["error"]["message"]
+    assert response.status_code == 503 and "hunter2" not in response.text
     assert client.post("/auth/tokens", json={"service": "x", "policies": []}, headers=ROOT).status_code == 503
     assert client.put("/envs/staging", headers=ROOT).status_code == 503
     mend_audit(container)
+    wait_ready(client)
     assert client.get("/config/db.password", headers=ROOT).status_code == 404  # nothing was committed
     assert client.get("/auth/tokens", headers=ROOT).json()["tokens"] == []
     assert "staging" not in json.dumps(client.get("/envs", headers=ROOT).json())
 
 
-def test_a_committed_write_whose_outcome_cannot_be_recorded_is_503_outcome_unknown(client, container):
-    stores = container.extras["access"].stores
-    original = stores.append
+def wait_ready(client, seconds: float = 5.0) -> None:
+    deadline = time.monotonic() + seconds
+    while client.get("/ready").status_code != 200:
+        assert time.monotonic() < deadline, "the node did not become ready again"
+        time.sleep(0.05)
 
-    def outcome_fails(chain, entries):
-        if any(e.action == "config.write" and e.phase == "response" for e in entries):
-            raise OSError("disk full")
-        return original(chain, entries)
 
-    stores.append = outcome_fails
+def test_a_write_and_its_record_commit_together_or_not_at_all(client, container):
+    """Only the write's own record is refused (a trigger on it): the write is not committed either, the client
+    gets 503, and the value never shows — nothing half-written."""
+    with container.store.transaction() as db:
+        db.execute(
+            "CREATE TRIGGER write_record_broken BEFORE INSERT ON audit WHEN NEW.action = 'config.write' "
+            "BEGIN SELECT RAISE(ABORT, 'disk says no'); END"
+        )
     response = client.put("/config/db.host", json={"value": "db1"}, headers=ROOT)
-    stores.append = original
-    assert response.status_code == 503
-    assert "unknown" in response.json()["error"]["message"] and "db1" not in response.text
-    assert client.get("/config/db.host", headers=ROOT).json()["value"] == "db1"  # it did commit...
-    attempts = stores.query(key="db.host", service=None, since=None, limit=10, phase="request")
-    assert [(e.action, e.outcome, e.status, e.service) for e in attempts] == [("config.write", "attempt", 0, "root")]
-    assert attempts[0].request_id == response.json()["error"]["request_id"]  # ...and the attempt is on record
+    assert response.status_code == 503 and "db1" not in response.text
+    with container.store.transaction() as db:
+        db.execute("DROP TRIGGER write_record_broken")
+    wait_ready(client)
+    assert client.get("/config/db.host", headers=ROOT).status_code == 404
+    assert client.get("/config/history/db.host", headers=ROOT).status_code == 404
+    client.put("/config/db.host", json={"value": "db2"}, headers=ROOT).raise_for_status()
+    records = container.access.stores.query(key="db.host", service=None, since=None, limit=10, phase=None)
+    assert [(e.action, e.status, e.version, e.phase) for e in records if e.status != 503][0] == ("config.write", 201, 1, "response")
 
 
-def test_request_and_response_entries_pair_up_reads_stay_single_and_verify_holds(client, container):
-    stores = container.extras["access"].stores
+def test_one_record_per_request_and_request_phase_records_only_where_the_commit_cannot_hold_one(client, container):
+    stores = container.access.stores
     before = sum(seq for seq, _ in stores.chains().values())
     client.put("/config/auth.issuer", json={"value": "me"}, headers=ROOT).raise_for_status()
     after_write = sum(seq for seq, _ in stores.chains().values())
     for _ in range(5):
         client.get("/config/auth.issuer", headers=ROOT).raise_for_status()
     after_reads = sum(seq for seq, _ in stores.chains().values())
-    assert after_write - before == 2 and after_reads - after_write == 5  # two for the write, one per read
+    assert after_write - before == 1 and after_reads - after_write == 5  # the write's record is in its commit
     shown = client.get("/audit?key=auth.issuer", headers=ROOT).json()["entries"]
     assert [(e["action"], e["phase"], e["outcome"]) for e in shown][-1] == ("config.write", "response", "allowed")
     assert all(e["phase"] == "response" and e["outcome"] != "attempt" for e in shown)  # the contract's enum
-    both = stores.query(key="auth.issuer", service=None, since=None, limit=100, phase=None)
-    write_entries = [e for e in both if e.action == "config.write"]
-    assert sorted(e.phase for e in write_entries) == ["request", "response"]
-    assert len({e.request_id for e in write_entries}) == 1
+    created = client.post("/auth/tokens", json={"service": "svc", "policies": []}, headers=ROOT)
+    token_entries = [e for e in stores.query(key=None, service=None, since=None, limit=100, phase=None) if e.action == "token.create"]
+    assert sorted(e.phase for e in token_entries) == ["request", "response"]
+    assert len({e.request_id for e in token_entries}) == 1
+    assert {e.target for e in token_entries if e.phase == "response"} == {created.json()["id"]}
     assert verify(stores).ok
     # The phase is part of the hash: turning an attempt into a response entry is caught.
-    attempt = next(e for e in write_entries if e.phase == "request")
+    attempt = next(e for e in token_entries if e.phase == "request")
     with container.store.transaction() as db:
         db.execute("UPDATE audit SET phase = NULL WHERE chain = ? AND seq = ?", (attempt.chain, attempt.seq))
     report = verify(stores)
@@ -274,7 +285,7 @@ def test_a_sqlite_file_from_before_request_entries_gets_the_column(tmp_path):
         with TestClient(create_app(container)) as client:
             client.put("/config/a.b", json={"value": "1"}, headers=ROOT).raise_for_status()
             assert client.get("/audit?key=a.b", headers=ROOT).json()["entries"][0]["phase"] == "response"
-        assert verify(container.extras["access"].stores).ok
+        assert verify(container.access.stores).ok
     finally:
         container.close()
 
@@ -307,12 +318,14 @@ def test_websocket_auth_failures_count_for_damping(client):
     assert statuses.count(("ws.connect", 429)) == 2
 
 
-def test_auth_paths_are_classified_with_bounded_names():
-    assert classify("GET", "/auth/self")[0] == "auth.self"
-    assert classify("POST", "/auth/explain")[0] == "auth.explain"
-    assert classify("GET", "/auth/" + "x" * 5000)[0] == "auth.unknown"
-    assert classify("GET", "/auth/")[0] == "auth.unknown"
-    assert classify("DELETE", "/auth/tokens/tok_1") == ("token.revoke", None, "tok_1")
+def test_paths_no_route_matched_are_recorded_with_bounded_names(client):
+    for path in ("/auth/" + "x" * 5000, "/auth/", "/policies/a/b/c"):
+        assert client.get(path, headers=ROOT).status_code in (404, 405)
+    entries = client.get("/audit?limit=5", headers=ROOT).json()["entries"]
+    assert [e["action"] for e in entries[:3]] == ["policy.unknown", "auth.unknown", "auth.unknown"]
+    auditor = Auditor("r", "GET", "/envs/x/y", "127.0.0.1")
+    facts_from_route(auditor, {"path": "/envs/x/y"})
+    assert auditor.action == "env.unknown"
 
 
 def test_a_refused_websocket_subscribe_is_audited_as_refused(client):
@@ -341,7 +354,7 @@ def test_no_event_leaves_before_its_subscribe_is_recorded(client, container):
 
     client.put("/config/auth.issuer", json={"value": "me"}, headers=ROOT).raise_for_status()
     token = make_token(client, "watcher", rules=[{"path": "auth.*", "capabilities": ["read"]}])
-    stores = container.extras["access"].stores
+    stores = container.access.stores
     original = stores.append
 
     def subscribe_fails(chain, entries):

@@ -355,7 +355,7 @@ def test_mission_over_the_api_on_aws(target):
             entries = client.get("/audit?service=auth-svc", headers=root).json()["entries"]
             assert {(e["key"], e["status"]) for e in entries} >= {("auth.jwt_secret", 200), ("billing.stripe_key", 403)}
             assert entries[0]["id"].startswith("shard-")
-        report = verify(container.extras["access"].stores)
+        report = verify(container.access.stores)
         assert report.ok and report.entries >= 8
     finally:
         container.close()

@@ -242,10 +242,20 @@ def test_audit_write_failure_fails_closed(seeded, container):
     # A write is refused before it runs: its request entry cannot be written, so nothing is committed.
     error(seeded.put("/config/auth.issuer", json={"value": "x"}, headers=ROOT), 503, "unavailable")
     error(seeded.get("/config/auth.jwt_secret", headers=bearer("tsr_wrong")), 503, "unavailable")
+    # The node says it cannot serve (what a load balancer probes), and keeps refusing until records can be
+    # written again: the audit log retries with a real record ("audit.resumed") every half second.
+    error(seeded.get("/ready"), 503, "not_ready")
+    error(seeded.get("/config/auth.jwt_secret", headers=ROOT), 503, "unavailable")
     with store.transaction() as db:
         db.execute("DROP TRIGGER audit_broken")
+    deadline = time.monotonic() + 5
+    while seeded.get("/ready").status_code != 200 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert seeded.get("/ready").json() == {"status": "ready"}
     assert seeded.get("/config/auth.jwt_secret", headers=ROOT).json()["value"] == "jwt-s3cr3t"
     assert seeded.get("/config/auth.issuer", headers=ROOT).json()["value"] == "tessera"
+    resumed = [e for e in seeded.get("/audit?limit=20", headers=ROOT).json()["entries"] if e["action"] == "audit.resumed"]
+    assert len(resumed) == 1 and resumed[0]["status"] == 503
 
 
 def test_health_is_not_audited_and_unaudited_paths_pass(client):

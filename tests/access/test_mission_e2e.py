@@ -21,8 +21,9 @@ ROOT_TOKEN = "tsr_e2e-root-token-0123456789abcdef"
 @pytest.fixture
 def nodes(tmp_path):
     data_dir = tmp_path / "data"
-    first = ServerProcess(data_dir, root_token=ROOT_TOKEN).start()
-    second = ServerProcess(data_dir, root_token=ROOT_TOKEN).start()
+    # Audit records also as JSON lines on stdout (off by default outside Lambda): the logs are checked below.
+    first = ServerProcess(data_dir, root_token=ROOT_TOKEN, env={"TESSERA_AUDIT_STDOUT": "1"}).start()
+    second = ServerProcess(data_dir, root_token=ROOT_TOKEN, env={"TESSERA_AUDIT_STDOUT": "1"}).start()
     yield first, second
     first.stop()
     second.stop()

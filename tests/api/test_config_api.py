@@ -274,11 +274,17 @@ def test_environments_over_http(client):
 
 
 def test_audit_phases(client):
+    """A config write's record is written inside its commit (no request-phase record needed); a change the
+    store cannot record in its commit (a policy) gets a durable request-phase record before it runs."""
     client.put("/config/audited.k", json={"value": 1})
     client.get("/config/audited.k")
     responses = client.get("/audit?key=audited.k").json()["entries"]
-    assert [e["action"] for e in responses] == ["config.read", "config.write"]
-    requests = client.get("/audit?key=audited.k&phase=request").json()["entries"]
-    assert [(e["action"], e["phase"]) for e in requests] == [("config.write", "request")]
-    assert len(client.get("/audit?key=audited.k&phase=all").json()["entries"]) == 3
+    assert [(e["action"], e["status"], e["version"]) for e in responses] == [("config.read", 200, 1), ("config.write", 201, 1)]
+    assert client.get("/audit?key=audited.k&phase=request").json()["entries"] == []
+    assert len(client.get("/audit?key=audited.k&phase=all").json()["entries"]) == 2
+    client.put("/policies/audited-p", json={"rules": [{"path": "a.*", "capabilities": ["read"]}]})
+    everything = client.get("/audit?phase=all&limit=3").json()["entries"]
+    assert [(e["action"], e["phase"], e["target"]) for e in everything[:2]] == [
+        ("policy.write", "response", "audited-p"), ("policy.write", "request", "audited-p")
+    ]
     error_of(client.get("/audit?phase=sometimes"), 400, "invalid_request")

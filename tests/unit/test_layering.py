@@ -79,16 +79,17 @@ def test_dotenv_export_is_safe_to_source(tmp_path):
 def test_import_size_is_bounded_against_alias_bombs():
     import pytest
 
-    from tessera.core.errors import InvalidRequest
+    from tessera.core.errors import InvalidRequest, PayloadTooLarge
     from tessera.core.formats import flatten, parse_content
 
     bomb = "a: &a {x0: 1, x1: 1, x2: 1, x3: 1, x4: 1, x5: 1, x6: 1, x7: 1, x8: 1, x9: 1}\n"
     for level in "bcdefgh":
         previous = chr(ord(level) - 1)
         bomb += f"{level}: &{level} {{" + ", ".join(f"y{i}: *{previous}" for i in range(10)) + "}\n"
-    document = parse_content("yaml", bomb)  # aliases share objects: loading is cheap
+    with pytest.raises(PayloadTooLarge):
+        parse_content("yaml", bomb)  # measured per distinct object, before anything expands it
     with pytest.raises(InvalidRequest):
-        flatten(document)  # expanding is what the bound stops, early
+        flatten({f"k{i}": i for i in range(10_001)})  # the key bound, counted as leaves are produced
     nested = "[" * 100_000 + "]" * 100_000
     with pytest.raises(InvalidRequest):
         parse_content("json", '{"v": ' + nested + "}")

@@ -1,0 +1,273 @@
+"""The ASGI front of the service: request ids, response headers, auditing, and the fast read path.
+
+One plain ASGI callable (no ``BaseHTTPMiddleware``: no task group, no memory streams per request) does in one
+pass what every request needs: a request id, the security headers, the audit record written before the response
+leaves (fail-closed: ``503`` when it cannot be), and brute-force damping of failed tokens. Routes state their
+audit facts on the request's :class:`~tessera.handlers.auditing.Auditor`.
+
+The hot paths — ``GET /config/{key}``, ``GET /health``, ``GET /ready`` — are answered here directly, without
+FastAPI's routing and dependency machinery; everything else goes to the FastAPI app (``handlers/app.py``), which
+also declares the hot paths for the OpenAPI document and answers the forms the fast path leaves to it
+(``HEAD``, ``?explain=true``). Both share the route logic in ``handlers/reads.py``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+from collections.abc import Awaitable, Callable
+from typing import Any
+from urllib.parse import parse_qsl
+
+from tessera.core.errors import TesseraError
+from tessera.handlers.auditing import READ_METHODS, Auditor, AuditQueue, audited, facts_from_route
+from tessera.handlers.deps import parse_bearer
+from tessera.handlers.reads import read_response
+from tessera.handlers.render import dumps, error_body
+
+logger = logging.getLogger("tessera")
+Send = Callable[[dict[str, Any]], Awaitable[None]]
+Receive = Callable[[], Awaitable[dict[str, Any]]]
+
+# Any visible ASCII (and spaces) a client or a tracing proxy uses for ids is echoed; nothing that could split a
+# header or a log line.
+MAX_REQUEST_ID = 200
+NO_STORE_PREFIXES = ("/config", "/watch", "/auth", "/audit")  # answers that may hold values or token metadata
+RESERVED = ("export", "import", "history", "rollback", "promote")
+_ids = itertools.count(1)
+_ID_PREFIX = os.urandom(6).hex()  # unique per process: ids from different workers and nodes never collide
+
+
+def log_failure(exc: TesseraError) -> None:
+    """A server-side failure is logged by its code and our message, never its cause's text (it may hold a value)."""
+    if exc.status >= 500:
+        logger.error("request failed: %s (%s)", exc.code, exc.message)
+
+
+def new_request_id() -> str:
+    return f"{_ID_PREFIX}{next(_ids):010x}"
+
+
+def offered_request_id(raw: bytes) -> str | None:
+    if 0 < len(raw) <= MAX_REQUEST_ID and all(0x20 <= byte <= 0x7E for byte in raw):
+        return raw.decode("ascii")
+    return None
+
+
+_OWN_HEADERS = frozenset({b"x-request-id", b"x-content-type-options", b"cache-control"})
+
+
+def response_headers(request_id: str, path: str, extra: list[tuple[bytes, bytes]] | None = None) -> list[tuple[bytes, bytes]]:
+    """The route's headers plus the ones every response carries (set here only, never twice)."""
+    headers = [(b"x-request-id", request_id.encode()), (b"x-content-type-options", b"nosniff")]
+    if path.startswith(NO_STORE_PREFIXES):
+        headers.append((b"cache-control", b"no-store"))
+    if extra:
+        headers.extend(item for item in extra if item[0].lower() not in _OWN_HEADERS)
+    return headers
+
+
+class TesseraASGI:
+    def __init__(self, container: Any, api: Any) -> None:
+        self.container = container
+        self.api = api
+        self.access = container.access
+        self.audit = AuditQueue(self.access.audit_log)
+        self.damper = self.access.damper
+        api.state.audit_queue = self.audit  # the WebSocket handler records through the same queue
+
+    # ------------------------------------------------------------------ dispatch
+    async def __call__(self, scope: dict[str, Any], receive: Receive, send: Send) -> None:
+        kind = scope["type"]
+        if kind == "lifespan":
+            await self.api(scope, receive, send)
+            return
+        request_id, authorization, if_none_match = self._headers(scope)
+        state = scope.setdefault("state", {})
+        state["request_id"] = request_id
+        path: str = scope["path"]
+        if kind == "websocket":
+            if audited(path):
+                state["auditor"] = Auditor.begin(scope, request_id)
+            await self.api(scope, receive, send)
+            return
+        method = scope["method"]
+        if method == "GET" and path == "/health":
+            await self._respond(send, request_id, path, *await self._health())
+            return
+        if method == "GET" and path == "/ready":
+            await self._respond(send, request_id, path, *self._ready(request_id))
+            return
+        if not audited(path):
+            await self.api(scope, receive, self._with_headers(send, request_id, path))
+            return
+        auditor = Auditor.begin(scope, request_id)
+        state["auditor"] = auditor
+        if not self.audit.ready:  # fail closed at once: nothing is served that the audit log cannot record
+            await self._respond(send, request_id, path, *error_body(503, "unavailable", self.audit.failure or "the audit log cannot be written", request_id))
+            return
+        if method == "GET" and path.startswith("/config/"):
+            key = path[8:]
+            if key.split(".", 1)[0].split("/", 1)[0] not in RESERVED:
+                params = dict(parse_qsl(scope["query_string"].decode("latin-1"))) if scope["query_string"] else {}
+                if "explain" not in params:
+                    await self._fast_read(scope, send, auditor, key, params, authorization, if_none_match)
+                    return
+        await self._through_api(scope, receive, send, auditor)
+
+    @staticmethod
+    def _headers(scope: dict[str, Any]) -> tuple[str, bytes | None, bytes | None]:
+        request_id = authorization = if_none_match = None
+        for name, value in scope["headers"]:
+            if name == b"authorization":
+                authorization = value
+            elif name == b"x-request-id":
+                request_id = offered_request_id(value)
+            elif name == b"if-none-match":
+                if_none_match = value
+        return request_id or new_request_id(), authorization, if_none_match
+
+    # ------------------------------------------------------------------ the fast read path
+    async def _fast_read(
+        self,
+        scope: dict[str, Any],
+        send: Send,
+        auditor: Auditor,
+        key: str,
+        params: dict[str, str],
+        authorization: bytes | None,
+        if_none_match: bytes | None,
+    ) -> None:
+        auditor.note("config.read", key=key)
+        auditor.note_scope(params.get("namespace"), params.get("env"))
+        token = parse_bearer(authorization.decode("latin-1")) if authorization is not None else None
+        try:
+            principal = await self.container.read(self.container.authenticator.authenticate, token)
+            auditor.principal = principal
+            status, headers, body = await self.container.read(
+                read_response, self.container.service, auditor, principal, key, params, if_none_match
+            )
+        except TesseraError as exc:
+            log_failure(exc)
+            status, headers, body = error_body(exc.status, exc.code, exc.message, auditor.request_id, **exc.extra)
+        await self._finish(scope, send, auditor, status, headers, body, token)
+
+    # ------------------------------------------------------------------ requests routed by FastAPI
+    async def _through_api(self, scope: dict[str, Any], receive: Receive, send: Send, auditor: Auditor) -> None:
+        """Run the FastAPI app, holding its response back until the request's record is written."""
+        held: dict[str, Any] = {}
+        answered = False
+        dropped = False
+        request_id = auditor.request_id
+        token = self._bearer(scope)
+
+        async def guarded_send(message: dict[str, Any]) -> None:
+            nonlocal answered, dropped
+            if dropped:
+                return  # the rest of a response that was replaced
+            kind = message["type"]
+            if kind == "http.response.start" and not answered:
+                held["start"] = message
+                return
+            if kind != "http.response.body" or answered:
+                await send(message)
+                return
+            answered = True
+            start = held["start"]
+            facts_from_route(auditor, scope)
+            body = message.get("body", b"")
+            more = bool(message.get("more_body"))
+            headers = [(k, v) for k, v in start.get("headers", []) if k.lower() != b"content-length" or not more]
+            replaced = await self._finish(scope, send, auditor, start["status"], headers, body, token, more_body=more)
+            dropped = replaced and more
+
+        try:
+            await self.api(scope, receive, guarded_send)
+        except Exception:
+            if not answered:
+                # The route failed before answering; record the failure (best effort: a 500 follows anyway).
+                facts_from_route(auditor, scope)
+                try:
+                    await self.audit.record(auditor.entry(500), durable=True)
+                except Exception:  # noqa: BLE001
+                    logger.error("audit write failed for a failed request %s", request_id)
+            raise
+
+    # ------------------------------------------------------------------ the record, then the response
+    async def _finish(
+        self,
+        scope: dict[str, Any],
+        send: Send,
+        auditor: Auditor,
+        status: int,
+        headers: list[tuple[bytes, bytes]],
+        body: bytes,
+        token: str | None,
+        more_body: bool = False,
+    ) -> bool:
+        """Record the request, then send its response; True when the response was replaced (429 or 503)."""
+        request_id, path = auditor.request_id, scope["path"]
+        replaced = False
+        if status == 401 and token:
+            client = auditor.client
+            if self.damper.failure(client):
+                status, headers, body = error_body(429, "rate_limited", "too many failed authentications from this address; retry later", request_id)
+                headers.append((b"retry-after", str(self.damper.retry_after(client)).encode()))
+                replaced, more_body = True, False
+            record = await self.container.read(self.container.authenticator.identify, token)
+            if record is not None:  # an expired or revoked token: name who still uses it
+                auditor.refused_token = (record.service, record.id)
+        if not auditor.in_commit:
+            entry = auditor.entry(status)
+            try:
+                await self.audit.record(entry, durable=scope["method"] not in READ_METHODS)
+            except Exception:  # noqa: BLE001 - not recorded (or too slow): fail closed, serve nothing
+                logger.error("audit write failed; answering 503 for request %s", request_id)
+                mutating = scope["method"] not in READ_METHODS
+                text = (
+                    "the audit log cannot record this request's outcome; whether it took effect is unknown: "
+                    "read the current state before retrying"
+                    if mutating
+                    else "the audit log cannot be written; the request was not served"
+                )
+                status, headers, body = error_body(503, "unavailable", text, request_id)
+                replaced, more_body = True, False
+        await send({"type": "http.response.start", "status": status, "headers": response_headers(request_id, path, headers)})
+        await send({"type": "http.response.body", "body": body, "more_body": more_body})
+        return replaced
+
+    # ------------------------------------------------------------------ health and readiness
+    async def _health(self) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+        store = self.container.store
+        revision = await self.container.read(store.current_revision)
+        body = dumps({"status": "ok", "backend": store.backend_name, "revision": revision})
+        return 200, [(b"content-type", b"application/json")], body
+
+    def _ready(self, request_id: str) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+        reason = self.container.not_ready_reason()
+        if reason is not None:
+            return error_body(503, "not_ready", reason, request_id)
+        return 200, [(b"content-type", b"application/json")], b'{"status":"ready"}'
+
+    # ------------------------------------------------------------------ helpers
+    @staticmethod
+    def _bearer(scope: dict[str, Any]) -> str | None:
+        for name, value in scope["headers"]:
+            if name == b"authorization":
+                return parse_bearer(value.decode("latin-1"))
+        return None
+
+    @staticmethod
+    async def _respond(send: Send, request_id: str, path: str, status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> None:
+        await send({"type": "http.response.start", "status": status, "headers": response_headers(request_id, path, headers)})
+        await send({"type": "http.response.body", "body": body})
+
+    @staticmethod
+    def _with_headers(send: Send, request_id: str, path: str) -> Send:
+        async def sending(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                message = {**message, "headers": response_headers(request_id, path, list(message.get("headers", [])))}
+            await send(message)
+
+        return sending

@@ -1,0 +1,244 @@
+"""Auditing of HTTP requests: routes state what happened through an :class:`Auditor`; :func:`record` writes it.
+
+Every request to an audited path gets one :class:`Auditor` (``scope["state"]["auditor"]``). The route (or the
+fast read path, or the WebSocket handler) states its facts on it — action, key, version, target, scope, who —
+so nothing re-parses a URL or a response body to find out what a request did. When a route is refused before
+its body runs (a bad token, a bad scope), the facts come from the route that matched: every audited route is
+named after its action, and its path parameters name the key or target.
+
+When the store records a change's audit entry inside the commit (``ConfigService`` asks the auditor through
+the ``ChangeAuditor`` port), that entry is the request's record: durable with the change, nothing more is
+written. Otherwise the ASGI layer (``handlers/asgi.py``) writes the record before the response leaves:
+appended for reads, durable for anything that is not a read.
+
+>>> # auditor = Auditor.begin(scope, "r-1"); auditor.note("config.read", key="a.b", version=3)
+>>> # entry = auditor.entry(200)   # → AuditEntry(action="config.read", key="a.b", version=3, status=200, ...)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import replace
+from datetime import datetime
+from typing import Any
+
+from tessera.core.access_model import AuditEntry
+from tessera.core.audit import ATTEMPT, REQUEST
+from tessera.core.model import Action, Principal, Scope, Version, utcnow
+
+logger = logging.getLogger("tessera.audit")
+AUDITED_PREFIXES = ("/config", "/watch", "/ws", "/policies", "/auth", "/envs", "/diff", "/audit")
+MAX_FIELD = 256  # facts taken from a refused request are not validated: they are cut here
+AUDIT_WAIT_SECONDS = 10.0  # longest wait for a record before answering 503
+READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+COMMIT = "commit"
+_AREAS = {"/policies": "policy", "/envs": "env", "/config": "config", "/auth": "auth"}  # phase of the per-key records an import writes inside each key's commit
+
+
+def audited(path: str) -> bool:
+    return any(path == prefix or path.startswith(prefix + "/") for prefix in AUDITED_PREFIXES)
+
+
+def cut(text: str | None) -> str | None:
+    return None if text is None else text[:MAX_FIELD]
+
+
+def outcome_of(status: int) -> str:
+    if status < 400:
+        return "allowed"
+    if status in (401, 429):  # a 429 here replaces a 401 (brute-force damping)
+        return "unauthenticated"
+    if status == 403:
+        return "denied"
+    if status == 404:
+        return "not_found"
+    return "error"
+
+
+def client_address(scope: dict[str, Any]) -> str:
+    client = scope.get("client")
+    return str(client[0]) if client else "unknown"
+
+
+class Auditor:
+    """What one request did, as its route states it; also the ``ChangeAuditor`` the config service asks."""
+
+    __slots__ = (
+        "action", "key", "version", "target", "namespace", "env", "principal", "refused_token",
+        "request_id", "started", "method", "path", "client", "in_commit", "many_commits",
+    )  # fmt: skip
+
+    def __init__(self, request_id: str, method: str, path: str, client: str, started: datetime | None = None) -> None:
+        self.request_id = request_id
+        self.method = method
+        self.path = path
+        self.client = client
+        self.started = started or utcnow()
+        self.action: str | None = None
+        self.key: str | None = None
+        self.version: int | None = None
+        self.target: str | None = None
+        self.namespace: str | None = None
+        self.env: str | None = None
+        self.principal: Principal | None = None
+        self.refused_token: tuple[str | None, str | None] | None = None  # (service, id) of an expired/revoked token
+        self.in_commit = False  # the request's record was written inside its commit: nothing more to write
+        self.many_commits = False  # an import: each key's commit gets its own record, the request one more
+
+    @classmethod
+    def begin(cls, scope: dict[str, Any], request_id: str) -> Auditor:
+        return cls(request_id, scope.get("method", "GET"), cut(scope.get("path", "")) or "", client_address(scope))
+
+    def note(
+        self,
+        action: str | None = None,
+        *,
+        key: str | None = None,
+        version: int | None = None,
+        target: str | None = None,
+        scope: Scope | None = None,
+    ) -> None:
+        """State facts of this request (only those given change)."""
+        if action is not None:
+            self.action = action
+        if key is not None:
+            self.key = cut(key)
+        if version is not None:
+            self.version = version
+        if target is not None:
+            self.target = cut(target)
+        if scope is not None:
+            self.namespace, self.env = scope.namespace, scope.env
+
+    def note_scope(self, namespace: str | None, env: str | None) -> None:
+        """A scope as requested (not yet validated: a refused one is recorded as given, cut)."""
+        self.namespace = cut(namespace or "default")
+        self.env = cut(env or "default")
+
+    # ------------------------------------------------------------------ the ChangeAuditor port
+    def entry_for(self, version: Version) -> AuditEntry:
+        """The record written inside the commit of ``version`` (``core.ports.ChangeAuditor``)."""
+        status = 201 if version.action is Action.CREATE and self.action == "config.write" else 200
+        entry = self.entry(status, key=version.key, version=version.version, scope=version.scope)
+        return replace(entry, phase=COMMIT) if self.many_commits else entry
+
+    def recorded(self, entry: AuditEntry) -> None:
+        if entry.phase != COMMIT:
+            self.in_commit = True
+
+    # ------------------------------------------------------------------ the record
+    def entry(
+        self, status: int, *, key: str | None = None, version: int | None = None, scope: Scope | None = None
+    ) -> AuditEntry:
+        principal = self.principal
+        service, token_id = (principal.service, principal.id) if principal is not None else (self.refused_token or (None, None))
+        return AuditEntry(
+            ts=self.started,
+            request_id=self.request_id,
+            action=self.action or "unknown",
+            outcome=outcome_of(status),
+            status=status,
+            service=service,
+            token_id=token_id,
+            namespace=scope.namespace if scope is not None else self.namespace,
+            env=scope.env if scope is not None else self.env,
+            key=key if key is not None else self.key,
+            version=version if version is not None else (self.version if 200 <= status < 300 else None),
+            target=self.target,
+            client=self.client,
+            method=self.method,
+            path=self.path,
+        )
+
+    def attempt_entry(self) -> AuditEntry:
+        """The ``phase="request"`` record of a change the store cannot record inside its commit: durable before
+        the change runs, so a committed change is never without a record."""
+        return replace(self.entry(0), phase=REQUEST, outcome=ATTEMPT)
+
+
+def facts_from_route(auditor: Auditor, scope: dict[str, Any]) -> None:
+    """Facts of a request refused before its route body ran: the matched route's name is its action (every
+    audited route is named so), its path parameters name the key or the target."""
+    if auditor.action is not None:
+        return
+    route = scope.get("route")
+    name = getattr(route, "name", None)
+    if isinstance(name, str) and "." in name:
+        auditor.action = name
+    else:  # no route matched: "<area>.unknown", the area being one of the fixed audited prefixes
+        path = scope.get("path", "")
+        area = next((prefix for prefix in AUDITED_PREFIXES if path == prefix or path.startswith(prefix + "/")), "/unknown")
+        auditor.action = f"{_AREAS.get(area, area[1:])}.unknown"
+    params = scope.get("path_params") or {}
+    if "key" in params:
+        auditor.key = cut(str(params["key"]))
+    for target in ("name", "token_id"):
+        if target in params:
+            auditor.target = cut(str(params[target]))
+
+
+class AuditQueue:
+    """Hands records to the group-committing :class:`~tessera.core.audit.AuditLog`, one batch per event-loop turn.
+
+    Requests answered in the same turn share one hand-over and one wake-up: at thousands of reads a second
+    this is what keeps the audit log's cost a small fraction of a read.
+    """
+
+    def __init__(self, audit_log: Any) -> None:
+        self.audit_log = audit_log
+        self._pending: dict[bool, list[tuple[AuditEntry, asyncio.Future[AuditEntry]]]] = {False: [], True: []}
+        self._scheduled = False
+
+    @property
+    def ready(self) -> bool:
+        return bool(self.audit_log.ready)
+
+    @property
+    def failure(self) -> str | None:
+        failure: str | None = self.audit_log.failure
+        return failure
+
+    async def record(self, entry: AuditEntry, durable: bool) -> AuditEntry:
+        """Wait until ``entry`` is appended (``durable``: durable); ``Unavailable`` or ``TimeoutError`` if not.
+
+        Shielded: a cancelled request (its client went away) still has its record written."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[AuditEntry] = loop.create_future()
+        self._pending[durable].append((entry, future))
+        if not self._scheduled:
+            self._scheduled = True
+            loop.call_soon(self._ship, loop)
+        return await asyncio.wait_for(asyncio.shield(future), AUDIT_WAIT_SECONDS)
+
+    def _ship(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._scheduled = False
+        for durable in (False, True):
+            items = self._pending[durable]
+            if not items:
+                continue
+            self._pending[durable] = []
+            batch = self.audit_log.submit_batch([entry for entry, _ in items], durable)
+
+            def resolve(done: Any, items: list[tuple[AuditEntry, asyncio.Future[AuditEntry]]] = items) -> None:
+                loop.call_soon_threadsafe(_settle, items, done)
+
+            batch.add_done_callback(resolve)
+
+
+def _settle(items: list[tuple[AuditEntry, asyncio.Future[AuditEntry]]], done: Any) -> None:
+    error = done.exception()
+    stored = None if error is not None else done.result()
+    for index, (_, future) in enumerate(items):
+        if future.done():
+            continue
+        if error is not None:
+            future.set_exception(error)
+            future.add_done_callback(_consume)  # its waiter may have gone: no "never retrieved" noise
+        else:
+            future.set_result(stored[index])
+
+
+def _consume(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled():
+        future.exception()
