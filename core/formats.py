@@ -21,7 +21,27 @@ FORMATS = ("json", "yaml", "dotenv")
 
 MAX_IMPORT_KEYS = 10_000
 MAX_DOCUMENT_BYTES = 4 * 1024 * 1024  # an import's size once YAML aliases are expanded (JSON-encoded, estimated)
-MAX_DOCUMENT_DEPTH = 32 + 64  # 32 key segments of objects, then a value nested at most 64 deep
+MAX_VALUE_DEPTH = 64  # the contract's bound on a value's nesting (arrays inside arrays)
+MAX_DOCUMENT_DEPTH = 32 + MAX_VALUE_DEPTH  # 32 key segments of objects, then a value nested at most 64 deep
+
+
+def value_depth(value: Any, limit: int = MAX_VALUE_DEPTH) -> int:
+    """How deeply containers nest in ``value`` (``1`` → 0, ``[[1]]`` → 2), counting no further than ``limit + 1``.
+
+    Iterative, and it stops at the first container past ``limit``: a hostile value costs at most one walk of
+    what the body parser already produced, never a recursion or an unbounded expansion.
+    """
+    deepest = 0
+    stack: list[tuple[Any, int]] = [(value, 0)]
+    while stack:
+        node, depth = stack.pop()
+        if isinstance(node, (list, dict)):
+            depth += 1
+            if depth > limit:
+                return depth
+            deepest = max(deepest, depth)
+            stack.extend((child, depth) for child in (node.values() if isinstance(node, dict) else node))
+    return deepest
 
 
 def check_document(document: Any) -> None:
@@ -189,12 +209,78 @@ def parse_content(fmt: str, content: str) -> dict[str, Any]:
     return data
 
 
+def _yaml(flat: dict[str, Any]) -> str:
+    dumper = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
+    try:
+        return yaml.dump(nest(flat), Dumper=dumper, sort_keys=True, allow_unicode=True)
+    except RecursionError:
+        pass
+    # The emitter recurses per level: values deeper than the contract's limit go in as JSON flow text (JSON's
+    # arrays and strings are YAML flow collections and scalars), through placeholders the emitter leaves alone.
+    deep: dict[str, str] = {}
+    shallow: dict[str, Any] = {}
+    for key, value in flat.items():
+        if value_depth(value) > MAX_VALUE_DEPTH:
+            placeholder = f"tessera-deep-value-{len(deep)}-{id(value)}"
+            deep[placeholder] = iterative_dumps(value)
+            shallow[key] = placeholder
+        else:
+            shallow[key] = value
+    text = yaml.dump(nest(shallow), Dumper=dumper, sort_keys=True, allow_unicode=True)
+    for placeholder, flow in deep.items():
+        text = text.replace(placeholder, flow, 1)
+    return text
+
+
+def iterative_dumps(document: Any) -> str:
+    """JSON text of ``document`` with an explicit stack: no recursion, whatever the nesting."""
+    out: list[str] = []
+    stack: list[Any] = [document]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, _Token):
+            out.append(item.text)
+        elif isinstance(item, dict):
+            out.append("{")
+            pairs = list(item.items())
+            stack.append(_Token("}"))
+            for index in range(len(pairs) - 1, -1, -1):
+                name, value = pairs[index]
+                stack.append(value)
+                stack.append(_Token(json.dumps(str(name), ensure_ascii=False) + ":"))
+                if index:
+                    stack.append(_Token(","))
+        elif isinstance(item, list):
+            out.append("[")
+            stack.append(_Token("]"))
+            for index in range(len(item) - 1, -1, -1):
+                stack.append(item[index])
+                if index:
+                    stack.append(_Token(","))
+        else:
+            out.append(json.dumps(item, ensure_ascii=False))
+    return "".join(out)
+
+
+class _Token:
+    __slots__ = ("text",)
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+
+
+
 def render(fmt: str, flat: dict[str, Any]) -> tuple[str, str]:
-    """Render an export; returns (body, media type)."""
+    """Render an export; returns (body, media type). Total: values nested far deeper than the contract allows
+    today (stored by an older release) render too."""
     if fmt == "json":
-        return json.dumps(nest(flat), indent=2, ensure_ascii=False) + "\n", "application/json"
+        try:
+            return json.dumps(nest(flat), indent=2, ensure_ascii=False) + "\n", "application/json"
+        except RecursionError:
+            return iterative_dumps(nest(flat)) + "\n", "application/json"
     if fmt == "yaml":
-        return yaml.safe_dump(nest(flat), sort_keys=True, allow_unicode=True), "application/yaml"
+        return _yaml(flat), "application/yaml"
     if fmt == "dotenv":
         return to_dotenv(flat), "text/plain; charset=utf-8"
     raise InvalidRequest(f"format must be one of {', '.join(FORMATS)}")

@@ -32,7 +32,7 @@ from tessera.core.errors import (
     ValueTooLarge,
     VersionConflict,
 )
-from tessera.core.formats import flatten
+from tessera.core.formats import MAX_VALUE_DEPTH, flatten, value_depth
 from tessera.core.model import (
     DEFAULT,
     Action,
@@ -46,10 +46,9 @@ from tessera.core.model import (
     utcnow,
 )
 from tessera.core.ports import ChangeAuditor, KeyService, VersionStore
-from tessera.core.watch import ChangeNotifier
+from tessera.core.watch import ChangeFeed, ChangeNotifier
 
 MAX_VALUE_BYTES = 64 * 1024
-MAX_VALUE_DEPTH = 64  # the contract's bound on nesting (arrays inside arrays)
 MAX_HISTORY_LIMIT = 1000
 MAX_LIST_LIMIT = 10_000
 DEFAULT_LIST_LIMIT = 1000
@@ -60,25 +59,6 @@ ENV_CACHE_SECONDS = 1.0  # stores without a read stamp (aws): how long a node tr
 def encode_value(value: Any) -> bytes:
     """Canonical JSON of a value: equal values encode equally (``1`` ≠ ``1.0`` ≠ ``true``)."""
     return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
-
-
-def value_depth(value: Any, limit: int = MAX_VALUE_DEPTH) -> int:
-    """How deeply containers nest in ``value`` (``1`` → 0, ``[[1]]`` → 2), counting no further than ``limit + 1``.
-
-    Iterative, and it stops at the first container past ``limit``: a hostile value costs at most one walk of
-    what the body parser already produced, never a recursion or an unbounded expansion.
-    """
-    deepest = 0
-    stack: list[tuple[Any, int]] = [(value, 0)]
-    while stack:
-        node, depth = stack.pop()
-        if isinstance(node, (list, dict)):
-            depth += 1
-            if depth > limit:
-                return depth
-            deepest = max(deepest, depth)
-            stack.extend((child, depth) for child in (node.values() if isinstance(node, dict) else node))
-    return deepest
 
 
 def check_value(value: Any) -> bytes:
@@ -253,6 +233,7 @@ class ConfigService:
         self.values = ValueCache(value_cache_entries)
         self.reads = ReadCache(store)
         self.notifier = ChangeNotifier()
+        self.feed = ChangeFeed(self)
         self._env_cache: tuple[object, dict[str, Environment]] | None = None
         self._env_lock = threading.Lock()
         # Set by the composition root when the store records a change's audit entry in its commit.
@@ -661,6 +642,10 @@ class ConfigService:
         self.reads.clear()
         if encoded is not None:
             self.values.put((scope, key, number), json.loads(encoded), len(encoded))
+        try:
+            self.feed.refresh()  # before waking anyone: woken watchers find the change in memory
+        except TesseraError:
+            pass  # committed all the same; the feed's poller reads it later
         self.notifier.notify()
         return committed
 

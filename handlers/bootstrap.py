@@ -16,6 +16,7 @@ from tessera.core.crypto import CachingKeyService
 from tessera.core.ports import KeyService, VersionStore
 from tessera.core.service import ConfigService
 from tessera.core.settings import Settings
+from tessera.core.watch import POLL_INTERVAL, FeedPoller
 from tessera.handlers.access_wiring import AccessParts, build_access
 
 T = TypeVar("T")
@@ -31,6 +32,12 @@ class Container:
     authenticator: Authenticator
     access: AccessParts
     executor: ThreadPoolExecutor = field(default_factory=lambda: ThreadPoolExecutor(BLOCKING_THREADS, thread_name_prefix="tessera"))
+    feed_poller: FeedPoller = field(init=False)
+
+    def __post_init__(self) -> None:
+        # Other processes' commits (--workers, other nodes) reach this process's watchers within one interval:
+        # the embedded store's revision is a local read (every 20 ms costs nothing), a remote one a request.
+        self.feed_poller = FeedPoller(self.service, 0.02 if self.inline_reads else POLL_INTERVAL)
 
     @property
     def inline_reads(self) -> bool:

@@ -11,6 +11,7 @@ from typing import Any
 
 import orjson
 
+from tessera.core.formats import iterative_dumps
 from tessera.core.model import Version, format_time
 from tessera.core.service import HistoryEntry, ReadResult, ResolvedLeaf
 
@@ -94,43 +95,6 @@ def dumps(document: Any) -> bytes:
         return json.dumps(document, ensure_ascii=False, separators=(",", ":")).encode()
     except RecursionError:
         return iterative_dumps(document).encode()
-
-
-def iterative_dumps(document: Any) -> str:
-    """JSON text of ``document`` with an explicit stack: no recursion, whatever the nesting."""
-    out: list[str] = []
-    stack: list[Any] = [document]
-    while stack:
-        item = stack.pop()
-        if isinstance(item, _Token):
-            out.append(item.text)
-        elif isinstance(item, dict):
-            out.append("{")
-            pairs = list(item.items())
-            stack.append(_Token("}"))
-            for index in range(len(pairs) - 1, -1, -1):
-                name, value = pairs[index]
-                stack.append(value)
-                stack.append(_Token(json.dumps(str(name), ensure_ascii=False) + ":"))
-                if index:
-                    stack.append(_Token(","))
-        elif isinstance(item, list):
-            out.append("[")
-            stack.append(_Token("]"))
-            for index in range(len(item) - 1, -1, -1):
-                stack.append(item[index])
-                if index:
-                    stack.append(_Token(","))
-        else:
-            out.append(json.dumps(item, ensure_ascii=False))
-    return "".join(out)
-
-
-class _Token:
-    __slots__ = ("text",)
-
-    def __init__(self, text: str) -> None:
-        self.text = text
 
 
 def error_body(status: int, code: str, message: str, request_id: str, **extra: Any) -> tuple[int, list[tuple[bytes, bytes]], bytes]:

@@ -57,6 +57,7 @@ async def watch(
         remaining = deadline - loop.time()
         if events or remaining <= 0 or await request.is_disconnected():
             break
+        container.feed_poller.ensure_running()
         await service.notifier.wait(min(remaining, POLL_INTERVAL), seen)
         # A token revoked (or expired) while its watch is held stops receiving within a second (cached lookup).
         await container.read(container.authenticator.authenticate, bearer_token(request))
@@ -203,6 +204,7 @@ class Socket:
             for event in events:
                 await self.send({"type": "event", **event.as_dict()})
             if not events:
+                self.container.feed_poller.ensure_running()
                 await service.notifier.wait(POLL_INTERVAL, seen)
 
     def close(self) -> None:

