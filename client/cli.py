@@ -38,6 +38,7 @@ def serve(
     backend: str | None = typer.Option(None, envvar="TESSERA_BACKEND", help="local (default) or aws"),
     tls_cert: str | None = typer.Option(None, envvar="TESSERA_TLS_CERT", help="PEM certificate (chain): serve HTTPS"),
     tls_key: str | None = typer.Option(None, envvar="TESSERA_TLS_KEY", help="PEM private key of --tls-cert"),
+    workers: int = typer.Option(1, min=1, max=64, envvar="TESSERA_WORKERS", help="server processes sharing the data directory"),
 ) -> None:
     """Run the Tessera server."""
     try:
@@ -48,8 +49,10 @@ def serve(
     from tessera.core.errors import TesseraError
 
     try:
-        run_server(host=host, port=port, data_dir=data_dir, config_file=config_file, root_token=root_token, dev=dev, backend=backend,
-                   tls_cert=tls_cert, tls_key=tls_key)
+        run_server(
+            host=host, port=port, data_dir=data_dir, config_file=config_file, root_token=root_token, dev=dev, backend=backend,
+            tls_cert=tls_cert, tls_key=tls_key, workers=workers,
+        )  # fmt: skip
     except TesseraError as exc:  # a store that cannot be reached or loaded: one clear line, not a trace
         _fail(f"cannot start: {exc.message}")
 

@@ -55,6 +55,21 @@ def import_config_file(container: Container, path: Path) -> str:
     return f"{result.created} created, {result.updated} updated, {result.unchanged} unchanged, {len(result.errors)} errors"
 
 
+def worker_app() -> object:
+    """The app of one worker process of ``tessera serve --workers N`` (uvicorn calls this factory in each one).
+
+    Settings come from the environment the parent prepared; the parent has already settled the root token and
+    imported the config file. Each worker has its own caches and audit writer over the shared data directory:
+    SQLite serializes the writers, the read stamp keeps every cache exact, the change log feeds every watcher.
+    """
+    from tessera.handlers.app import create_app
+
+    container = build(Settings.from_env())
+    app = create_app(container)
+    app.api.router.on_shutdown.append(container.close)
+    return app
+
+
 def serve(
     host: str = "127.0.0.1",
     port: int = 8200,
@@ -65,6 +80,7 @@ def serve(
     backend: str | None = None,
     tls_cert: str | None = None,
     tls_key: str | None = None,
+    workers: int = 1,
 ) -> None:
     if dev:
         host = "127.0.0.1"
@@ -85,6 +101,16 @@ def serve(
         print(f"Root token: {token}", flush=True)
     print(f"  ({note})", flush=True)
     print(f'Try: curl -H "Authorization: Bearer $TOKEN" {url}/config/database.host', flush=True)
+    if workers > 1:
+        container.close()  # each worker opens its own
+        # The workers read their settings from the environment (never the root token: its digest is in the store).
+        os.environ["TESSERA_DATA_DIR"] = str(Path(settings.data_dir).resolve())
+        os.environ["TESSERA_BACKEND"] = settings.backend
+        uvicorn.run(
+            "tessera.local.server:worker_app", factory=True, workers=workers, host=host, port=port,
+            log_level="warning", ws="auto", access_log=False, **http_options,
+        )  # fmt: skip
+        return
     app = create_app(container)
     config = uvicorn.Config(app, host=host, port=port, log_level="warning", ws="auto", access_log=False,
                             **http_options)
