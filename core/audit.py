@@ -46,7 +46,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
 from tessera.core.access_model import AuditEntry
@@ -163,6 +163,7 @@ class VerifyReport:
     entries: int = 0
     chains: dict[str, tuple[int, str]] = field(default_factory=dict)
     problem: Problem | None = None
+    pruned_anchors: list[str] = field(default_factory=list)  # anchors older than a retention checkpoint
 
     @property
     def ok(self) -> bool:
@@ -173,6 +174,7 @@ class VerifyReport:
             "ok": self.ok,
             "entries": self.entries,
             "chains": {name: {"seq": seq, "hash": digest} for name, (seq, digest) in sorted(self.chains.items())},
+            "pruned_anchors": self.pruned_anchors,
             "problem": None
             if self.problem is None
             else {"kind": self.problem.kind, "id": self.problem.id, "chain": self.problem.chain,
@@ -181,6 +183,9 @@ class VerifyReport:
 
 
 class AuditReader(Protocol):
+    """What ``verify`` reads. A store with retention also has ``chain_starts() -> {chain: (seq, hash)}``: the last
+    entry it removed from each chain."""
+
     def chains(self) -> dict[str, tuple[int, str]]: ...
 
     def chain_entries(self, chain: str, after_seq: int, limit: int) -> list[AuditEntry]: ...
@@ -277,7 +282,8 @@ def verify(reader: AuditReader, page: int = 5000, anchors: dict[str, tuple[int, 
     nothing up to it was rewritten — even by someone who recomputed every hash and the stored head.
     """
     report = VerifyReport(chains=reader.chains())
-    # A store whose records expire (DynamoDB's TTL) names where each chain's retained part starts.
+    # A store whose records expire (DynamoDB's TTL, the embedded store's retention) names where each chain's
+    # retained part starts.
     starts: dict[str, tuple[int, str]] = reader.chain_starts() if hasattr(reader, "chain_starts") else {}
     for chain in sorted(report.chains):
         start = starts.get(chain, (0, GENESIS))
@@ -287,6 +293,10 @@ def verify(reader: AuditReader, page: int = 5000, anchors: dict[str, tuple[int, 
             report.problem = problem
             return report
     for chain, (seq, digest) in sorted((anchors or {}).items()):
+        checkpoint = starts.get(chain)
+        if checkpoint is not None and seq <= checkpoint[0]:
+            report.pruned_anchors.append(f"{chain}:{seq}")  # removed by retention: nothing left to compare
+            continue
         found = reader.chain_entries(chain, seq - 1, 1) if chain in report.chains else []
         if not found or found[0].seq != seq:
             report.problem = Problem("removed", chain, seq, "an anchored entry is no longer in the log")
@@ -306,6 +316,7 @@ def anchors_from(document: dict[str, Any]) -> dict[str, tuple[int, str]]:
 # ---------------------------------------------------------------------------------------------- group commit
 FLUSH_INTERVAL = 0.1  # the contract's bound: records of reads reach durable storage within 100 ms
 RETRY_INTERVAL = 0.5  # how often an unhealthy log tries to flush again
+PRUNE_INTERVAL = 600.0  # how often a log with a retention period removes expired records
 
 
 class AuditSink(Protocol):
@@ -346,8 +357,12 @@ class AuditLog:
         emit: Callable[[AuditEntry], None] | None = None,
         max_batch: int = MAX_BATCH,
         flush_interval: float = FLUSH_INTERVAL,
+        retention_seconds: float | None = None,
     ) -> None:
         self.sink = sink
+        # Records older than this are removed (sinks with ``prune``, leaving a checkpoint ``verify`` starts from).
+        self.retention_seconds = retention_seconds if retention_seconds and hasattr(sink, "prune") else None
+        self._next_prune = time.monotonic() + 5.0
         self.chain = chain
         self.emit = emit
         self.max_batch = max_batch
@@ -409,9 +424,23 @@ class AuditLog:
     def _next_wait(self) -> float | None:
         if self.failure is not None:
             return RETRY_INTERVAL
-        if self._unflushed_since is None:
-            return None
-        return max(0.0, self._unflushed_since + self.flush_interval - time.monotonic())
+        now = time.monotonic()
+        waits = [self._next_prune - now] if self.retention_seconds is not None else []
+        if self._unflushed_since is not None:
+            waits.append(self._unflushed_since + self.flush_interval - now)
+        return max(0.0, min(waits)) if waits else None
+
+    def _prune(self) -> None:
+        if self.retention_seconds is None or time.monotonic() < self._next_prune:
+            return
+        self._next_prune = time.monotonic() + PRUNE_INTERVAL
+        try:
+            removed = self.sink.prune(datetime.now(UTC) - timedelta(seconds=self.retention_seconds))  # type: ignore[attr-defined]
+        except Exception as exc:  # noqa: BLE001 - retention is housekeeping: records stay, nothing is refused
+            logger.error("audit log: removing expired records failed (%s); trying again later", type(exc).__name__)
+            return
+        if removed:
+            logger.info("audit log: removed %d records older than the retention period (checkpoint kept)", removed)
 
     def _run(self) -> None:
         stop = False
@@ -422,6 +451,7 @@ class AuditLog:
                     item = self._queue.get(timeout=self._next_wait())
                 except queue.Empty:
                     self._flush()  # the oldest unflushed record is due, or an unhealthy log retries
+                    self._prune()
                     continue
                 if item is None:
                     stop = True

@@ -34,7 +34,9 @@ class Settings(BaseModel):
     value_cache_entries: int = 10_000
     max_watch_seconds: float = 60.0  # the contract's clamp; 25 on Lambda, where API Gateway ends requests at 30 s
     change_log_retention: int = 100_000
-    # aws backend retention, by time (the table's TTL): ChangeLogRetentionDays / AuditRetentionDays in the template
+    # Retention, by time: the aws backend's TTL (ChangeLogRetentionDays / AuditRetentionDays in the template);
+    # the embedded store removes audit records older than audit_retention_days, leaving a checkpoint that
+    # `tessera audit verify` starts from.
     change_log_retention_days: int = Field(default=30, ge=1)
     audit_retention_days: int = Field(default=90, ge=1)
 

@@ -113,6 +113,7 @@ def build_access(
             chain=chain,
             emit=(audit_logger() if options.audit_stdout else None) if emit == "default" else emit,
             max_batch=getattr(stores, "max_batch", MAX_BATCH),  # DynamoDB: 100 items per transaction
+            retention_seconds=settings.audit_retention_days * 86400,
         )
     else:
         audit_log = DisabledAuditLog()

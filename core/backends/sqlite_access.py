@@ -37,7 +37,11 @@ CREATE INDEX IF NOT EXISTS audit_by_ts ON audit (ts);
 CREATE INDEX IF NOT EXISTS audit_by_key ON audit (key, ts);
 CREATE INDEX IF NOT EXISTS audit_by_service ON audit (service, ts);
 CREATE TABLE IF NOT EXISTS audit_heads (chain TEXT PRIMARY KEY, seq INTEGER NOT NULL, hash TEXT NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS audit_checkpoints (
+    chain TEXT PRIMARY KEY, seq INTEGER NOT NULL, hash TEXT NOT NULL, removed INTEGER NOT NULL, at TEXT NOT NULL
+) WITHOUT ROWID;
 """
+PRUNE_BATCH = 5000  # rows deleted per transaction: the writer lock is never held long
 
 AUDIT_COLUMNS = (
     "chain, seq, ts, request_id, service, token_id, action, namespace, env, key, version, outcome, status, "
@@ -229,6 +233,44 @@ class SQLiteAccessStore:
 
     def chains(self) -> dict[str, tuple[int, str]]:
         return {chain: (seq, digest) for chain, seq, digest in self.store._query("SELECT chain, seq, hash FROM audit_heads")}
+
+    # ------------------------------------------------------------------ retention
+    def chain_starts(self) -> dict[str, tuple[int, str]]:
+        """Each chain's last removed entry (seq, hash): where ``verify`` starts."""
+        return {chain: (seq, digest) for chain, seq, digest in self.store._query("SELECT chain, seq, hash FROM audit_checkpoints")}
+
+    def prune(self, older_than: datetime, batch: int = PRUNE_BATCH) -> int:
+        """Remove each chain's oldest records written before ``older_than``, leaving a checkpoint (the last removed
+        record's seq and hash, and how many were removed in all); returns how many were removed. Records go in
+        chain order only (a record is kept while one before it must be), in transactions of ``batch``."""
+        removed = 0
+        cutoff = _stamp(older_than)
+        for chain in self.chains():
+            while True:
+                with self.store.transaction() as db:
+                    low = db.execute("SELECT MIN(seq) FROM audit WHERE chain = ?", (chain,)).fetchone()[0]
+                    head = db.execute("SELECT seq FROM audit_heads WHERE chain = ?", (chain,)).fetchone()
+                    if low is None or head is None:
+                        break
+                    high = min(low + batch - 1, head[0] - 1)  # the newest record always stays: the head is checked against it
+                    newer = db.execute(
+                        "SELECT MIN(seq) FROM audit WHERE chain = ? AND seq BETWEEN ? AND ? AND ts >= ?", (chain, low, high, cutoff)
+                    ).fetchone()[0]
+                    boundary = high if newer is None else newer - 1
+                    if boundary < low:
+                        break
+                    last_hash = db.execute("SELECT hash FROM audit WHERE chain = ? AND seq = ?", (chain, boundary)).fetchone()[0]
+                    deleted = db.execute("DELETE FROM audit WHERE chain = ? AND seq <= ?", (chain, boundary)).rowcount
+                    db.execute(
+                        "INSERT INTO audit_checkpoints (chain, seq, hash, removed, at) VALUES (?, ?, ?, ?, ?) "
+                        "ON CONFLICT (chain) DO UPDATE SET seq = excluded.seq, hash = excluded.hash, "
+                        "removed = audit_checkpoints.removed + excluded.removed, at = excluded.at",
+                        (chain, boundary, last_hash, deleted, _stamp(datetime.now(UTC))),
+                    )
+                removed += deleted
+                if boundary < high or deleted < batch:
+                    break
+        return removed
 
     def chain_entries(self, chain: str, after_seq: int, limit: int) -> list[AuditEntry]:
         rows = self.store._query(
