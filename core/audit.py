@@ -49,6 +49,8 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
+import orjson
+
 from tessera.core.access_model import AuditEntry
 from tessera.core.errors import Unavailable
 from tessera.core.model import format_time
@@ -90,8 +92,12 @@ def _digest(entry: AuditEntry, chain: str, seq: int, prev_hash: str) -> str:
     fields.extend(getattr(entry, name) for name in _ENTRY_FIELDS)
     if entry.phase != RESPONSE:  # appended only then: entries from before the field keep their hashes
         fields.append(entry.phase)
-    canonical = json.dumps(fields, separators=(",", ":"), ensure_ascii=True)
-    return hashlib.sha256(canonical.encode()).hexdigest()
+    # The canonical form is the standard library's compact, ASCII-escaped JSON. orjson writes the same bytes for
+    # ASCII text except DEL (which json escapes): use it when its output holds neither DEL nor non-ASCII.
+    canonical = orjson.dumps(fields)
+    if b"\x7f" in canonical or not canonical.isascii():
+        canonical = json.dumps(fields, separators=(",", ":"), ensure_ascii=True).encode()
+    return hashlib.sha256(canonical).hexdigest()
 
 
 def entry_hash(entry: AuditEntry) -> str:

@@ -85,15 +85,19 @@ class ReadResult:
     version: Version | None  # None for a subtree
     redacted: list[str] = field(default_factory=list)
     leaves: tuple[tuple[str, int, str], ...] = ()  # (key, version, env) of a subtree's leaves
+    # Where the HTTP layer may keep what it rendered of this (immutable) result: shared by every read served
+    # from the same cached resolution, dropped with it.
+    memo: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     @property
     def etag(self) -> str:
+        """Identifies (namespace, key, version, resolved env) — for a subtree, every leaf and redaction."""
         if self.version is not None:
-            parts: Iterable[object] = (self.scope.namespace, self.key, self.version.version, self.resolved_env)
+            text = f"{self.scope.namespace}\x00{self.key}\x00{self.version.version}\x00{self.resolved_env}"
         else:
-            parts = (self.scope.namespace, self.key, *self.leaves, *self.redacted)
-        digest = hashlib.sha256(json.dumps(list(parts), default=list).encode()).hexdigest()[:32]
-        return f'"{digest}"'
+            parts = [f"{k}\x01{v}\x01{e}" for k, v, e in self.leaves] + [f"\x02{r}" for r in self.redacted]
+            text = f"{self.scope.namespace}\x00{self.key}\x00" + "\x00".join(parts)
+        return '"' + hashlib.sha256(text.encode()).hexdigest()[:32] + '"'
 
 
 @dataclass(frozen=True)
@@ -122,6 +126,7 @@ class ImportResult:
 class ResolvedLeaf:
     version: Version
     env: str
+    memo: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)  # see ReadResult.memo
 
 
 @dataclass(frozen=True)
@@ -351,6 +356,13 @@ class ConfigService:
 
     # ------------------------------------------------------------------ reads
     def get(self, principal: Principal, scope: Scope, key: str, version: int | None = None) -> ReadResult:
+        if version is None and self.reads.enabled:
+            # The hot path: a leaf this node resolved before, under the current stamp (so the key was valid and
+            # the environment existed): one stamp check, one policy decision, no parsing, no store read.
+            self.reads.validate()
+            cached = self.reads.get(("leaf", scope, key))
+            if isinstance(cached, ResolvedLeaf) and self.can(principal, "read", scope, key):
+                return ReadResult(key, self.value_of(cached.version), scope, cached.env, cached.version, memo=cached.memo)
         key = parse_key(key)
         chain = self.env_chain(scope.env)
         if version is not None:
@@ -369,7 +381,7 @@ class ConfigService:
         if can_read:
             leaf = self._resolve_leaf(scope, key, chain)
             if leaf is not None:
-                return ReadResult(key, self.value_of(leaf.version), scope, leaf.env, leaf.version)
+                return ReadResult(key, self.value_of(leaf.version), scope, leaf.env, leaf.version, memo=leaf.memo)
         leaves, redacted = self._resolve_subtree(principal, scope, key, chain)
         if not leaves and not redacted:
             if not can_read:

@@ -4,7 +4,6 @@ declaration of it (``handlers/config.py``), so both answer byte for byte alike."
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
 
 from tessera.core.model import Principal, parse_scope
 from tessera.core.service import ConfigService
@@ -29,10 +28,14 @@ def read_response(
     result = service.get(principal, scope, key, int_param(params.get("version"), "version", minimum=1))
     if result.version is not None:
         auditor.note(version=result.version.version)
-    etag = result.etag
+    rendered = result.memo.get("read") if result.version is not None else None
+    if rendered is None:  # a leaf's body and etag depend only on the (immutable) version and the scope asked
+        rendered = (result.etag.encode(), dumps(read_body(result)))
+        if result.version is not None:
+            result.memo["read"] = rendered
+    etag, body = rendered
     if if_none_match is not None:
         tags = {tag.strip().removeprefix("W/") for tag in if_none_match.decode("latin-1").split(",") if tag.strip()}
-        if etag in tags or "*" in tags:
-            return 304, [(b"etag", etag.encode())], b""
-    body: dict[str, Any] = read_body(result)
-    return 200, [JSON, (b"etag", etag.encode())], dumps(body)
+        if etag.decode() in tags or "*" in tags:
+            return 304, [(b"etag", etag)], b""
+    return 200, [JSON, (b"etag", etag)], body

@@ -9,6 +9,8 @@ import threading
 from datetime import UTC, datetime
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from tessera.client.cli import app as cli
@@ -202,3 +204,22 @@ def test_anchor_catches_a_consistent_rewrite(db, tmp_path):
     assert result.exit_code == 1
     problem = json.loads(result.output)["problem"]
     assert (problem["kind"], problem["id"]) == ("edited", "main:10")
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(max_size=40), st.text(alphabet=st.characters(max_codepoint=0x7F), max_size=40))
+def test_the_canonical_hash_is_the_standard_librarys_json_whatever_the_text(any_text, ascii_text):
+    """The hash is computed through orjson when it writes the same bytes; every record must hash as the
+    standard library's compact ASCII JSON always did (chains written before keep verifying)."""
+    import hashlib
+    import json as stdlib_json
+    from dataclasses import replace
+
+    from tessera.core.audit import _ENTRY_FIELDS, GENESIS, entry_hash, link
+    from tessera.core.model import format_time
+
+    for text in (any_text, ascii_text):
+        linked = link("main", [replace(entry(1), key=text, path=text, target=text)], 0, GENESIS)[0]
+        fields = [linked.chain, linked.seq, linked.prev_hash, format_time(linked.ts), *(getattr(linked, n) for n in _ENTRY_FIELDS)]
+        expected = hashlib.sha256(stdlib_json.dumps(fields, separators=(",", ":"), ensure_ascii=True).encode()).hexdigest()
+        assert linked.hash == entry_hash(linked) == expected
