@@ -250,16 +250,6 @@ class CompiledPolicies:
     def allowed(self, capability: str, scope: Scope, key: str) -> bool:
         return self.decide(capability, scope, key).allowed
 
-    def allows_some_key(self, capability: str, scope: Scope) -> bool:
-        """May ``capability`` be allowed for at least one key in ``scope``? (A cheap refusal before costly work,
-        such as parsing an import: False means every key would be refused.)"""
-        return any(
-            not rule.deny
-            and (rule.namespaces is None or scope.namespace in rule.namespaces)
-            and (rule.envs is None or scope.env in rule.envs)
-            for rule in self._by_capability.get(capability, ())
-        )
-
 
 def compile_policies(policies: Iterable[PolicyDoc]) -> CompiledPolicies:
     return CompiledPolicies(compile_policy(policy) for policy in policies)
@@ -331,9 +321,6 @@ class PolicyAuthorizer:
         if principal.is_root:
             return True
         return self.policies_for(principal.policies).decide(capability, scope, key).allowed
-
-    def allows_some_key(self, principal: Principal, capability: str, scope: Scope) -> bool:
-        return principal.is_root or self.policies_for(principal.policies).allows_some_key(capability, scope)
 
     def explain(self, policies: Sequence[str], capability: str, scope: Scope, key: str) -> Decision:
         return self.policies_for(policies).decide(capability, scope, key)

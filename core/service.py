@@ -252,13 +252,6 @@ class ConfigService:
         if not self.can(principal, capability, scope, key):
             raise Forbidden(f"this token may not {capability} this key")
 
-    def require_some_write(self, principal: Principal, scope: Scope) -> None:
-        """Refuse at once a caller who may write no key at all in ``scope`` (before an import body is parsed)."""
-        allows_some_key = getattr(self.authorizer, "allows_some_key", None)
-        allowed = allows_some_key(principal, "write", scope) if allows_some_key is not None else principal.is_root
-        if not allowed:
-            raise Forbidden("this token may not write any key here")
-
     def require_admin(self, principal: Principal) -> None:
         if not self.can(principal, "admin", Scope(), "*"):
             raise Forbidden("this token lacks the admin capability")
@@ -676,6 +669,8 @@ class ConfigService:
         errors: list[dict[str, str]] = []
         for key, value in flatten(values):
             try:
+                # Authorization before the value is examined: a caller refused a key costs no value check.
+                self.require(principal, "write", scope, parse_key(key))
                 result = self.put(principal, scope, key, value, secret=True if key in secret_keys else None, audit=audit)
             except SecretFlagImmutable:
                 # A key already secret stays secret; a plain key named in ``secrets`` is an error.

@@ -112,9 +112,9 @@ async def import_values(
     auditor.note("config.import")
     auditor.many_commits = True
     service = container.service
-    # Cheap checks first: a caller who may write nothing here is refused before its body is read or parsed.
+    # Cheap checks first: the scope, then the body parsed within bounds (a YAML document is measured before
+    # anything expands it), then per key: its syntax, the caller's permission, its value.
     await container.read(service.require_env, scope.env)
-    service.require_some_write(principal, scope)
     await before_change(request, auditor, service.audit_in_commit)
     body = await json_body(request)
     secrets = _string_list(body, "secrets")

@@ -1,7 +1,7 @@
 """The two requests that could stop the service (issue 8), and every read path over the deepest values.
 
-- A YAML alias bomb from a token with no policies: refused before its body is parsed (403); from a writer:
-  refused whole (413) before anything expands it. The service keeps answering.
+- A YAML alias bomb, from a token with no policies (the original report) or from a writer: refused whole (413)
+  before anything expands it. The service keeps answering.
 - A value nested past the contract's 64 levels: refused (400) on every write path. A value at 64 levels, and
   one far deeper stored by an older release, render on every read path: read, subtree, history, watch, /ws,
   export (json, yaml, dotenv), diff.
@@ -66,9 +66,9 @@ def token_for(client: TestClient, service: str, rules: list[dict]) -> dict[str, 
 
 def test_an_alias_bomb_is_refused_before_it_expands(client):
     bomb = {"format": "yaml", "content": alias_bomb()}  # 10^10 leaves once expanded
-    nobody = token_for(client, "nobody", [])
+    nobody = token_for(client, "nobody", [])  # the token of the original report: no policies at all
     response = client.post("/config/import", json=bomb, headers=nobody)
-    assert response.status_code == 403 and response.json()["error"]["code"] == "forbidden"
+    assert response.status_code == 413 and response.json()["error"]["code"] == "payload_too_large"
     writer = token_for(client, "writer", [{"path": "*", "capabilities": ["write"]}])
     started = time.perf_counter()
     response = client.post("/config/import", json=bomb, headers=writer)
