@@ -19,6 +19,7 @@ from tessera.core.access_model import AuditEntry, PolicyDoc, Rule, TokenRecord
 from tessera.core.audit import REQUEST, RESPONSE
 from tessera.core.auth import Authenticator
 from tessera.core.errors import Forbidden, InvalidRequest, NotFound
+from tessera.core.idempotency import IdempotencyGuard
 from tessera.core.model import ROOT, Principal, Scope, parse_key, parse_scope, utcnow
 from tessera.core.policy import Decision, PolicyAuthorizer
 from tessera.core.ports import AuditStore, PolicyStore, TokenStore
@@ -82,7 +83,11 @@ class AccessService:
             raise Forbidden("this token lacks the admin capability")
 
     # ------------------------------------------------------------------ tokens
-    def create_token(self, principal: Principal, service: object, policies: object, ttl_seconds: object) -> tuple[str, TokenRecord]:
+    def create_token(
+        self, principal: Principal, service: object, policies: object, ttl_seconds: object, guard: IdempotencyGuard | None = None
+    ) -> tuple[str, TokenRecord]:
+        """A new token; its string is returned here once. ``guard``: the request's ``Idempotency-Key`` claim, marked
+        in the same transaction where the store allows it (so a retry never creates a second token)."""
         self.require_admin(principal)
         service = check_name(service, "service")
         if service in RESERVED_SERVICES:
@@ -106,7 +111,10 @@ class AccessService:
             created_at=now,
             expires_at=now + timedelta(seconds=ttl_seconds),
         )
-        self.tokens.create_token(record)
+        if guard is not None and getattr(self.tokens, "idempotency", False):
+            self.tokens.create_token(record, guard=guard)  # type: ignore[call-arg]
+        else:
+            self.tokens.create_token(record)
         return token, record
 
     def list_tokens(self, principal: Principal) -> list[TokenRecord]:

@@ -8,6 +8,7 @@ from datetime import datetime
 from typing import Protocol
 
 from tessera.core.access_model import AuditEntry, PolicyDoc, Rule, TokenRecord
+from tessera.core.idempotency import Claim, IdempotencyGuard, IdempotencyRecord
 from tessera.core.model import Change, Environment, Scope, Version
 
 
@@ -30,10 +31,12 @@ class VersionStore(Protocol):
 
     def load_envelope(self, version: Version) -> bytes: ...
 
-    def commit(self, version: Version, audit: AuditEntry | None = None) -> Version:
+    def commit(self, version: Version, audit: AuditEntry | None = None, guard: IdempotencyGuard | None = None) -> Version:
         """Atomically: check the head is ``version.version - 1``, store the version, move the head, take the next
         revision, append the change-log entry — and, when ``audit`` is given (stores with ``audit_in_commit``),
-        append that audit record to the store's audit chain in the same step, so it is durable with the change."""
+        append that audit record to the store's audit chain in the same step, so it is durable with the change;
+        when ``guard`` is given (stores with ``idempotency``), mark that ``Idempotency-Key`` claim committed in the
+        same step, or commit nothing (``IdempotencyInProgress``) if the claim is no longer the guard's owner's."""
         ...
 
     def history(self, scope: Scope, key: str, limit: int, before: int | None) -> list[Version]: ...
@@ -161,6 +164,23 @@ class AuditStore(Protocol):
         ...
 
 
+class IdempotencyStore(Protocol):
+    """``Idempotency-Key`` claims (``core/idempotency.py``), in the replicated store."""
+
+    def claim(self, record: IdempotencyRecord, now: datetime) -> Claim:
+        """Store ``record`` (state running) unless (token, key) holds a record whose lease or window has not
+        expired; returns ``Claim(ours=True)`` or the record found."""
+        ...
+
+    def finish(self, guard: IdempotencyGuard, status: int, body: bytes, expires_at: datetime) -> None:
+        """Keep the response of the guard's claim for replays (only while the claim is the guard's)."""
+        ...
+
+    def release(self, guard: IdempotencyGuard) -> None:
+        """Drop the guard's claim if it is still running (the request changed nothing): a retry may run."""
+        ...
+
+
 class ChangeAuditor(Protocol):
     """How a request's audit record rides along with the commit it causes (``ConfigService`` asks; the HTTP
     layer answers with what it knows of the request: who, which request id, from where)."""
@@ -171,4 +191,9 @@ class ChangeAuditor(Protocol):
 
     def recorded(self, entry: AuditEntry) -> None:
         """The commit holding ``entry`` succeeded: the record is durable."""
+        ...
+
+    @property
+    def guard(self) -> IdempotencyGuard | None:
+        """The request's ``Idempotency-Key`` claim, which its commit must mark (None: no key sent)."""
         ...

@@ -641,7 +641,13 @@ class ConfigService:
             key_id=key_id,
         )
         entry = audit.entry_for(pending) if audit is not None and self.audit_in_commit else None
-        committed = self.store.commit(pending, audit=entry) if entry is not None else self.store.commit(pending)
+        guard = audit.guard if audit is not None else None
+        extras: dict[str, Any] = {}
+        if entry is not None:
+            extras["audit"] = entry
+        if guard is not None:
+            extras["guard"] = guard
+        committed = self.store.commit(pending, **extras)
         if entry is not None and audit is not None:
             audit.recorded(entry)
         self.reads.clear()

@@ -21,6 +21,8 @@ from typing import Any
 from urllib.parse import parse_qsl
 
 from tessera.core.errors import TesseraError
+from tessera.core.idempotency import LEASE, IdempotencyGuard, parse_idempotency_key
+from tessera.handlers import idempotency
 from tessera.handlers.auditing import READ_METHODS, Auditor, AuditQueue, audited, facts_from_route
 from tessera.handlers.deps import parse_bearer
 from tessera.handlers.reads import read_response
@@ -35,6 +37,7 @@ Receive = Callable[[], Awaitable[dict[str, Any]]]
 MAX_REQUEST_ID = 200
 NO_STORE_PREFIXES = ("/config", "/watch", "/auth", "/audit")  # answers that may hold values or token metadata
 RESERVED = ("export", "import", "history", "rollback", "promote")
+IDEMPOTENT_METHODS = frozenset({"PUT", "DELETE", "POST"})
 _ids = itertools.count(1)
 _ID_PREFIX = os.urandom(6).hex()  # unique per process: ids from different workers and nodes never collide
 
@@ -83,7 +86,7 @@ class TesseraASGI:
         if kind == "lifespan":
             await self.api(scope, receive, send)
             return
-        request_id, authorization, if_none_match = self._headers(scope)
+        request_id, authorization, if_none_match, idempotency_key = self._headers(scope)
         state = scope.setdefault("state", {})
         state["request_id"] = request_id
         path: str = scope["path"]
@@ -114,11 +117,72 @@ class TesseraASGI:
                 if "explain" not in params:
                     await self._fast_read(scope, send, auditor, key, params, authorization, if_none_match)
                     return
+        if idempotency_key is not None and method in IDEMPOTENT_METHODS and self.container.idempotency is not None:
+            await self._idempotent(scope, receive, send, auditor, idempotency_key)
+            return
         await self._through_api(scope, receive, send, auditor)
 
+    # ------------------------------------------------------------------ Idempotency-Key
+    async def _idempotent(self, scope: dict[str, Any], receive: Receive, send: Send, auditor: Auditor, raw_key: bytes) -> None:
+        """Claim (token, key); run the request as the claim's owner, or answer from what the claim holds."""
+        container, store = self.container, self.container.idempotency
+        token = self._bearer(scope)
+        self._route_facts(scope, auditor)
+        try:
+            key = parse_idempotency_key(raw_key.decode("latin-1"))
+            principal = await container.read(container.authenticator.authenticate, token)
+        except TesseraError as exc:
+            if exc.status == 401:  # the route refuses it (and the refusal is recorded there, with damping)
+                await self._through_api(scope, receive, send, auditor)
+                return
+            await self._finish(scope, send, auditor, *error_body(exc.status, exc.code, exc.message, auditor.request_id), token)
+            return
+        auditor.principal = principal
+        try:
+            body = await idempotency.read_body(receive)
+            asked = idempotency.new_claim(principal.id, key, scope, body, auditor.action or "")
+            claim = await container.blocking(store.claim, asked, asked.expires_at - LEASE)
+            if not claim.ours:
+                assert claim.record is not None
+                status, headers, answer = await container.read(
+                    idempotency.answer_for, claim.record, asked, container.store, container.access.stores
+                )
+                await self._finish(scope, send, auditor, status, headers, answer, token)
+                return
+        except TesseraError as exc:
+            log_failure(exc)
+            await self._finish(scope, send, auditor, *error_body(exc.status, exc.code, exc.message, auditor.request_id, **exc.extra), token)
+            return
+        guard = IdempotencyGuard(principal.id, key, asked.owner)
+        auditor.idempotency_guard = guard
+        answered: dict[str, Any] = {"status": 500, "body": bytearray()}
+
+        async def capture(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                answered["status"] = message["status"]
+            elif message["type"] == "http.response.body":
+                answered["body"].extend(message.get("body", b""))
+            await send(message)
+
+        try:
+            await self._through_api(scope, idempotency.replaying(body, receive), capture, auditor)
+        finally:
+            await container.blocking(idempotency.finish_or_release, store, guard, auditor, answered["status"], bytes(answered["body"]))
+
+    def _route_facts(self, scope: dict[str, Any], auditor: Auditor) -> None:
+        """Which route a request is for, before it runs (an answer from its claim never reaches the router)."""
+        from starlette.routing import Match
+
+        for route in self.api.router.routes:
+            match, child = route.matches(scope)
+            if match is Match.FULL:
+                facts_from_route(auditor, {**scope, **child})
+                return
+        facts_from_route(auditor, scope)
+
     @staticmethod
-    def _headers(scope: dict[str, Any]) -> tuple[str, bytes | None, bytes | None]:
-        request_id = authorization = if_none_match = None
+    def _headers(scope: dict[str, Any]) -> tuple[str, bytes | None, bytes | None, bytes | None]:
+        request_id = authorization = if_none_match = idempotency_key = None
         for name, value in scope["headers"]:
             if name == b"authorization":
                 authorization = value
@@ -126,7 +190,9 @@ class TesseraASGI:
                 request_id = offered_request_id(value)
             elif name == b"if-none-match":
                 if_none_match = value
-        return request_id or new_request_id(), authorization, if_none_match
+            elif name == b"idempotency-key":
+                idempotency_key = value
+        return request_id or new_request_id(), authorization, if_none_match, idempotency_key
 
     # ------------------------------------------------------------------ the fast read path
     async def _fast_read(

@@ -25,6 +25,7 @@ from typing import Any
 
 from tessera.core.access_model import AuditEntry
 from tessera.core.audit import ATTEMPT, REQUEST
+from tessera.core.idempotency import IdempotencyGuard
 from tessera.core.model import Action, Principal, Scope, Version, utcnow
 
 logger = logging.getLogger("tessera.audit")
@@ -66,7 +67,7 @@ class Auditor:
 
     __slots__ = (
         "action", "key", "version", "target", "namespace", "env", "principal", "refused_token",
-        "request_id", "started", "method", "path", "client", "in_commit", "many_commits",
+        "request_id", "started", "method", "path", "client", "in_commit", "many_commits", "idempotency_guard",
     )  # fmt: skip
 
     def __init__(self, request_id: str, method: str, path: str, client: str, started: datetime | None = None) -> None:
@@ -85,6 +86,7 @@ class Auditor:
         self.refused_token: tuple[str | None, str | None] | None = None  # (service, id) of an expired/revoked token
         self.in_commit = False  # the request's record was written inside its commit: nothing more to write
         self.many_commits = False  # an import: each key's commit gets its own record, the request one more
+        self.idempotency_guard: IdempotencyGuard | None = None  # the request's Idempotency-Key claim
 
     @classmethod
     def begin(cls, scope: dict[str, Any], request_id: str) -> Auditor:
@@ -126,6 +128,12 @@ class Auditor:
     def recorded(self, entry: AuditEntry) -> None:
         if entry.phase != COMMIT:
             self.in_commit = True
+
+    @property
+    def guard(self) -> IdempotencyGuard | None:
+        """The claim a commit marks. An import makes many commits: its claim is kept when its response is, and a
+        retry after a crash runs the import again (which changes nothing that already landed)."""
+        return None if self.many_commits else self.idempotency_guard
 
     # ------------------------------------------------------------------ the record
     def entry(

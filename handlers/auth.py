@@ -45,7 +45,9 @@ async def create_token(
     auditor.note("token.create")
     access.require_admin(principal)
     await before_change(request, auditor)
-    token, record = await container.blocking(access.create_token, principal, body.get("service"), body.get("policies"), body.get("ttl_seconds"))
+    token, record = await container.blocking(
+        access.create_token, principal, body.get("service"), body.get("policies"), body.get("ttl_seconds"), auditor.idempotency_guard
+    )
     auditor.note(target=record.id)  # the new token's id, never its string
     return json_response({**token_body(record), "token": token}, status=201)
 

@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 from tessera.core.auth import Authenticator
 from tessera.core.backends.keyring import LocalKeyring
 from tessera.core.crypto import CachingKeyService
-from tessera.core.ports import KeyService, VersionStore
+from tessera.core.ports import IdempotencyStore, KeyService, VersionStore
 from tessera.core.service import ConfigService
 from tessera.core.settings import Settings
 from tessera.core.watch import POLL_INTERVAL, FeedPoller
@@ -31,6 +31,7 @@ class Container:
     service: ConfigService
     authenticator: Authenticator
     access: AccessParts
+    idempotency: IdempotencyStore | None = None  # None: the store keeps no Idempotency-Key claims yet (aws)
     executor: ThreadPoolExecutor = field(default_factory=lambda: ThreadPoolExecutor(BLOCKING_THREADS, thread_name_prefix="tessera"))
     feed_poller: FeedPoller = field(init=False)
 
@@ -113,4 +114,14 @@ def build(settings: Settings | None = None, *, store: VersionStore | None = None
     access.bind(authenticator)
     if settings.root_token:
         authenticator.set_root_token(settings.root_token)
-    return Container(settings, store, keys, service, authenticator, access)
+    return Container(settings, store, keys, service, authenticator, access, build_idempotency(store))
+
+
+def build_idempotency(store: VersionStore) -> IdempotencyStore | None:
+    from tessera.core.backends.sqlite import SQLiteStore
+
+    if isinstance(store, SQLiteStore):
+        from tessera.core.backends.sqlite_idempotency import SQLiteIdempotencyStore
+
+        return SQLiteIdempotencyStore(store)
+    return None

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from tessera.core.access_model import AuditEntry
 from tessera.core.errors import KeyConflict, Unavailable, VersionConflict
+from tessera.core.idempotency import RETENTION, IdempotencyGuard
 from tessera.core.model import Action, Change, Environment, Scope, Version, ancestors
 
 SCHEMA = """
@@ -121,6 +122,8 @@ class SQLiteStore:
         # Set by the access store sharing this file: appends audit records inside a commit's transaction.
         self.audit_appender: Callable[[sqlite3.Connection, list[AuditEntry]], list[AuditEntry]] | None = None
         self.audit_in_commit = False
+        # Set by the Idempotency-Key store sharing this file: marks a claim committed inside a commit.
+        self.idempotency_marker: Callable[..., None] | None = None
         with self._write_lock, translated_errors():
             self._writer.executescript(SCHEMA)
 
@@ -263,12 +266,14 @@ class SQLiteStore:
         return self.current_revision() + 1
 
     # ------------------------------------------------------------------ the commit
-    def commit(self, version: Version, audit: AuditEntry | None = None) -> Version:
+    def commit(self, version: Version, audit: AuditEntry | None = None, guard: IdempotencyGuard | None = None) -> Version:
         """One atomic, durable step: the version, the head, the revision, the change-log row and (when given)
         the change's audit record, linked into the audit chain by the appender the access store attached."""
         scope = version.scope
         if audit is not None and self.audit_appender is None:
             raise Unavailable("this store has no audit log to record the change in")
+        if guard is not None and self.idempotency_marker is None:
+            raise Unavailable("this store keeps no Idempotency-Key claims")
         with self.transaction() as db:
             head = db.execute(
                 "SELECT version FROM heads WHERE namespace = ? AND env = ? AND key = ?",
@@ -302,6 +307,9 @@ class SQLiteStore:
                 db.execute("DELETE FROM changes WHERE revision <= ?", (revision - self.change_log_retention,))
             if audit is not None and self.audit_appender is not None:
                 self.audit_appender(db, [audit])
+            if guard is not None and self.idempotency_marker is not None:
+                change = ("config", scope.namespace, scope.env, version.key, str(version.version), version.action.value)
+                self.idempotency_marker(db, guard, change, version.updated_at + RETENTION)
         return replace(version, revision=revision)
 
     @staticmethod

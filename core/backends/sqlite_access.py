@@ -17,6 +17,7 @@ from datetime import UTC, datetime
 from tessera.core.access_model import AuditEntry, PolicyDoc, Rule, TokenRecord
 from tessera.core.audit import GENESIS, RESPONSE, link
 from tessera.core.backends.sqlite import SQLiteStore
+from tessera.core.idempotency import RETENTION, IdempotencyGuard
 
 ACCESS_SCHEMA = """
 CREATE TABLE IF NOT EXISTS tokens (
@@ -104,8 +105,12 @@ class SQLiteAccessStore:
         store.audit_in_commit = True
 
     # ------------------------------------------------------------------ tokens
-    def create_token(self, record: TokenRecord) -> None:
+    idempotency = True  # create_token marks an Idempotency-Key claim in its own transaction
+
+    def create_token(self, record: TokenRecord, guard: IdempotencyGuard | None = None) -> None:
         with self.store.transaction() as db:
+            if guard is not None and self.store.idempotency_marker is not None:
+                self.store.idempotency_marker(db, guard, ("token", record.id), record.created_at + RETENTION)
             db.execute(
                 f"INSERT INTO tokens ({TOKEN_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)",
                 (
