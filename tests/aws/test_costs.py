@@ -123,7 +123,7 @@ def test_warm_get_with_a_service_token_is_one_head_read_one_stamp_read_and_one_r
     # The request path's own caches (core/auth.py, core/policy.py) expire at once here: every request asks the
     # store, so what is left is what the store's auth stamp saves.
     container.authenticator.cache_seconds = 0
-    container.extras["access"].authorizer.refresh_seconds = 0
+    container.access.authorizer.refresh_seconds = 0
     clock.now += 1
     client.get("/config/database.host", headers=headers)  # the stamp moved since this node's last read: reload once
     with recording(target) as recorder:
