@@ -31,7 +31,9 @@ A request being served (a long poll, a slow handler, a body being read) is never
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
+import os
 import re
 import resource
 import uuid
@@ -306,6 +308,21 @@ class LimitedHttpProtocol(HttpToolsProtocol):
             self.loop.call_later(LINGER_SECONDS, self.transport.close)
         else:
             self.transport.close()
+
+
+class EnvironmentHttpProtocol(LimitedHttpProtocol):
+    """The protocol of ``tessera serve --workers N``'s worker processes: uvicorn pickles the protocol class by
+    name to start them, so it cannot be one made by :func:`protocol_class`. Its limits are read from the
+    environment each worker inherits (already validated by the parent, through :func:`server_options`)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self.limits = _environment_limits()  # type: ignore[misc]
+        super().__init__(*args, **kwargs)
+
+
+@functools.cache
+def _environment_limits() -> HttpLimits:
+    return HttpLimits.from_env(os.environ)
 
 
 def protocol_class(limits: HttpLimits) -> type[LimitedHttpProtocol]:

@@ -106,9 +106,11 @@ def serve(
         # The workers read their settings from the environment (never the root token: its digest is in the store).
         os.environ["TESSERA_DATA_DIR"] = str(Path(settings.data_dir).resolve())
         os.environ["TESSERA_BACKEND"] = settings.backend
+        from tessera.local.http_limits import EnvironmentHttpProtocol
+
         uvicorn.run(
             "tessera.local.server:worker_app", factory=True, workers=workers, host=host, port=port,
-            log_level="warning", ws="auto", access_log=False, **http_options,
+            log_level="warning", ws="auto", access_log=False, **{**http_options, "http": EnvironmentHttpProtocol},
         )  # fmt: skip
         return
     app = create_app(container)
