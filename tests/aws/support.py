@@ -127,18 +127,19 @@ def free_port() -> int:
 
 
 class MotoServer:
-    """A ``moto_server`` subprocess on 127.0.0.1 (``serialized=True``: our wrapper that serves one request
-    at a time, because moto's TransactWriteItems is not thread-safe; see tests/aws/serialized_moto_server.py)."""
+    """A ``moto_server`` subprocess on 127.0.0.1 (``serialized=True``: the project's emulator,
+    ``python -m tests.cluster emulator``, whose transactions are atomic under concurrent requests and cost
+    what they touch; see tests/cluster/emulator.py)."""
 
     def __init__(self, serialized: bool = False) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         if serialized:
-            command = [sys.executable, str(Path(__file__).with_name("serialized_moto_server.py")), str(self.port)]
+            command = [sys.executable, "-m", "tests.cluster", "emulator", "--host", "127.0.0.1", "--port", str(self.port)]
         else:
             command = [str(Path(sys.executable).with_name("moto_server")), "-H", "127.0.0.1", "-p", str(self.port)]
         env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_ENDPOINT")}
-        self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+        self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, cwd=REPO)
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
             try:
