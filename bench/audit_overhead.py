@@ -97,9 +97,9 @@ def micro(count: int = 2000) -> None:
 
     from tessera.core.access_model import AuditEntry
     from tessera.core.audit import entry_hash, link
+    from tessera.core.backends.factory import audit_logger
     from tessera.core.backends.sqlite import SQLiteStore
     from tessera.core.backends.sqlite_access import SQLiteAccessStore
-    from tessera.handlers.access_wiring import audit_logger
     from tessera.handlers.auditing import Auditor
 
     entry = AuditEntry(ts=datetime.now(UTC), request_id="0" * 32, action="config.read", outcome="allowed", status=200,

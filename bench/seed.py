@@ -1,7 +1,7 @@
 """Fills a data directory before its server starts: many keys, or many versions of one key, in seconds.
 
 Runs in its own process (the harness starts it) and writes through Tessera's own service layer (``build`` of
-``tessera.handlers.bootstrap``, ``ConfigService.put`` as the root principal), so the data is exactly what the
+``tessera.core.backends.factory``, ``ConfigService.put`` as the root principal), so the data is exactly what the
 server would have written. Only durability is relaxed: every SQLite connection this process opens runs with
 ``synchronous=OFF`` (an fsync per put would make 100,000 keys take minutes); the file is complete and consistent
 when the process exits, and the server opens it with its own settings.
@@ -51,9 +51,9 @@ def main() -> None:
     parser.add_argument("--versions", action="append", default=[], help="key:count[@namespace]: that many versions of key")
     args = parser.parse_args()
     _patch_sqlite()
+    from tessera.core.backends.factory import build
     from tessera.core.model import ROOT, Scope
     from tessera.core.settings import Settings
-    from tessera.handlers.bootstrap import build
 
     args.data_dir.mkdir(parents=True, exist_ok=True)
     container = build(Settings.from_env(data_dir=args.data_dir))

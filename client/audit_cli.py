@@ -47,8 +47,8 @@ def verify(
     anchor: Path | None = AnchorOption,
 ) -> None:
     """Check the audit log's hash chains; name the first edited, inserted or removed entry."""
-    from tessera.handlers import bootstrap
-    from tessera.handlers.access_wiring import build_access_stores
+    from tessera.core.backends import factory as bootstrap
+    from tessera.core.backends.factory import build_access_stores
 
     try:
         anchors = anchors_from(json.loads(anchor.read_text())) if anchor is not None else None

@@ -47,7 +47,7 @@ class KeyTools:
 
 @contextlib.contextmanager
 def open_tools(data_dir: Path, backend: str | None) -> Iterator[KeyTools]:
-    from tessera.handlers import bootstrap
+    from tessera.core.backends import factory as bootstrap
 
     settings = Settings.from_env(data_dir=data_dir, backend=backend)
     store = bootstrap.build_store(settings)

@@ -40,6 +40,14 @@ class Settings(BaseModel):
     change_log_retention_days: int = Field(default=30, ge=1)
     audit_retention_days: int = Field(default=90, ge=1)
 
+    # audit and access control
+    audit_enabled: bool = True  # TESSERA_AUDIT=off: only for the benchmark baseline, never in production
+    # each record also as a JSON log line on stdout: on Lambda (stdout is CloudWatch Logs) by default, else when asked
+    audit_stdout: bool = False
+    auth_failure_limit: int = 100  # failed token checks from one address per window before it is damped (429)
+    auth_failure_window: float = 60.0
+    auth_penalty: float = 30.0
+
     @model_validator(mode="after")
     def _refuse_unsafe(self) -> Settings:
         if self.backend == "aws" and not (self.bucket and self.table):
@@ -78,5 +86,16 @@ class Settings(BaseModel):
             values["max_watch_seconds"] = env["TESSERA_MAX_WATCH_SECONDS"]
         if env.get("TESSERA_DEV") in ("1", "true", "yes"):
             values["dev"] = True
+        if env.get("TESSERA_AUDIT"):
+            values["audit_enabled"] = env["TESSERA_AUDIT"].lower() not in ("off", "0", "false", "no")
+        stdout = env.get("TESSERA_AUDIT_STDOUT") or ("on" if env.get("AWS_LAMBDA_FUNCTION_NAME") else "off")
+        values["audit_stdout"] = stdout.lower() in ("on", "1", "true", "yes")
+        for field_name, variable in (
+            ("auth_failure_limit", "TESSERA_AUTH_FAILURE_LIMIT"),
+            ("auth_failure_window", "TESSERA_AUTH_FAILURE_WINDOW"),
+            ("auth_penalty", "TESSERA_AUTH_PENALTY"),
+        ):
+            if env.get(variable):
+                values[field_name] = env[variable]
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls.model_validate(values)

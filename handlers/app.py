@@ -9,10 +9,10 @@ from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from tessera.core.backends.factory import Container
 from tessera.core.errors import TesseraError
 from tessera.handlers import audit, auth, config, envs, health, policies, watch
 from tessera.handlers.asgi import TesseraASGI, log_failure
-from tessera.handlers.bootstrap import Container
 from tessera.handlers.render import error_body
 
 logger = logging.getLogger("tessera")

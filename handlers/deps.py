@@ -11,11 +11,11 @@ from typing import Annotated, Any
 
 from fastapi import Depends, Request
 
+from tessera.core.backends.factory import Container
 from tessera.core.errors import InvalidRequest, PayloadTooLarge
 from tessera.core.model import Principal, Scope, parse_scope
 from tessera.core.service import ConfigService
 from tessera.handlers.auditing import Auditor, client_address
-from tessera.handlers.bootstrap import Container
 
 MAX_BODY_BYTES = 1024 * 1024
 

@@ -21,9 +21,9 @@ _lock = threading.Lock()
 def _build() -> Any:
     from mangum import Mangum
 
+    from tessera.core.backends.factory import build
     from tessera.core.settings import Settings
     from tessera.handlers.app import create_app
-    from tessera.handlers.bootstrap import build
 
     settings = Settings.from_env()
     container = build(settings)

@@ -9,11 +9,11 @@ from pathlib import Path
 
 import uvicorn
 
+from tessera.core.backends.factory import Container, build
 from tessera.core.formats import parse_content
 from tessera.core.model import CONFIG_FILE, Scope
 from tessera.core.settings import Settings
 from tessera.handlers.app import create_app
-from tessera.handlers.bootstrap import Container, build
 from tessera.local.files import prepare_data_dir
 from tessera.local.http_limits import server_options
 

@@ -5,10 +5,9 @@ from __future__ import annotations
 import pytest
 from fastapi.testclient import TestClient
 
+from tessera.core.backends.factory import build, build_access
 from tessera.core.settings import Settings
-from tessera.handlers.access_wiring import AccessOptions, build_access
 from tessera.handlers.app import create_app
-from tessera.handlers.bootstrap import build
 
 ROOT_TOKEN = "tsr_access-root-token-0123456789abcdef"
 ROOT = {"Authorization": f"Bearer {ROOT_TOKEN}"}
@@ -20,8 +19,7 @@ def bearer(token: str) -> dict[str, str]:
 
 @pytest.fixture
 def container(tmp_path, monkeypatch):
-    monkeypatch.setenv("TESSERA_AUTH_FAILURE_LIMIT", "5")
-    container = build(Settings(data_dir=tmp_path / "data", root_token=ROOT_TOKEN))
+    container = build(Settings(data_dir=tmp_path / "data", root_token=ROOT_TOKEN, auth_failure_limit=5))
     yield container
     container.close()
 
@@ -44,4 +42,4 @@ def make_token(client: TestClient, service: str, rules: list[dict] | None = None
     return response.json()["token"]
 
 
-__all__ = ["AccessOptions", "build_access"]
+__all__ = ["build_access"]

@@ -268,8 +268,8 @@ def test_response_entries_keep_the_hashes_of_entries_from_before_the_phase_field
 
 
 def test_a_sqlite_file_from_before_request_entries_gets_the_column(tmp_path):
+    from tessera.core.backends.factory import build
     from tessera.core.settings import Settings
-    from tessera.handlers.bootstrap import build
     from tests.access.conftest import ROOT_TOKEN
 
     container = build(Settings(data_dir=tmp_path / "data", root_token=ROOT_TOKEN))
@@ -306,7 +306,7 @@ def test_request_entries_on_dynamodb():
 
 # ------------------------------------------------------------------------------------------- 3, 4: small ones
 def test_websocket_auth_failures_count_for_damping(client):
-    # conftest sets TESSERA_AUTH_FAILURE_LIMIT=5: the 6th failure in a minute starts the penalty.
+    # conftest sets auth_failure_limit=5: the 6th failure in a minute starts the penalty.
     codes = []
     for i in range(7):
         with client.websocket_connect("/ws") as ws:

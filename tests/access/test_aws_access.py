@@ -321,8 +321,8 @@ def test_a_commit_writes_its_audit_record_in_its_own_transaction(target):
 def test_the_aws_backend_refuses_to_start_without_its_access_stores(target, monkeypatch):
     import sys
 
+    from tessera.core.backends.factory import build_access_stores
     from tessera.core.settings import Settings
-    from tessera.handlers.access_wiring import build_access_stores
 
     monkeypatch.setitem(sys.modules, "tessera.core.backends.aws_access", None)  # importing it raises ImportError
     settings = Settings(backend="aws", bucket=target.bucket, table=target.table)
@@ -333,10 +333,10 @@ def test_the_aws_backend_refuses_to_start_without_its_access_stores(target, monk
 
 # ---------------------------------------------------------------------- through the API
 def test_mission_over_the_api_on_aws(target):
+    from tessera.core.backends.factory import build
     from tessera.core.crypto import CachingKeyService
     from tessera.core.settings import Settings
     from tessera.handlers.app import create_app
-    from tessera.handlers.bootstrap import build
 
     root_token = "tsr_aws-root-token-0123456789abcdef"
     settings = Settings(backend="aws", bucket=target.bucket, table=target.table, root_token=root_token)

@@ -267,7 +267,7 @@ def test_health_is_not_audited_and_unaudited_paths_pass(client):
 
 
 def test_repeated_401s_from_one_address_become_429(client):
-    # conftest sets TESSERA_AUTH_FAILURE_LIMIT=5: the 6th failure in a minute starts the penalty.
+    # conftest sets auth_failure_limit=5: the 6th failure in a minute starts the penalty.
     statuses = [client.get("/config/x", headers=bearer(f"tsr_guess{i}")).status_code for i in range(8)]
     assert statuses[:5] == [401] * 5 and statuses[5:] == [429] * 3
     response = client.get("/config/x", headers=bearer("tsr_guess"))

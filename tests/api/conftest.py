@@ -3,9 +3,9 @@ from __future__ import annotations
 import pytest
 from fastapi.testclient import TestClient
 
+from tessera.core.backends.factory import build
 from tessera.core.settings import Settings
 from tessera.handlers.app import create_app
-from tessera.handlers.bootstrap import build
 
 ROOT_TOKEN = "tsr_test-root-token-0123456789abcdef"
 

@@ -13,10 +13,10 @@ import pytest
 from fastapi.testclient import TestClient
 
 from tessera.core.backends.aws import CallCounter
+from tessera.core.backends.factory import build
 from tessera.core.crypto import CachingKeyService
 from tessera.core.settings import Settings
 from tessera.handlers.app import create_app
-from tessera.handlers.bootstrap import build
 
 pytestmark = pytest.mark.aws
 ROOT_TOKEN = "tsr_cost-root-token-0123456789abcdef"

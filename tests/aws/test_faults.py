@@ -9,13 +9,13 @@ from fastapi.testclient import TestClient
 from typer.testing import CliRunner
 
 from tessera.core.backends.aws import AwsClients, AwsStore, CallCounter, KmsKeyService
+from tessera.core.backends.factory import build
 from tessera.core.crypto import CachingKeyService
 from tessera.core.errors import Unavailable
 from tessera.core.model import ROOT, Scope
 from tessera.core.service import ConfigService
 from tessera.core.settings import Settings
 from tessera.handlers.app import create_app
-from tessera.handlers.bootstrap import build
 from tests.aws.faults import FaultInjector
 from tests.aws.support import REGION, moto_target
 

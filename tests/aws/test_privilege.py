@@ -15,12 +15,12 @@ from tessera.core.access_model import AuditEntry
 from tessera.core.audit import GENESIS, link
 from tessera.core.auth import ROOT_HASH_META
 from tessera.core.backends.aws import CallCounter, KmsKeyService
+from tessera.core.backends.factory import build
 from tessera.core.crypto import CachingKeyService
 from tessera.core.rotation import ACTIVE_KMS_KEY_META
 from tessera.core.settings import Settings
 from tessera.core.tokens import hash_token
 from tessera.handlers.app import create_app
-from tessera.handlers.bootstrap import build
 from tests.aws.privilege import Enforcer, function_roles, role_statements, routes
 from tests.aws.support import KEY_ALIAS
 from tests.aws.test_infra import load_template, translate

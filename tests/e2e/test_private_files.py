@@ -89,8 +89,8 @@ def test_the_store_creates_its_files_0600_whatever_the_umask(tmp_path):
 def test_a_data_directory_made_by_another_command_needs_no_tightening(tmp_path):
     """``tessera keys``/``audit`` commands build the container before any server ran: what they create is private
     already, so the first ``tessera serve`` has nothing to warn about."""
+    from tessera.core.backends.factory import build
     from tessera.core.settings import Settings
-    from tessera.handlers.bootstrap import build
 
     data = tmp_path / "data"
     with umask(0o022):

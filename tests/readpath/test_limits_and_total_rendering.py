@@ -17,11 +17,11 @@ import yaml
 from fastapi.testclient import TestClient
 
 from tessera.core import crypto
+from tessera.core.backends.factory import build
 from tessera.core.model import Action, Scope, Version, utcnow
 from tessera.core.service import encode_value
 from tessera.core.settings import Settings
 from tessera.handlers.app import create_app
-from tessera.handlers.bootstrap import build
 
 ROOT_TOKEN = "tsr_readpath-root-token-0123456789abc"
 ROOT = {"Authorization": f"Bearer {ROOT_TOKEN}"}

@@ -32,8 +32,8 @@ def test_leak_forms_catch_what_they_should():
 
 
 def test_no_plaintext_in_the_sqlite_files_incl_wal(tmp_path):
+    from tessera.core.backends.factory import build
     from tessera.core.settings import Settings
-    from tessera.handlers.bootstrap import build
 
     data = tmp_path / "data"
     container = build(Settings(data_dir=data))

@@ -210,8 +210,8 @@ def test_cursor_for_an_older_target_is_ignored(kit):
 # ------------------------------------------------------------------------------------------ the CLI
 def test_keys_cli_end_to_end(tmp_path):
     from tessera.client.cli import app
+    from tessera.core.backends.factory import build
     from tessera.core.settings import Settings
-    from tessera.handlers.bootstrap import build
 
     data = tmp_path / "data"
     container = build(Settings(data_dir=data))
@@ -283,8 +283,8 @@ def test_errors_are_tessera_errors():
 def test_keys_cli_on_the_aws_backend_against_moto_server(tmp_path, monkeypatch):
     """`tessera keys rotate --kms-key-id` records the new key in the store's meta; a running node follows it."""
     from tessera.client.cli import app
+    from tessera.core.backends.factory import build
     from tessera.core.settings import Settings
-    from tessera.handlers.bootstrap import build
     from tests.aws.support import shared_server
 
     target = shared_server().target()

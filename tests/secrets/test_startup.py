@@ -10,11 +10,11 @@ import stat
 import pytest
 from fastapi.testclient import TestClient
 
+from tessera.core.backends.factory import build
 from tessera.core.backends.keyring import KeyringError
 from tessera.core.model import ROOT, Scope
 from tessera.core.settings import Settings
 from tessera.handlers.app import create_app
-from tessera.handlers.bootstrap import build
 from tests.servers import ServerProcess
 
 TOKEN = "tsr_startup-root-token-0123456789abcdef"

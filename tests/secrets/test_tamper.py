@@ -11,9 +11,9 @@ import sqlite3
 import pytest
 from fastapi.testclient import TestClient
 
+from tessera.core.backends.factory import build
 from tessera.core.settings import Settings
 from tessera.handlers.app import create_app
-from tessera.handlers.bootstrap import build
 from tests.secrets.helpers import find_leaks
 
 ROOT_TOKEN = "tsr_tamper-root-token-0123456789abcdef"

@@ -45,6 +45,7 @@ from tessera.core.backends.aws.items import (
 )
 from tessera.core.backends.aws.stamp import AuthStamp
 from tessera.core.errors import KeyConflict, RevisionCompacted, Unavailable, VersionConflict
+from tessera.core.idempotency import IdempotencyGuard
 from tessera.core.model import Change, Environment, Scope, Version, is_under
 
 if TYPE_CHECKING:  # the settings module is light, but keep the adapter's imports obvious
@@ -268,9 +269,12 @@ class AwsStore:
         return self.current_revision() + 1
 
     # ------------------------------------------------------------------ the commit
-    def commit(self, version: Version, audit: AuditEntry | None = None) -> Version:
+    def commit(self, version: Version, audit: AuditEntry | None = None, guard: IdempotencyGuard | None = None) -> Version:
         """S3 object first, then one ``TransactWriteItems`` (see docs/aws.md, "Commit protocol"); ``audit``,
-        the request's record, is written in that same transaction: the change and its record land together."""
+        the request's record, is written in that same transaction: the change and its record land together.
+        ``Idempotency-Key`` claims are not kept on this store yet (the composition root gives it none)."""
+        if guard is not None:
+            raise Unavailable("this store keeps no Idempotency-Key claims yet")
         scope, key = version.scope, version.key
         pending = Pending(version, self._liveness_of(scope, key, version.version - 1))
         if pending.live:

@@ -1,25 +1,110 @@
-"""The one composition root: settings → backend, key service, config service. Nothing else builds adapters."""
+"""The one composition root: settings → stores, key service, access control, audit log, config service.
+
+The server (``tessera serve``, its workers), the Lambda handlers, the CLI's admin commands and the benchmarks all
+open stores through :func:`build` (or its parts: :func:`build_store`, :func:`build_keys`,
+:func:`build_access_stores`); nothing else builds adapters, and tests swap fakes in through its arguments.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import functools
+import logging
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+from tessera.core.access_model import AuditEntry
+from tessera.core.access_service import AccessService
+from tessera.core.audit import MAX_BATCH, AuditLog, DisabledAuditLog, entry_to_log
 from tessera.core.auth import Authenticator
 from tessera.core.backends.keyring import LocalKeyring
 from tessera.core.crypto import CachingKeyService
+from tessera.core.damping import FailureDamper
+from tessera.core.errors import Unavailable
+from tessera.core.policy import PolicyAuthorizer
 from tessera.core.ports import IdempotencyStore, KeyService, VersionStore
 from tessera.core.service import ConfigService
 from tessera.core.settings import Settings
 from tessera.core.watch import POLL_INTERVAL, FeedPoller
-from tessera.handlers.access_wiring import AccessParts, build_access
 
+logger = logging.getLogger("tessera")
 T = TypeVar("T")
+
+
+@dataclass
+class AccessParts:
+    stores: Any  # TokenStore + PolicyStore + AuditStore
+    authorizer: PolicyAuthorizer
+    audit_log: AuditLog | DisabledAuditLog
+    damper: FailureDamper
+    access: AccessService | None = None
+
+    def bind(self, authenticator: Authenticator) -> AccessService:
+        self.access = AccessService(self.stores, self.stores, self.stores, self.authorizer, authenticator)
+        return self.access
+
+    def close(self) -> None:
+        self.audit_log.close()
+
+
+def build_access_stores(settings: Settings, store: VersionStore) -> Any:
+    """The token, policy and audit stores of the configured backend (one object implements all three)."""
+    from tessera.core.backends.sqlite import SQLiteStore
+
+    if isinstance(store, SQLiteStore):
+        from tessera.core.backends.sqlite_access import SQLiteAccessStore
+
+        return SQLiteAccessStore(store)
+    if settings.backend == "aws":
+        try:
+            from tessera.core.backends.aws_access import DynamoAccessStore  # only when used
+        except ImportError as exc:
+            # Fail closed: tokens, policies and the audit log in memory would let a node run unaudited.
+            raise Unavailable(
+                f"the aws backend cannot load its token, policy and audit stores ({exc.name or exc}); not starting"
+            ) from exc
+        return DynamoAccessStore.for_store(store)  # type: ignore[arg-type]  # the aws backend's store is an AwsStore
+    from tessera.core.backends.memory_access import MemoryAccessStore
+
+    logger.warning("no durable token/policy/audit storage for the %s store: using memory (not for production)", type(store).__name__)
+    return MemoryAccessStore()
+
+
+def audit_logger() -> Any:
+    """Powertools' JSON Logger for the audit line (imported lazily: tests and the CLI may never need it)."""
+    from aws_lambda_powertools import Logger
+
+    logger = Logger(service="tessera", logger_name="tessera.audit")
+
+    def emit(entry: AuditEntry) -> None:
+        logger.info("audit", extra={"audit": entry_to_log(entry)})
+
+    return emit
+
+
+def build_access(settings: Settings, store: VersionStore, stores: Any = None, emit: Any = "default") -> AccessParts:
+    stores = stores if stores is not None else build_access_stores(settings, store)
+    chain = getattr(stores, "chain_name", "main")
+    if settings.audit_enabled:
+        audit_log: AuditLog | DisabledAuditLog = AuditLog(
+            stores,
+            chain=chain,
+            emit=(audit_logger() if settings.audit_stdout else None) if emit == "default" else emit,
+            max_batch=getattr(stores, "max_batch", MAX_BATCH),  # DynamoDB: 100 items per transaction
+            retention_seconds=settings.audit_retention_days * 86400,
+        )
+    else:
+        audit_log = DisabledAuditLog()
+    return AccessParts(
+        stores=stores,
+        authorizer=PolicyAuthorizer(stores),
+        audit_log=audit_log,
+        damper=FailureDamper(settings.auth_failure_limit, settings.auth_failure_window, settings.auth_penalty),
+    )
+
 BLOCKING_THREADS = 32  # writes (each waits for an fsync) and, on remote stores, every store call
 
 
