@@ -54,6 +54,17 @@ class VersionConflict(TesseraError):
         self.current_version = current_version
 
 
+class VersionsMoved(TesseraError):
+    """A compare-and-set over several keys lost (promote): ``keys`` moved since the caller saw them;
+    ``current_versions`` maps each to its version now (0 when it has no live value)."""
+
+    code, status = "version_conflict", 409
+
+    def __init__(self, message: str, current_versions: dict[str, int]) -> None:
+        super().__init__(message, keys=sorted(current_versions), current_versions=dict(sorted(current_versions.items())))
+        self.current_versions = current_versions
+
+
 class KeyConflict(TesseraError):
     code, status = "key_conflict", 409
 

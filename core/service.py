@@ -1,5 +1,5 @@
-"""The config service: reads with inheritance, versioned writes under compare-and-set, history, rollback,
-import/export, environments and diff. Every rule of the contract's ``/config`` part lives here.
+"""The config service: reads with inheritance (and their explanation), versioned writes under compare-and-set,
+history, rollback, import/export, environments, diff and promote. Every rule of the contract's ``/config`` part lives here.
 
 >>> # service = ConfigService(store, keys)
 >>> # service.put(ROOT, Scope(), "database.host", "db.internal")   # → WriteResult(created=True, ...)
@@ -31,6 +31,7 @@ from tessera.core.errors import (
     TesseraError,
     ValueTooLarge,
     VersionConflict,
+    VersionsMoved,
 )
 from tessera.core.formats import MAX_VALUE_DEPTH, flatten, value_depth
 from tessera.core.model import (
@@ -120,6 +121,24 @@ class ImportResult:
     updated: int
     unchanged: int
     errors: list[dict[str, str]]
+
+
+@dataclass(frozen=True)
+class PromoteResult:
+    promoted: list[Version]  # the new versions in the target env, in key order
+    unchanged: int  # keys considered that already held the same value in both
+
+
+@dataclass(frozen=True)
+class ExplainLayer:
+    """What one environment of a read's chain holds for a key: ``value``, ``absent``, ``deleted`` (its tombstone is
+    ``version``), or ``hidden`` (the caller may not read the key there). ``value`` only for a plain value."""
+
+    env: str
+    state: str
+    version: Version | None = None
+    value: Any = None
+    has_value: bool = False
 
 
 @dataclass(frozen=True)
@@ -387,6 +406,33 @@ class ConfigService:
         signature = tuple((leaf.version.key, leaf.version.version, leaf.env) for leaf in leaves)
         return ReadResult(key, tree, scope, None, None, redacted, signature)
 
+    def explain(self, principal: Principal, scope: Scope, key: str) -> builtins.list[ExplainLayer]:
+        """Each environment a read of ``key`` in ``scope`` walks, nearest first, and what it holds there.
+
+        The whole chain is shown (a layer past the one the read resolved to is what a deletion nearer would
+        uncover). Secret values never appear; a layer the caller may not read is ``hidden``.
+
+        >>> # [layer.state for layer in service.explain(ROOT, Scope(env="prod"), "db.host")]
+        >>> # ['absent', 'deleted', 'value']   (prod, staging, default)
+        """
+        key = parse_key(key)
+        layers: builtins.list[ExplainLayer] = []
+        for env in self.env_chain(scope.env):
+            env_scope = scope.with_env(env)
+            if not self.can(principal, "read", env_scope, key):
+                layers.append(ExplainLayer(env, "hidden"))
+                continue
+            latest = self.store.latest(env_scope, key)
+            if latest is None:
+                layers.append(ExplainLayer(env, "absent"))
+            elif latest.deleted:
+                layers.append(ExplainLayer(env, "deleted", latest))
+            elif latest.secret:
+                layers.append(ExplainLayer(env, "value", latest))
+            else:
+                layers.append(ExplainLayer(env, "value", latest, self.value_of(latest), True))
+        return layers
+
     def _resolve_leaf(self, scope: Scope, key: str, chain: list[str]) -> ResolvedLeaf | None:
         """The nearest env's live version of ``key``, unless a nearer env holds an ancestor or a descendant of
         it: that env's shape wins, exactly as in :meth:`resolved_leaves` (so leaf, subtree and export agree)."""
@@ -623,6 +669,32 @@ class ConfigService:
         rolled_back_from: int | None = None,
         audit: ChangeAuditor | None = None,
     ) -> Version:
+        pending, encoded = self._seal(principal, scope, key, number, action, secret, value, rolled_back_from)
+        entry = audit.entry_for(pending) if audit is not None and self.audit_in_commit else None
+        guard = audit.guard if audit is not None else None
+        extras: dict[str, Any] = {}
+        if entry is not None:
+            extras["audit"] = entry
+        if guard is not None:
+            extras["guard"] = guard
+        committed = self.store.commit(pending, **extras)
+        if entry is not None and audit is not None:
+            audit.recorded(entry)
+        self._committed([(committed, encoded)])
+        return committed
+
+    def _seal(
+        self,
+        principal: Principal,
+        scope: Scope,
+        key: str,
+        number: int,
+        action: Action,
+        secret: bool,
+        value: Any,
+        rolled_back_from: int | None = None,
+    ) -> tuple[Version, bytes | None]:
+        """The version to commit (its value sealed) and the value's canonical encoding (None for a deletion)."""
         envelope = key_id = encoded = None
         if action is not Action.DELETE:
             encoded = encode_value(value)
@@ -640,25 +712,19 @@ class ConfigService:
             envelope=envelope,
             key_id=key_id,
         )
-        entry = audit.entry_for(pending) if audit is not None and self.audit_in_commit else None
-        guard = audit.guard if audit is not None else None
-        extras: dict[str, Any] = {}
-        if entry is not None:
-            extras["audit"] = entry
-        if guard is not None:
-            extras["guard"] = guard
-        committed = self.store.commit(pending, **extras)
-        if entry is not None and audit is not None:
-            audit.recorded(entry)
+        return pending, encoded
+
+    def _committed(self, done: Iterable[tuple[Version, bytes | None]]) -> None:
+        """After commits: caches, then the change feed, then the watchers."""
         self.reads.clear()
-        if encoded is not None:
-            self.values.put((scope, key, number), json.loads(encoded), len(encoded))
+        for version, encoded in done:
+            if encoded is not None:
+                self.values.put((version.scope, version.key, version.version), json.loads(encoded), len(encoded))
         try:
             self.feed.refresh()  # before waking anyone: woken watchers find the change in memory
         except TesseraError:
             pass  # committed all the same; the feed's poller reads it later
         self.notifier.notify()
-        return committed
 
     # ------------------------------------------------------------------ import / export / diff
     def import_values(
@@ -714,25 +780,146 @@ class ConfigService:
                 continue
             old, new = before.get(key), after.get(key)
             secret = bool((old and old.version.secret) or (new and new.version.secret))
+            # The version of the key in ``to`` itself (what promote's ``expected`` wants): a live value of ``to``'s
+            # own always resolves from ``to`` (nothing is nearer), so the resolved leaf tells it without a read.
+            to_version = new.version.version if new is not None and new.env == to_env else 0
             if old is None and new is not None:
-                added.append(_diff_item(key, secret, "value", self.value_of(new.version)))
+                added.append(_diff_item(key, secret, "value", self.value_of(new.version), to_version))
             elif new is None and old is not None:
-                removed.append(_diff_item(key, secret, "value", self.value_of(old.version)))
+                removed.append(_diff_item(key, secret, "value", self.value_of(old.version), to_version))
             elif old is not None and new is not None:
                 old_value, new_value = self.value_of(old.version), self.value_of(new.version)
                 if encode_value(old_value) != encode_value(new_value):
                     item = {"key": key, "secret": secret}
                     if not secret:
                         item.update({"from": old_value, "to": new_value})
+                    item["to_version"] = to_version
                     changed.append(item)
         return {"added": added, "removed": removed, "changed": changed}
 
+    def promote(
+        self,
+        principal: Principal,
+        namespace: str,
+        from_env: str,
+        to_env: str,
+        prefix: str | None,
+        keys: Iterable[str] | None,
+        expected: dict[str, int],
+        audit: ChangeAuditor | None = None,
+    ) -> PromoteResult:
+        """Copy ``from_env``'s resolved values that differ from ``to_env``'s into ``to_env``, all or nothing.
 
-def _diff_item(key: str, secret: bool, field_name: str, value: Any) -> dict[str, Any]:
+        ``expected`` maps keys to the version the caller saw in ``to_env`` (0: none, as ``diff`` reports it in
+        ``to_version``). Every entry is compared with the key's version now, and every key to copy must have
+        one: otherwise :class:`VersionsMoved` names the keys that moved and nothing is written. Keys only in
+        ``to_env`` are left alone; keys the caller may not read in both are left out (as ``diff`` does); a key
+        to copy needs ``write`` in ``to_env``. The copies commit in one transaction on stores that have
+        ``commit_many`` (the embedded one); see ``docs/contract-notes.md`` for stores that do not.
+
+        >>> # service.promote(ROOT, "default", "staging", "prod", None, None, {"db.host": 3})
+        """
+        prefix = parse_prefix(prefix)
+        source, target = Scope(namespace, from_env), Scope(namespace, to_env)
+        self.require_env(from_env)
+        self.require_env(to_env)
+        wanted = None if keys is None else {parse_key(key) for key in keys}
+        expected = {parse_key(key): number for key, number in expected.items()}
+        before = {leaf.version.key: leaf for leaf in self.resolved_leaves(source, prefix)}
+        after = {leaf.version.key: leaf for leaf in self.resolved_leaves(target, prefix)}
+        copies: builtins.list[tuple[str, ResolvedLeaf, Any]] = []
+        visible: set[str] = set()
+        unchanged = 0
+        for key, leaf in before.items():
+            if wanted is not None and key not in wanted:
+                continue
+            if not (self.can(principal, "read", source, key) and self.can(principal, "read", target, key)):
+                continue
+            visible.add(key)
+            value = self.value_of(leaf.version)
+            other = after.get(key)
+            if other is not None and encode_value(self.value_of(other.version)) == encode_value(value):
+                unchanged += 1
+                continue
+            copies.append((key, leaf, value))
+        if wanted is not None and wanted - visible:
+            missing = ", ".join(sorted(wanted - visible)[:10])
+            raise NotFound(f"no value in '{from_env}' (that this token may read) for: {missing}")
+        for key, _, _ in copies:
+            self.require(principal, "write", target, key)
+        heads = {key: self.store.latest(target, key) for key in sorted(set(expected) | {key for key, _, _ in copies})}
+        for key, leaf, _ in copies:
+            head, other = heads[key], after.get(key)
+            flag = head.secret if head is not None else other.version.secret if other is not None else None
+            if flag is not None and flag != leaf.version.secret:
+                raise SecretFlagImmutable(f"'{key}' is secret in one of the two environments and not in the other")
+        moved = {key: _cas_version(head) for key, head in heads.items() if key in expected and not _cas_matches(expected[key], head)}
+        moved.update({key: _cas_version(heads[key]) for key, _, _ in copies if key not in expected})
+        if moved:
+            raise VersionsMoved(f"{len(moved)} key(s) changed in '{to_env}' since they were compared (or were not in 'expected')", moved)
+        sealed = []
+        for key, leaf, value in copies:
+            head = heads[key]
+            live = head is not None and not head.deleted
+            number = (head.version if head is not None else 0) + 1
+            sealed.append(self._seal(principal, target, key, number, Action.UPDATE if live else Action.CREATE, leaf.version.secret, value))
+        if not sealed:
+            return PromoteResult([], unchanged)
+        pendings = [pending for pending, _ in sealed]
+        entries = [audit.entry_for(pending) if audit is not None and self.audit_in_commit else None for pending in pendings]
+        committed = self._commit_together(pendings, entries, expected, target)
+        if audit is not None:
+            for entry in entries:
+                if entry is not None:
+                    audit.recorded(entry)
+        self._committed(zip(committed, [encoded for _, encoded in sealed], strict=True))
+        return PromoteResult(committed, unchanged)
+
+    def _commit_together(
+        self, pendings: builtins.list[Version], entries: builtins.list[Any], expected: dict[str, int], target: Scope
+    ) -> builtins.list[Version]:
+        commit_many = getattr(self.store, "commit_many", None)
+        if commit_many is not None:
+            try:
+                return commit_many(pendings, entries)  # type: ignore[no-any-return]
+            except VersionConflict:
+                # A write landed between the checks and the transaction: nothing was written; name what moved.
+                now = {p.key: self.store.latest(target, p.key) for p in pendings}
+                moved = {key: _cas_version(head) for key, head in now.items() if not _cas_matches(expected[key], head)}
+                raise VersionsMoved(f"{len(moved) or 'some'} key(s) changed in '{target.env}' while promoting", moved) from None
+        # A store without multi-key transactions (aws): every check above passed, then each key commits on its own
+        # compare-and-set. A write racing this between two of these commits stops it there (docs/contract-notes.md).
+        committed: builtins.list[Version] = []
+        for pending, entry in zip(pendings, entries, strict=True):
+            try:
+                committed.append(self.store.commit(pending, **({"audit": entry} if entry is not None else {})))
+            except VersionConflict as exc:
+                self._committed([(version, None) for version in committed])
+                raise VersionsMoved(
+                    f"'{pending.key}' changed in '{target.env}' while promoting; promoted before it: "
+                    f"{', '.join(v.key for v in committed) or 'none'}",
+                    {pending.key: exc.current_version},
+                ) from None
+        return committed
+
+
+def _diff_item(key: str, secret: bool, field_name: str, value: Any, to_version: int) -> dict[str, Any]:
     item: dict[str, Any] = {"key": key, "secret": secret}
     if not secret:
         item[field_name] = value
+    item["to_version"] = to_version
     return item
+
+
+def _cas_version(head: Version | None) -> int:
+    """A key's version for compare-and-set as the caller sees it: its latest version, 0 when it has no live value."""
+    return head.version if head is not None and not head.deleted else 0
+
+
+def _cas_matches(expected: int, head: Version | None) -> bool:
+    """``expected_version``'s rule: the latest version (deletions count), or 0 for "no live value"."""
+    current = head.version if head is not None else 0
+    return expected == current or (expected == 0 and (head is None or head.deleted))
 
 
 def _collides(key: str, chosen: dict[str, ResolvedLeaf], nearer: builtins.list[str]) -> bool:

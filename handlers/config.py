@@ -1,4 +1,4 @@
-"""``/config``: read, subtree, list, write, delete, history, rollback, import, export.
+"""``/config``: read (and its explanation), subtree, list, write, delete, history, rollback, import, export, promote.
 
 Every route is named after its audit action and states its facts on the request's auditor; reads run inline
 for the embedded store (``Container.read``), writes in a thread (``Container.blocking``).
@@ -6,13 +6,17 @@ for the embedded store (``Container.read``), writes in a thread (``Container.blo
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from fastapi import APIRouter, Request, Response
 from starlette.convertors import Convertor, register_url_convertor
 
-from tessera.core.errors import InvalidRequest
+from tessera.core.errors import InvalidRequest, NotFound
 from tessera.core.formats import parse_content, render
+from tessera.core.model import Principal, format_time, parse_scope
+from tessera.core.service import ConfigService, ExplainLayer
+from tessera.handlers.auditing import Auditor
 from tessera.handlers.deps import (
     AuditorDep,
     ContainerDep,
@@ -70,6 +74,25 @@ def _string_list(body: dict[str, Any], name: str) -> list[str]:
     if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
         raise InvalidRequest(f"'{name}' must be a list of strings")
     return value
+
+
+def _versions_field(body: dict[str, Any], name: str) -> dict[str, int]:
+    value = body.get(name)
+    if value is None:
+        return {}
+    if not isinstance(value, dict) or not all(
+        isinstance(number, int) and not isinstance(number, bool) and 0 <= number <= 2**62 for number in value.values()
+    ):
+        raise InvalidRequest(f"'{name}' must be an object mapping keys to versions (integers, 0 for none)")
+    return value
+
+
+def _flag_param(raw: str | None, name: str) -> bool:
+    if raw is None or raw.lower() in ("", "false", "0", "no"):
+        return False
+    if raw.lower() in ("true", "1", "yes"):
+        return True
+    raise InvalidRequest(f"{name} must be true or false")
 
 
 @router.get("", name="config.list")
@@ -133,6 +156,40 @@ async def import_values(
     return json_response({"created": result.created, "updated": result.updated, "unchanged": result.unchanged, "errors": result.errors})
 
 
+@router.post("/promote", name="config.promote")
+async def promote(
+    request: Request,
+    principal: PrincipalDep,
+    container: ContainerDep,
+    auditor: AuditorDep,
+    namespace: str | None = None,
+    prefix: str | None = None,
+) -> Response:
+    """Copy the keys that differ from one environment into another, compare-and-set on every key, all or nothing."""
+    params = request.query_params
+    from_env, to_env = params.get("from"), params.get("to")
+    auditor.note("config.promote", target=f"{from_env or ''}..{to_env or ''}")
+    auditor.note_scope(namespace, to_env)  # the environment it writes
+    auditor.many_commits = True  # each key's commit holds its own record (all in one transaction); the request one more
+    if not from_env or not to_env:
+        raise InvalidRequest("?from= and ?to= are required")
+    source, target = parse_scope(namespace, from_env), parse_scope(namespace, to_env)
+    auditor.note(scope=target)
+    service = container.service
+    await container.read(service.require_env, source.env)
+    await container.read(service.require_env, target.env)
+    await before_change(request, auditor, service.audit_in_commit)
+    body = await json_body(request)
+    keys = _string_list(body, "keys") if body.get("keys") is not None else None
+    expected = _versions_field(body, "expected")
+    result = await container.blocking(
+        service.promote, principal, target.namespace, source.env, target.env, prefix, keys, expected, auditor
+    )
+    return json_response(
+        {"promoted": [{"key": v.key, "version": v.version, "revision": v.revision} for v in result.promoted], "unchanged": result.unchanged}
+    )
+
+
 @router.get("/history/{key:anykey}", name="config.history")
 async def history(
     key: str,
@@ -177,12 +234,45 @@ async def rollback(
 
 @router.get("/{key:anykey}", name="config.read")
 async def read(key: str, request: Request, principal: PrincipalDep, container: ContainerDep, auditor: AuditorDep) -> Response:
-    """Answered by the ASGI front's fast path, except ``HEAD`` and ``?explain=true``; same logic either way."""
+    """Answered by the ASGI front's fast path, except ``HEAD`` and ``?explain=``; same logic either way."""
     auditor.note("config.read", key=key)
+    params = dict(request.query_params)
+    if _flag_param(params.pop("explain", None), "explain"):
+        return await container.read(explained_read, container.service, auditor, principal, key, params)
     status, headers, body = await container.read(
-        read_response, container.service, auditor, principal, key, dict(request.query_params), request.headers.get("if-none-match", "").encode("latin-1") or None
+        read_response, container.service, auditor, principal, key, params, request.headers.get("if-none-match", "").encode("latin-1") or None
     )
     return Response(body, status_code=status, headers={k.decode(): v.decode("latin-1") for k, v in headers})
+
+
+def explained_read(service: ConfigService, auditor: Auditor, principal: Principal, key: str, params: dict[str, str]) -> Response:
+    """A read with ``"explain": {"chain": [...]}``: each environment walked and what it held. A ``404`` carries the
+    chain inside its error (why nothing resolved); a ``403`` never does (it must not reveal anything)."""
+    if params.get("version"):
+        raise InvalidRequest("?explain=true explains a read of the latest value: leave out ?version=")
+    scope = parse_scope(params.get("namespace"), params.get("env"))
+    try:
+        _, _, body = read_response(service, auditor, principal, key, params, None)  # no etag: the body differs
+    except NotFound as exc:
+        service.require_env(scope.env)  # an unknown env stays a plain 404
+        chain = [explain_item(layer) for layer in service.explain(principal, scope, key)]
+        raise NotFound(exc.message, **exc.extra, explain={"chain": chain}) from None
+    document = json.loads(body)
+    document["explain"] = {"chain": [explain_item(layer) for layer in service.explain(principal, scope, key)]}
+    return json_response(document)
+
+
+def explain_item(layer: ExplainLayer) -> dict[str, Any]:
+    item: dict[str, Any] = {"env": layer.env, "state": layer.state}
+    version = layer.version
+    if version is not None:
+        item["version"] = version.version
+        item["secret"] = version.secret
+        item["updated_at"] = format_time(version.updated_at)
+        item["updated_by"] = version.updated_by
+    if layer.has_value:
+        item["value"] = layer.value
+    return item
 
 
 @router.put("/{key:anykey}", name="config.write")

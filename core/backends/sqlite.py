@@ -2,8 +2,9 @@
 survives ``kill -9`` and power loss.
 
 One transaction per commit (head check, key-conflict check, version row, head update, revision, change-log
-row). Writes go through one connection under a lock (SQLite has one writer anyway); reads use a
-connection per thread, reused across requests, and each read is one indexed lookup whatever the history length.
+row); ``commit_many`` puts several such steps in one transaction (promote's all-or-nothing). Writes go through
+one connection under a lock (SQLite has one writer anyway); reads use a connection per thread, reused across
+requests, and each read is one indexed lookup whatever the history length.
 """
 
 from __future__ import annotations
@@ -269,47 +270,72 @@ class SQLiteStore:
     def commit(self, version: Version, audit: AuditEntry | None = None, guard: IdempotencyGuard | None = None) -> Version:
         """One atomic, durable step: the version, the head, the revision, the change-log row and (when given)
         the change's audit record, linked into the audit chain by the appender the access store attached."""
-        scope = version.scope
-        if audit is not None and self.audit_appender is None:
+        (committed,) = self._commit_all([version], [audit], guard)
+        return committed
+
+    def commit_many(self, versions: list[Version], audits: list[AuditEntry | None] | None = None) -> list[Version]:
+        """Several versions (of different keys) in ONE atomic, durable transaction: each is checked as
+        :meth:`commit` checks it (its head, key conflicts, the versions before it in the list included) and takes
+        its own revision, in list order; the first check that fails raises and nothing at all is stored.
+        ``audits[i]`` (when given) is ``versions[i]``'s record, appended in the same transaction.
+
+        What ``POST /config/promote`` uses to be all-or-nothing.
+        """
+        return self._commit_all(versions, audits if audits is not None else [None] * len(versions), None)
+
+    def _commit_all(self, versions: list[Version], audits: list[AuditEntry | None], guard: IdempotencyGuard | None) -> list[Version]:
+        if len(audits) != len(versions):
+            raise ValueError("one audit entry (or None) per version")
+        if any(entry is not None for entry in audits) and self.audit_appender is None:
             raise Unavailable("this store has no audit log to record the change in")
         if guard is not None and self.idempotency_marker is None:
             raise Unavailable("this store keeps no Idempotency-Key claims")
+        committed: list[Version] = []
         with self.transaction() as db:
-            head = db.execute(
-                "SELECT version FROM heads WHERE namespace = ? AND env = ? AND key = ?",
-                (scope.namespace, scope.env, version.key),
-            ).fetchone()
-            current = head[0] if head else 0
-            if current != version.version - 1:
-                raise VersionConflict("the key changed since it was read", current)
-            if not version.deleted:
-                self._check_key_conflict(db, scope, version.key)
-            revision = self._next_revision(db)
-            db.execute(
-                "INSERT INTO versions (namespace, env, key, version, action, secret, updated_at, updated_by, "
-                "revision, rolled_back_from, envelope, key_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    scope.namespace, scope.env, version.key, version.version, version.action.value,
-                    int(version.secret), version.updated_at.isoformat(), version.updated_by, revision,
-                    version.rolled_back_from, version.envelope, version.key_id,
-                ),
-            )
-            db.execute(
-                "INSERT INTO heads (namespace, env, key, version, live) VALUES (?, ?, ?, ?, ?) "
-                "ON CONFLICT (namespace, env, key) DO UPDATE SET version = excluded.version, live = excluded.live",
-                (scope.namespace, scope.env, version.key, version.version, int(not version.deleted)),
-            )
-            db.execute(
-                "INSERT INTO changes (revision, namespace, env, key, version, action, secret) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (revision, scope.namespace, scope.env, version.key, version.version, version.action.value, int(version.secret)),
-            )
-            if revision % self._compaction_every == 0 and revision > self.change_log_retention:
-                db.execute("DELETE FROM changes WHERE revision <= ?", (revision - self.change_log_retention,))
-            if audit is not None and self.audit_appender is not None:
-                self.audit_appender(db, [audit])
+            for version in versions:
+                committed.append(self._apply(db, version))
+            records = [entry for entry in audits if entry is not None]
+            if records and self.audit_appender is not None:
+                self.audit_appender(db, records)
             if guard is not None and self.idempotency_marker is not None:
-                change = ("config", scope.namespace, scope.env, version.key, str(version.version), version.action.value)
-                self.idempotency_marker(db, guard, change, version.updated_at + RETENTION)
+                (done,) = committed  # commit() alone passes a guard: its change names the one version
+                change = ("config", done.scope.namespace, done.scope.env, done.key, str(done.version), done.action.value)
+                self.idempotency_marker(db, guard, change, done.updated_at + RETENTION)
+        return committed
+
+    def _apply(self, db: sqlite3.Connection, version: Version) -> Version:
+        """Inside a transaction: check and store one version (head, key conflicts, revision, change log)."""
+        scope = version.scope
+        head = db.execute(
+            "SELECT version FROM heads WHERE namespace = ? AND env = ? AND key = ?",
+            (scope.namespace, scope.env, version.key),
+        ).fetchone()
+        current = head[0] if head else 0
+        if current != version.version - 1:
+            raise VersionConflict("the key changed since it was read", current)
+        if not version.deleted:
+            self._check_key_conflict(db, scope, version.key)
+        revision = self._next_revision(db)
+        db.execute(
+            "INSERT INTO versions (namespace, env, key, version, action, secret, updated_at, updated_by, "
+            "revision, rolled_back_from, envelope, key_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                scope.namespace, scope.env, version.key, version.version, version.action.value,
+                int(version.secret), version.updated_at.isoformat(), version.updated_by, revision,
+                version.rolled_back_from, version.envelope, version.key_id,
+            ),
+        )
+        db.execute(
+            "INSERT INTO heads (namespace, env, key, version, live) VALUES (?, ?, ?, ?, ?) "
+            "ON CONFLICT (namespace, env, key) DO UPDATE SET version = excluded.version, live = excluded.live",
+            (scope.namespace, scope.env, version.key, version.version, int(not version.deleted)),
+        )
+        db.execute(
+            "INSERT INTO changes (revision, namespace, env, key, version, action, secret) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (revision, scope.namespace, scope.env, version.key, version.version, version.action.value, int(version.secret)),
+        )
+        if revision % self._compaction_every == 0 and revision > self.change_log_retention:
+            db.execute("DELETE FROM changes WHERE revision <= ?", (revision - self.change_log_retention,))
         return replace(version, revision=revision)
 
     @staticmethod

@@ -111,9 +111,9 @@ def test_diff_added_removed_changed(root):
     assert response.status_code == 200
     body = response.json()
     assert set(body) >= {"added", "removed", "changed"}
-    assert body["added"] == [{"key": f"{k}.only-to", "secret": False, "value": "t"}]
-    assert body["removed"] == [{"key": f"{k}.only-from", "secret": False, "value": "f"}]
-    assert body["changed"] == [{"key": f"{k}.changed", "secret": False, "from": "from-v", "to": "to-v"}]
+    assert body["added"] == [{"key": f"{k}.only-to", "secret": False, "value": "t", "to_version": 1}]
+    assert body["removed"] == [{"key": f"{k}.only-from", "secret": False, "value": "f", "to_version": 0}]
+    assert body["changed"] == [{"key": f"{k}.changed", "secret": False, "from": "from-v", "to": "to-v", "to_version": 1}]
 
 
 def test_diff_over_resolved_values(root):
@@ -125,7 +125,7 @@ def test_diff_over_resolved_values(root):
     root.put(f"/config/{k}.over?env={prod}", json={"value": "prod"})
     body = root.get(f"/diff?from={staging}&to={prod}&prefix={k}").json()
     assert body["added"] == [] and body["removed"] == []
-    assert body["changed"] == [{"key": f"{k}.over", "secret": False, "from": "base", "to": "prod"}]
+    assert body["changed"] == [{"key": f"{k}.over", "secret": False, "from": "base", "to": "prod", "to_version": 1}]
 
 
 def test_diff_secrets_have_no_values(root):
@@ -140,9 +140,9 @@ def test_diff_secrets_have_no_values(root):
     response = root.get(f"/diff?from={a}&to={b}&prefix={k}")
     body = response.json()
     assert "diff-secret" not in response.text
-    assert body["changed"] == [{"key": f"{k}.pw", "secret": True}]
-    assert body["added"] == [{"key": f"{k}.added", "secret": True}]
-    assert body["removed"] == [{"key": f"{k}.removed", "secret": True}]
+    assert body["changed"] == [{"key": f"{k}.pw", "secret": True, "to_version": 1}]
+    assert body["added"] == [{"key": f"{k}.added", "secret": True, "to_version": 1}]
+    assert body["removed"] == [{"key": f"{k}.removed", "secret": True, "to_version": 0}]
 
 
 def test_diff_prefix_is_whole_segment_and_namespace_scoped(root):

@@ -159,6 +159,16 @@ def run_root_sweep(root: httpx.Client, sweep: Sweep, server: ServerProcess) -> N
     clean("export other prefix", root.get("/config/export", params={"prefix": "app"}))
     clean("diff", root.get("/diff", params={"from": "default", "to": "prod"}))
     clean("diff reverse", root.get("/diff", params={"from": "prod", "to": "default", "prefix": "db"}))
+    explained = carries("read explain", root.get("/config/db.password", params={"explain": "true", **prod}))
+    assert not find_leaks(json.dumps(explained.json()["explain"]).encode(), canary), "explain's chain showed a secret value"
+    clean("explain missing", root.get("/config/db.nothing", params={"explain": "true"}))
+    assert clean("put env staging", root.put("/envs/staging", json={"parent": "default"})).status_code == 201
+    moved = clean("promote stale", root.post("/config/promote", params={"from": "prod", "to": "staging"}, json={"expected": {}}))
+    assert moved.status_code == 409 and moved.json()["error"]["keys"], moved.text
+    expected = {item["key"]: item["to_version"] for part in ("added", "removed", "changed")
+                for item in root.get("/diff", params={"from": "prod", "to": "staging"}).json()[part]}
+    assert clean("promote", root.post("/config/promote", params={"from": "prod", "to": "staging"}, json={"expected": expected})).status_code == 200
+    carries("read promoted", root.get("/config/db.password", params={"env": "staging"}))
     clean("envs", root.get("/envs"))
     clean("health", root.get("/health"))
     assert route_exists(root, "get", "/watch")
@@ -262,7 +272,7 @@ def run_limited_token_sweep(root: httpx.Client, sweep: Sweep, server: ServerProc
 # sweep (GET routes are swept generically anyway): extend the scenarios above when you add one.
 SWEPT = {
     ("get", "/health"), ("get", "/config"), ("get", "/config/export"), ("post", "/config/import"),
-    ("get", "/config/history/{key}"), ("post", "/config/rollback/{key}"), ("get", "/config/{key}"),
+    ("get", "/config/history/{key}"), ("post", "/config/rollback/{key}"), ("post", "/config/promote"), ("get", "/config/{key}"),
     ("put", "/config/{key}"), ("delete", "/config/{key}"), ("get", "/envs"), ("put", "/envs/{name}"),
     ("get", "/diff"), ("get", "/auth/tokens"), ("post", "/auth/tokens"), ("delete", "/auth/tokens/{token_id}"),
     ("get", "/auth/self"), ("post", "/auth/explain"), ("get", "/policies"), ("get", "/policies/{name}"),
