@@ -15,6 +15,7 @@ from tessera.core.errors import (
     SecretFlagImmutable,
     ValueTooLarge,
     VersionConflict,
+    VersionsMoved,
 )
 from tessera.core.model import ROOT, Action, Principal, Scope
 
@@ -290,10 +291,39 @@ def test_export_and_diff(service, scope):
     assert service.export(ROOT, staging, "app") == {"app.name": "demo", "app.secret": "other", "app.extra": 1}
     diff = service.diff(ROOT, "default", "default", "staging", None)
     assert diff == {
-        "added": [{"key": "app.extra", "secret": False, "value": 1}],
+        "added": [{"key": "app.extra", "secret": False, "value": 1, "to_version": 1}],
         "removed": [],
-        "changed": [{"key": "app.secret", "secret": True}],
+        "changed": [{"key": "app.secret", "secret": True, "to_version": 1}],
     }
+
+
+def test_promote_and_explain(service, scope):
+    """On every backend: promote copies what differs (one transaction where the store has commit_many), refuses
+    a stale view whole; explain walks the chain."""
+    service.put_env(ROOT, "staging", "default")
+    service.put_env(ROOT, "prod", "default")
+    staging, prod = Scope("default", "staging"), Scope("default", "prod")
+    service.put(ROOT, scope, "app.name", "demo")
+    service.put(ROOT, staging, "app.name", "demo-2")
+    service.put(ROOT, staging, "app.key", "k", secret=True)
+    service.put(ROOT, prod, "app.port", 1)
+    service.put(ROOT, staging, "app.port", 2)
+    diff = service.diff(ROOT, "default", "staging", "prod", "app")
+    expected = {item["key"]: item["to_version"] for part in diff.values() for item in part}
+    assert expected == {"app.name": 0, "app.key": 0, "app.port": 1}
+    service.put(ROOT, prod, "app.port", 3)
+    with pytest.raises(VersionsMoved) as moved:
+        service.promote(ROOT, "default", "staging", "prod", "app", None, expected)
+    assert moved.value.current_versions == {"app.port": 2}
+    assert service.get(ROOT, prod, "app.name").resolved_env == "default"  # nothing promoted
+    expected["app.port"] = 2
+    result = service.promote(ROOT, "default", "staging", "prod", "app", None, expected)
+    assert [(v.key, v.version, v.secret) for v in result.promoted] == [("app.key", 1, True), ("app.name", 1, False), ("app.port", 3, False)]
+    assert service.get(ROOT, prod, "app.name").value == "demo-2"
+    assert service.diff(ROOT, "default", "staging", "prod", "app") == {"added": [], "removed": [], "changed": []}
+    layers = service.explain(ROOT, prod, "app.name")
+    assert [(layer.env, layer.state, layer.value) for layer in layers] == [("prod", "value", "demo-2"), ("default", "value", "demo")]
+    assert [layer.has_value for layer in service.explain(ROOT, prod, "app.key")] == [False, False]
 
 
 def test_change_log_follows_commits(service, scope):
