@@ -11,7 +11,9 @@ every copy made for a rollback, an update's old image or a query's result, each 
 key) in ``instances_tracked`` lists, for its ``/moto-api/data.json`` dashboard and S3's reset. Nothing is
 ever freed. :func:`install` makes those lists weak: live objects are still listed, garbage is collected.
 It also keeps each DynamoDB stream record compressed until it is read (a record with both images is a tree
-of small dicts, about half of what a commit leaves in memory); readers see the same records.
+of small dicts, about half of what a commit leaves in memory); readers see the same records. And shard iterators
+expire after 15 minutes as on AWS (``ExpiredIteratorException``): moto keeps every iterator it hands out, one
+more per ``GetRecords`` call, so a stream poller grew the emulator without bound.
 
 The two functions below are, character for character, the ones in ``docs/upstream/moto-transact-rollback.diff``
 (a patch against moto's source, with a test that fails without it); ``tests/cluster/test_moto_patch.py``
@@ -22,12 +24,15 @@ import copy
 import functools
 import pickle
 import threading
+import time
 import weakref
 import zlib
+from collections import deque
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar, cast
 
 from moto.core.common_models import BaseModel
+from moto.core.exceptions import JsonRESTError
 from moto.dynamodb.comparisons import get_filter_expression
 from moto.dynamodb.exceptions import (
     ConditionalCheckFailed,
@@ -259,6 +264,36 @@ def _add_compactly(self: StreamShard, old: Any, new: Any) -> None:
         self.items[-1] = CompactStreamRecord(self.items[-1].record)  # type: ignore[call-overload]
 
 
+# ---------------------------------------------------------------- shard iterators expire
+ITERATOR_LIFETIME = 15 * 60.0  # seconds, as DynamoDB Streams documents
+clock: Callable[[], float] = time.monotonic  # tests move it
+
+
+def _remember_newest_iterator(backend: Any) -> None:
+    """Note when the iterator a call just registered was made; forget the ones past their lifetime."""
+    births: deque[tuple[float, str]] = backend.__dict__.setdefault("iterator_births", deque())
+    now = clock()
+    if backend.shard_iterators:
+        births.append((now, next(reversed(backend.shard_iterators))))
+    while births and births[0][0] < now - ITERATOR_LIFETIME:
+        _, arn = births.popleft()
+        backend.shard_iterators.pop(arn, None)
+
+
+def _get_shard_iterator(self: Any, *args: Any, **kwargs: Any) -> Any:
+    iterator = _original["DynamoDBStreamsBackend.get_shard_iterator"](self, *args, **kwargs)
+    _remember_newest_iterator(self)
+    return iterator
+
+
+def _get_records(self: Any, iterator_arn: str, limit: int) -> Any:
+    if iterator_arn not in self.shard_iterators:
+        raise JsonRESTError("ExpiredIteratorException", "Iterator expired or unknown")
+    result = _original["DynamoDBStreamsBackend.get_records"](self, iterator_arn, limit)
+    _remember_newest_iterator(self)
+    return result
+
+
 # ---------------------------------------------------------------- installing it
 _original: dict[str, Any] = {}
 
@@ -269,7 +304,7 @@ def install() -> None:
     Example::
 
         from tests.cluster import moto_patch
-        moto_patch.install()   # before serving requests; in-process tests use ``installed()``
+        moto_patch.install()   # before serving requests (in-process tests pair it with uninstall())
     """
     if _original:
         return
@@ -278,6 +313,11 @@ def install() -> None:
     BaseModel.__new__ = staticmethod(_track_weakly)  # type: ignore[assignment]
     _original["StreamShard.add"] = StreamShard.add
     StreamShard.add = _add_compactly  # type: ignore[method-assign]
+    from moto.dynamodbstreams.models import DynamoDBStreamsBackend
+
+    for name, patch in (("get_shard_iterator", _get_shard_iterator), ("get_records", _get_records)):
+        _original[f"DynamoDBStreamsBackend.{name}"] = getattr(DynamoDBStreamsBackend, name)
+        setattr(DynamoDBStreamsBackend, name, patch)
     _original["write_lock"] = getattr(DynamoDBBackend, "write_lock", None)
     # Upstream creates the lock in ``__init__``; here one class-wide lock serves every account and region.
     DynamoDBBackend.write_lock = threading.RLock()  # type: ignore[attr-defined]
@@ -293,6 +333,10 @@ def uninstall() -> None:
     lock = _original.pop("write_lock")
     BaseModel.__new__ = staticmethod(_original.pop("BaseModel.__new__"))  # type: ignore[assignment]
     StreamShard.add = _original.pop("StreamShard.add")  # type: ignore[method-assign]
+    from moto.dynamodbstreams.models import DynamoDBStreamsBackend
+
+    for name in ("get_shard_iterator", "get_records"):
+        setattr(DynamoDBStreamsBackend, name, _original.pop(f"DynamoDBStreamsBackend.{name}"))
     for name, method in _original.items():
         setattr(DynamoDBBackend, name, method)
     if lock is None:

@@ -249,3 +249,34 @@ def test_the_upstream_diff_applies_to_the_installed_moto_and_is_what_the_emulato
     assert segment(methods["transact_write_items"]) == inspect.getsource(moto_patch.transact_write_items)
     decorated = {name for name, node in methods.items() if any(getattr(d, "id", "") == "one_write_at_a_time" for d in node.decorator_list)}
     assert decorated == {*moto_patch.WRITES, "transact_write_items"}
+
+
+def test_shard_iterators_expire_after_fifteen_minutes_instead_of_piling_up(patched, ddb, monkeypatch):
+    """moto keeps every iterator it hands out (one more per GetRecords); the emulator forgets them after 15
+    minutes, as DynamoDB Streams does, and an expired one is refused with ExpiredIteratorException."""
+    import boto3
+    from moto.core import DEFAULT_ACCOUNT_ID
+    from moto.dynamodbstreams import dynamodbstreams_backends
+
+    now = [1000.0]
+    monkeypatch.setattr(moto_patch, "clock", lambda: now[0])
+    table = make_table(ddb)
+    ddb.put_item(TableName=table, Item={"PK": {"S": "a"}})
+    streams = boto3.client("dynamodbstreams", region_name="us-east-1")
+    arn = ddb.describe_table(TableName=table)["Table"]["LatestStreamArn"]
+    shard = streams.describe_stream(StreamArn=arn)["StreamDescription"]["Shards"][0]["ShardId"]
+    iterator = streams.get_shard_iterator(StreamArn=arn, ShardId=shard, ShardIteratorType="TRIM_HORIZON")["ShardIterator"]
+    backend = dynamodbstreams_backends[DEFAULT_ACCOUNT_ID]["us-east-1"]
+    before = len(backend.shard_iterators)
+    for _ in range(20):  # a poller
+        page = streams.get_records(ShardIterator=iterator)
+        iterator = page["NextShardIterator"]
+        now[0] += 60
+    assert [r["dynamodb"]["Keys"]["PK"]["S"] for r in streams.get_records(ShardIterator=iterator)["Records"]] == []
+    assert len(backend.shard_iterators) <= before + 16  # about 15 minutes' worth, not all 21
+    old = streams.get_shard_iterator(StreamArn=arn, ShardId=shard, ShardIteratorType="TRIM_HORIZON")["ShardIterator"]
+    now[0] += 16 * 60
+    streams.get_shard_iterator(StreamArn=arn, ShardId=shard, ShardIteratorType="LATEST")  # any call prunes
+    with pytest.raises(ClientError) as exc:
+        streams.get_records(ShardIterator=old)
+    assert exc.value.response["Error"]["Code"] == "ExpiredIteratorException"
