@@ -256,9 +256,12 @@ def compile_policies(policies: Iterable[PolicyDoc]) -> CompiledPolicies:
 
 
 class PolicySource(Protocol):
-    """What the authorizer needs from policy storage (``core.ports.PolicyStore`` satisfies it)."""
+    """What the authorizer needs from policy storage (``core.ports.PolicyStore`` satisfies it). A store that can
+    also answer ``policy_versions() -> {name: version}`` cheaply is refreshed with that, loading only what changed."""
 
     def list_policies(self) -> list[PolicyDoc]: ...
+
+    def get_policy(self, name: str) -> PolicyDoc | None: ...
 
 
 class PolicyAuthorizer:
@@ -292,15 +295,26 @@ class PolicyAuthorizer:
         with self._lock:
             if now < self._fresh_until:
                 return self._policies
-            stored = self.source.list_policies()
             current = self._policies
-            fresh = {}
-            for doc in stored:
-                known = current.get(doc.name)
-                if known is not None and known[0] == doc.version:
-                    fresh[doc.name] = known
-                else:
-                    fresh[doc.name] = (doc.version, compile_policy(doc), doc)
+            fresh: dict[str, tuple[int, tuple[_CompiledRule, ...], PolicyDoc]] = {}
+            versions = getattr(self.source, "policy_versions", None)
+            if versions is not None:
+                # One small read of (name, version); only policies that changed are loaded and compiled again.
+                for name, version in versions().items():
+                    known = current.get(name)
+                    if known is not None and known[0] == version:
+                        fresh[name] = known
+                        continue
+                    doc = self.source.get_policy(name)
+                    if doc is not None:
+                        fresh[name] = (doc.version, compile_policy(doc), doc)
+            else:
+                for doc in self.source.list_policies():
+                    known = current.get(doc.name)
+                    if known is not None and known[0] == doc.version:
+                        fresh[doc.name] = known
+                    else:
+                        fresh[doc.name] = (doc.version, compile_policy(doc), doc)
             self._policies = fresh
             if len(self._sets) > 10_000:
                 self._sets.clear()

