@@ -10,6 +10,7 @@ one second; expiry is checked against the clock on every request.
 
 from __future__ import annotations
 
+import hmac
 import threading
 import time
 from collections.abc import Callable
@@ -80,6 +81,17 @@ class Authenticator:
         record = self._lookup(hash_token(token)) if self.tokens is not None else None
         # One message for unknown, expired and revoked: a caller learns nothing about which it was.
         if record is None or not matches(token, record.token_hash) or not record.live(self.clock()):
+            raise Unauthenticated("unknown, expired or revoked token")
+        return Principal(id=record.id, service=record.service, policies=record.policies, expires_at=record.expires_at)
+
+    def authenticate_digest(self, token_hash: str) -> Principal:
+        """Like :meth:`authenticate`, for a token known only by its SHA-256 (a console session keeps no token
+        string): revocation and expiry apply exactly as to the string."""
+        root = self.root_hash()
+        if root is not None and hmac.compare_digest(token_hash, root):
+            return ROOT
+        record = self._lookup(token_hash) if self.tokens is not None else None
+        if record is None or not hmac.compare_digest(token_hash, record.token_hash) or not record.live(self.clock()):
             raise Unauthenticated("unknown, expired or revoked token")
         return Principal(id=record.id, service=record.service, policies=record.policies, expires_at=record.expires_at)
 

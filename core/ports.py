@@ -10,6 +10,7 @@ from typing import Protocol
 from tessera.core.access_model import AuditEntry, PolicyDoc, Rule, TokenRecord
 from tessera.core.idempotency import Claim, IdempotencyGuard, IdempotencyRecord
 from tessera.core.model import Change, Environment, Scope, Version
+from tessera.core.sessions import SessionRecord
 
 
 class VersionStore(Protocol):
@@ -197,3 +198,16 @@ class ChangeAuditor(Protocol):
     def guard(self) -> IdempotencyGuard | None:
         """The request's ``Idempotency-Key`` claim, which its commit must mark (None: no key sent)."""
         ...
+
+
+class SessionStore(Protocol):
+    """Console sessions (``core/sessions.py``), by the SHA-256 of the cookie's value (never the value), in the
+    store every worker and node shares."""
+
+    def create_session(self, record: SessionRecord, now: datetime) -> None:
+        """Store ``record`` (and drop sessions expired before ``now``)."""
+        ...
+
+    def get_session(self, id_hash: str) -> SessionRecord | None: ...
+
+    def delete_session(self, id_hash: str) -> None: ...

@@ -621,8 +621,16 @@ class ConfigService:
         raise VersionConflict("too much contention on this key; retry", self._current_version(scope, key))
 
     def rollback(
-        self, principal: Principal, scope: Scope, key: str, version: int, audit: ChangeAuditor | None = None
+        self,
+        principal: Principal,
+        scope: Scope,
+        key: str,
+        version: int,
+        audit: ChangeAuditor | None = None,
+        expected_version: int | None = None,
     ) -> Version:
+        """A new version holding version ``version``'s value. ``expected_version``: compare-and-set against the
+        latest version, as on writes (the console's rollback sends the version its page showed)."""
         key = parse_key(key)
         self.require_env(scope.env)
         if version < 1:
@@ -636,11 +644,15 @@ class ConfigService:
         value = self.value_of(target)
         for _ in range(COMMIT_ATTEMPTS):
             current = self._current_version(scope, key)
+            if expected_version is not None and expected_version != current:
+                raise VersionConflict("expected_version does not match the latest version", current)
             try:
                 return self._commit(
                     principal, scope, key, current + 1, Action.ROLLBACK, target.secret, value, rolled_back_from=version, audit=audit
                 )
             except VersionConflict:
+                if expected_version is not None:
+                    raise
                 continue
         raise VersionConflict("too much contention on this key; retry", self._current_version(scope, key))
 

@@ -14,6 +14,7 @@ from tessera.core.errors import TesseraError
 from tessera.handlers import audit, auth, config, envs, health, policies, watch
 from tessera.handlers.asgi import TesseraASGI, log_failure
 from tessera.handlers.render import error_body
+from tessera.handlers.ui import mount_console
 
 logger = logging.getLogger("tessera")
 HTTP_CODES = {404: "no_route", 405: "method_not_allowed", 413: "payload_too_large", 400: "invalid_request"}
@@ -60,6 +61,7 @@ def create_api(container: Container) -> FastAPI:
     api.include_router(policies.router)
     api.include_router(audit.router)
     api.include_router(watch.router)
+    mount_console(api)  # /ui, and / redirecting there
     return api
 
 

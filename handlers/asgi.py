@@ -35,7 +35,7 @@ Receive = Callable[[], Awaitable[dict[str, Any]]]
 # Any visible ASCII (and spaces) a client or a tracing proxy uses for ids is echoed; nothing that could split a
 # header or a log line.
 MAX_REQUEST_ID = 200
-NO_STORE_PREFIXES = ("/config", "/watch", "/auth", "/audit")  # answers that may hold values or token metadata
+NO_STORE_PREFIXES = ("/config", "/watch", "/auth", "/audit", "/ui")  # answers that may hold values or token metadata
 RESERVED = ("export", "import", "history", "rollback", "promote")
 IDEMPOTENT_METHODS = frozenset({"PUT", "DELETE", "POST"})
 _ids = itertools.count(1)

@@ -29,7 +29,7 @@ from tessera.core.idempotency import IdempotencyGuard
 from tessera.core.model import Action, Principal, Scope, Version, utcnow
 
 logger = logging.getLogger("tessera.audit")
-AUDITED_PREFIXES = ("/config", "/watch", "/ws", "/policies", "/auth", "/envs", "/diff", "/audit")
+AUDITED_PREFIXES = ("/config", "/watch", "/ws", "/policies", "/auth", "/envs", "/diff", "/audit", "/ui")
 MAX_FIELD = 256  # facts taken from a refused request are not validated: they are cut here
 AUDIT_WAIT_SECONDS = 10.0  # longest wait for a record before answering 503
 READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})

@@ -25,7 +25,7 @@ from tessera.core.crypto import CachingKeyService
 from tessera.core.damping import FailureDamper
 from tessera.core.errors import Unavailable
 from tessera.core.policy import PolicyAuthorizer
-from tessera.core.ports import IdempotencyStore, KeyService, VersionStore
+from tessera.core.ports import IdempotencyStore, KeyService, SessionStore, VersionStore
 from tessera.core.service import ConfigService
 from tessera.core.settings import Settings
 from tessera.core.watch import POLL_INTERVAL, FeedPoller
@@ -117,6 +117,7 @@ class Container:
     authenticator: Authenticator
     access: AccessParts
     idempotency: IdempotencyStore | None = None  # None: the store keeps no Idempotency-Key claims yet (aws)
+    sessions: SessionStore | None = None  # the console's sessions; None: in this process's memory (aws, for now)
     executor: ThreadPoolExecutor = field(default_factory=lambda: ThreadPoolExecutor(BLOCKING_THREADS, thread_name_prefix="tessera"))
     feed_poller: FeedPoller = field(init=False)
 
@@ -199,7 +200,7 @@ def build(settings: Settings | None = None, *, store: VersionStore | None = None
     access.bind(authenticator)
     if settings.root_token:
         authenticator.set_root_token(settings.root_token)
-    return Container(settings, store, keys, service, authenticator, access, build_idempotency(store))
+    return Container(settings, store, keys, service, authenticator, access, build_idempotency(store), build_sessions(store))
 
 
 def build_idempotency(store: VersionStore) -> IdempotencyStore | None:
@@ -209,4 +210,14 @@ def build_idempotency(store: VersionStore) -> IdempotencyStore | None:
         from tessera.core.backends.sqlite_idempotency import SQLiteIdempotencyStore
 
         return SQLiteIdempotencyStore(store)
+    return None
+
+
+def build_sessions(store: VersionStore) -> SessionStore | None:
+    from tessera.core.backends.sqlite import SQLiteStore
+
+    if isinstance(store, SQLiteStore):
+        from tessera.core.backends.sqlite_sessions import SQLiteSessionStore
+
+        return SQLiteSessionStore(store)
     return None
