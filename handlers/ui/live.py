@@ -6,7 +6,7 @@ carry a live session; otherwise it is refused before it is accepted (HTTP 403). 
 and gets, per change of a key it may read, what the page now resolves there and who made the change::
 
     {"type": "change", "key", "action", "env", "version", "changed_by",
-     "resolved": {"version", "env", "secret", "value"?} | null}
+     "resolved": {"version", "env", "secret", "updated_by", "updated_at", "value"?} | null}
 
 A secret's value is never sent; a key whose value the token may only list sends nothing (watching needs
 ``read``, as on ``/ws``). The socket closes within about a second of its session ending (sign-out, revocation,
@@ -25,7 +25,7 @@ from typing import Any
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 
 from tessera.core.errors import InvalidRequest, TesseraError, Unauthenticated
-from tessera.core.model import Principal, Scope, parse_scope, utcnow
+from tessera.core.model import Principal, Scope, format_time, parse_scope, utcnow
 from tessera.core.watch import POLL_INTERVAL, Watcher, parse_patterns
 from tessera.handlers.auditing import Auditor
 from tessera.handlers.render import dumps
@@ -130,10 +130,13 @@ class ConsoleSocket:
         except TesseraError:
             return message  # gone here (deleted, or now a subtree)
         if result.version is not None:
+            version = result.version
             resolved: dict[str, Any] = {
-                "version": result.version.version,
+                "version": version.version,
                 "env": result.resolved_env,
-                "secret": result.version.secret,
+                "secret": version.secret,
+                "updated_by": version.updated_by,
+                "updated_at": format_time(version.updated_at),
             }
             if not result.version.secret:
                 resolved["value"] = json.dumps(result.value, ensure_ascii=False)

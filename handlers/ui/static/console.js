@@ -58,8 +58,15 @@
     if (resolved) {
       setText(row, ".version", String(resolved.version));
       setText(row, ".env", resolved.env);
+      setText(row, ".by", resolved.updated_by);
+      setText(row, ".at", resolved.updated_at);
+      setText(document, "#version", String(resolved.version));  // the key page's facts
+      setText(document, "#resolved-env", resolved.env);
+      setText(document, "#updated-by", resolved.updated_by);
+      setText(document, "#updated-at", resolved.updated_at);
+    } else {
+      setText(row, ".by", who);
     }
-    setText(row, ".by", who);
     row.classList.add("flash");
   });
 })();
