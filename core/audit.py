@@ -335,6 +335,17 @@ class AuditSink(Protocol):
     def flush(self) -> None: ...
 
 
+class PendingEntries(list[AuditEntry]):
+    """Entries handed to :meth:`AuditLog.submit_batch` that may still be amended (:meth:`AuditLog.amend`) until
+    the writer takes them: a request whose record was too slow is answered ``503``, and its record must say so."""
+
+    __slots__ = ("taken",)
+
+    def __init__(self, entries: list[AuditEntry]) -> None:
+        super().__init__(entries)
+        self.taken = False
+
+
 class AuditLog:
     """Group-committing audit writer: ``submit`` returns a future resolved once the entry is appended
     (``durable=False``: a read's record) or durable (``durable=True``: a refused or uncommitted mutation's record).
@@ -426,6 +437,14 @@ class AuditLog:
         """Wait until everything submitted so far is durable (``Unavailable`` if it cannot be)."""
         self.submit_batch([], durable=True).result(timeout)
 
+    def amend(self, group: list[AuditEntry], index: int, entry: AuditEntry) -> bool:
+        """Replace ``group[index]`` if the writer has not taken its group yet (a :class:`PendingEntries`)."""
+        with self._lock:
+            if not isinstance(group, PendingEntries) or group.taken:
+                return False
+            group[index] = entry
+            return True
+
     # ------------------------------------------------------------------ the writer thread
     def _next_wait(self) -> float | None:
         if self.failure is not None:
@@ -487,7 +506,11 @@ class AuditLog:
         # still written — the request happened — only the result is not delivered. Marking the others running
         # makes a later cancel() a no-op, so set_result below cannot meet a cancelled future.
         waiting = [_claim(future) for _, future, _ in batch]
-        entries = [entry for group, _, _ in batch for entry in group]
+        with self._lock:  # from here on, what is written is what the groups hold (amend gives up)
+            for group, _, _ in batch:
+                if isinstance(group, PendingEntries):
+                    group.taken = True
+            entries = [entry for group, _, _ in batch for entry in group]
         if self.failure is not None:
             self._flush()  # try to recover first: nothing is appended while the log is unhealthy
         stored: list[AuditEntry] = []
@@ -606,6 +629,9 @@ class DisabledAuditLog:
 
     def record(self, entry: AuditEntry, timeout: float = 30.0, durable: bool = True) -> AuditEntry:
         return entry
+
+    def amend(self, group: list[AuditEntry], index: int, entry: AuditEntry) -> bool:
+        return True
 
     def flush(self, timeout: float = 30.0) -> None:
         pass

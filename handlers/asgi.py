@@ -287,7 +287,7 @@ class TesseraASGI:
         if not auditor.in_commit:
             entry = auditor.entry(status)
             try:
-                await self.audit.record(entry, durable=scope["method"] not in READ_METHODS)
+                await self.audit.record(entry, durable=scope["method"] not in READ_METHODS, late_status=503)
             except Exception:  # noqa: BLE001 - not recorded (or too slow): fail closed, serve nothing
                 logger.error("audit write failed; answering 503 for request %s", request_id)
                 mutating = scope["method"] not in READ_METHODS

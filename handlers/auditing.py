@@ -24,7 +24,7 @@ from datetime import datetime
 from typing import Any
 
 from tessera.core.access_model import AuditEntry
-from tessera.core.audit import ATTEMPT, REQUEST
+from tessera.core.audit import ATTEMPT, REQUEST, PendingEntries
 from tessera.core.idempotency import IdempotencyGuard
 from tessera.core.model import Action, Principal, Scope, Version, utcnow
 
@@ -195,7 +195,8 @@ class AuditQueue:
 
     def __init__(self, audit_log: Any) -> None:
         self.audit_log = audit_log
-        self._pending: dict[bool, list[tuple[AuditEntry, asyncio.Future[AuditEntry]]]] = {False: [], True: []}
+        # each item: [entry, future, group it was handed over in (None until then), index in that group]
+        self._pending: dict[bool, list[list[Any]]] = {False: [], True: []}
         self._scheduled = False
 
     @property
@@ -207,17 +208,39 @@ class AuditQueue:
         failure: str | None = self.audit_log.failure
         return failure
 
-    async def record(self, entry: AuditEntry, durable: bool) -> AuditEntry:
+    async def record(self, entry: AuditEntry, durable: bool, late_status: int | None = None) -> AuditEntry:
         """Wait until ``entry`` is appended (``durable``: durable); ``Unavailable`` or ``TimeoutError`` if not.
 
-        Shielded: a cancelled request (its client went away) still has its record written."""
+        Shielded: a cancelled request (its client went away) still has its record written. ``late_status``: what
+        the caller answers when the record is too slow (``503``); the record is amended to say so (see
+        :meth:`_amend`), so the audit log never shows a request as served that was refused."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[AuditEntry] = loop.create_future()
-        self._pending[durable].append((entry, future))
+        item: list[Any] = [entry, future, None, 0]
+        self._pending[durable].append(item)
         if not self._scheduled:
             self._scheduled = True
             loop.call_soon(self._ship, loop)
-        return await asyncio.wait_for(asyncio.shield(future), AUDIT_WAIT_SECONDS)
+        try:
+            return await asyncio.wait_for(asyncio.shield(future), AUDIT_WAIT_SECONDS)
+        except TimeoutError:
+            if late_status is not None:
+                self._amend(item, late_status)
+            raise
+
+    def _amend(self, item: list[Any], status: int) -> None:
+        """The record of a request answered ``status`` because its record was late: replace it while the writer has
+        not taken it; once taken (it is being written: a hash chain is never rewritten) a second record with the
+        same request id follows it, saying what was answered."""
+        entry, _, group, index = item
+        late = replace(entry, status=status, outcome=outcome_of(status), version=None)
+        if group is None:
+            item[0] = late  # not handed over yet
+        elif not self.audit_log.amend(group, index, late):
+            try:
+                self.audit_log.submit(late, False)
+            except Exception:  # noqa: BLE001 - best effort: the log is failing anyway
+                logger.error("audit: the late record of request %s could not be corrected", entry.request_id)
 
     def _ship(self, loop: asyncio.AbstractEventLoop) -> None:
         self._scheduled = False
@@ -226,18 +249,21 @@ class AuditQueue:
             if not items:
                 continue
             self._pending[durable] = []
-            batch = self.audit_log.submit_batch([entry for entry, _ in items], durable)
+            group = PendingEntries([item[0] for item in items])
+            for index, item in enumerate(items):
+                item[2], item[3] = group, index
+            batch = self.audit_log.submit_batch(group, durable)
 
-            def resolve(done: Any, items: list[tuple[AuditEntry, asyncio.Future[AuditEntry]]] = items) -> None:
+            def resolve(done: Any, items: list[list[Any]] = items) -> None:
                 loop.call_soon_threadsafe(_settle, items, done)
 
             batch.add_done_callback(resolve)
 
 
-def _settle(items: list[tuple[AuditEntry, asyncio.Future[AuditEntry]]], done: Any) -> None:
+def _settle(items: list[list[Any]], done: Any) -> None:
     error = done.exception()
     stored = None if error is not None else done.result()
-    for index, (_, future) in enumerate(items):
+    for index, (_, future, _, _) in enumerate(items):
         if future.done():
             continue
         if error is not None:

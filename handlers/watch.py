@@ -96,7 +96,7 @@ class Socket:
         auditor.note(action, **facts)
         entry = auditor.entry(status)
         try:
-            await self.audit.record(replace(entry, ts=utcnow(), method="WS"), durable=False)
+            await self.audit.record(replace(entry, ts=utcnow(), method="WS"), durable=False, late_status=503)
             return True
         except Exception:  # noqa: BLE001 - fail closed (a failed or too slow write)
             logger.error("audit write failed; closing a websocket")
@@ -128,6 +128,9 @@ class Socket:
             if await self.record("ws.connect", 401):
                 await self.error("unauthenticated", "no auth message within the time allowed")
             return False
+        except WebSocketDisconnect as gone:  # left (or was cut off: 1009, a message too large) before authenticating
+            await self.record("ws.connect", 413 if gone.code == 1009 else 401)
+            raise
         token = first.get("token") if isinstance(first, dict) and first.get("type") == "auth" else None
         if not isinstance(token, str):
             if await self.record("ws.connect", 401):
@@ -224,11 +227,16 @@ async def websocket_endpoint(websocket: WebSocket) -> None:
         socket.tasks.append(asyncio.create_task(socket.still_authenticated()))
         while True:
             message = await socket.receive()
-            if message is None:
-                await socket.error("invalid_request", "messages must be JSON objects (text frames)")
-            elif message.get("type") == "subscribe":
+            if message is not None and message.get("type") == "subscribe":
                 if not await socket.subscribe(message):
                     return
+                continue
+            # A refused message is recorded like any refusal (binary frames, bad JSON, unknown types).
+            socket.auditor.target = None
+            if not await socket.record("ws.message", 400):
+                return
+            if message is None:
+                await socket.error("invalid_request", "messages must be JSON objects (text frames)")
             else:
                 await socket.error("invalid_request", "expected {\"type\": \"subscribe\", ...}")
     except (WebSocketDisconnect, RuntimeError):

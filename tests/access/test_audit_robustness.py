@@ -409,3 +409,52 @@ def test_a_refused_subscribe_while_another_subscription_streams_does_not_deadloc
     entries = client.get("/audit?service=watcher&limit=200", headers=ROOT).json()["entries"]
     refused = [e for e in entries if e["action"] == "ws.subscribe" and (e["env"] or "").startswith("missing-")]
     assert len(refused) == 40 and all(e["outcome"] != "allowed" for e in refused)
+
+
+# ------------------------------------------------------------------------------------------- issue 13 §7
+def test_a_request_answered_503_because_its_record_was_late_is_recorded_as_503(container, monkeypatch):
+    """A GET whose record timed out got 503 but was recorded later as allowed/200. Now the record says 503: a
+    record still queued is amended; one the writer had already taken (being written: the chain is never
+    rewritten) is followed by a second record of the same request saying 503."""
+    import tessera.handlers.auditing as auditing
+
+    monkeypatch.setattr(auditing, "AUDIT_WAIT_SECONDS", 0.3)
+    release = threading.Event()
+    with TestClient(create_app(container)) as client:
+        client.put("/config/a.b", json={"value": 1}, headers=ROOT).raise_for_status()
+        stores = container.access.stores
+        original = stores.append
+
+        def stuck(chain, entries):
+            release.wait(10)
+            return original(chain, entries)
+
+        stores.append = stuck
+        try:
+            first = client.get("/config/a.b", headers={**ROOT, "X-Request-Id": "late-taken"})  # the writer holds it
+            second = client.get("/config/a.b", headers={**ROOT, "X-Request-Id": "late-queued"})  # queued behind it
+            assert first.status_code == second.status_code == 503
+        finally:
+            release.set()
+        stores.append = original
+        container.access.audit_log.flush()
+        entries = stores.query(key="a.b", service=None, since=None, limit=20)
+        by_request = {rid: [(e.status, e.outcome) for e in entries if e.request_id == rid] for rid in ("late-taken", "late-queued")}
+        assert by_request["late-queued"] == [(503, "error")]
+        assert by_request["late-taken"] == [(503, "error"), (200, "allowed")]  # newest first: the correction follows
+
+
+def test_a_websocket_that_never_authenticates_in_time_is_recorded(container, monkeypatch):
+    import tessera.handlers.watch as watch
+
+    monkeypatch.setattr(watch, "AUTH_TIMEOUT_SECONDS", 0.3)
+    with TestClient(create_app(container)) as client:
+        with client.websocket_connect("/ws", headers={"X-Request-Id": "ws-silent"}) as ws:
+            assert ws.receive_json()["code"] == "unauthenticated"
+        with client.websocket_connect("/ws", headers={"X-Request-Id": "ws-binary"}) as ws:
+            ws.send_bytes(json.dumps({"type": "auth", "token": ROOT["Authorization"][7:]}).encode())
+            assert ws.receive_json()["code"] == "unauthenticated"
+        entries = client.get("/audit?limit=20", headers=ROOT).json()["entries"]
+        recorded = {e["request_id"]: (e["action"], e["status"], e["outcome"]) for e in entries}
+        assert recorded["ws-silent"] == ("ws.connect", 401, "unauthenticated")
+        assert recorded["ws-binary"] == ("ws.connect", 401, "unauthenticated")

@@ -212,3 +212,52 @@ def test_subscriptions_per_socket_are_capped(server):
         ws.send(json.dumps({"type": "subscribe", "keys": ["w12.*"]}))
         message = json.loads(ws.recv(timeout=10))
         assert message["type"] == "error" and message["code"] == "invalid_request"
+
+
+def audit_of(client, request_ids: set[str] | None = None, action_prefix: str = "ws.") -> list[tuple[str, int, str]]:
+    entries = client.get("/audit?limit=200").json()["entries"]
+    return [(e["action"], e["status"], e["outcome"]) for e in entries if e["action"].startswith(action_prefix)]
+
+
+def test_every_websocket_outcome_is_audited_and_a_binary_frame_after_auth_is_refused_cleanly(server, client):
+    """Issue 13 §7: a binary auth frame is a refusal (401, not allowed/101); a socket that leaves without
+    authenticating is recorded; a binary frame (or any bad message) after auth is answered and recorded as a 400,
+    and the socket goes on working (it raised KeyError once)."""
+    url = server.url.replace("http", "ws") + "/ws"
+    before = len(audit_of(client))
+    with connect(url) as ws:
+        ws.send(json.dumps({"type": "auth", "token": TOKEN}).encode())  # a binary frame holding a valid auth message
+        assert json.loads(ws.recv(timeout=5))["code"] == "unauthenticated"
+    with connect(url):
+        pass  # never authenticates
+    with connect(url) as ws:
+        ws.send(json.dumps({"type": "auth", "token": TOKEN}))
+        ws.send(b"\x00\x01binary")
+        assert json.loads(ws.recv(timeout=5))["code"] == "invalid_request"
+        ws.send("{not json")
+        assert json.loads(ws.recv(timeout=5))["code"] == "invalid_request"
+        ws.send(json.dumps({"type": "unsubscribe"}))
+        assert json.loads(ws.recv(timeout=5))["code"] == "invalid_request"
+        since = revision(client)
+        client.put("/config/w7.after", json={"value": 1}).raise_for_status()
+        ws.send(json.dumps({"type": "subscribe", "keys": ["w7.*"], "since": since}))
+        assert json.loads(ws.recv(timeout=5))["key"] == "w7.after"  # still serving after the bad frames
+    deadline = time.monotonic() + 5
+    while True:  # the never-authenticated socket's record is written when the server sees it close
+        recorded = audit_of(client)
+        if len(recorded) - before >= 7 or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    newest_first = recorded[: len(recorded) - before]
+    assert sorted(newest_first) == sorted(
+        [
+            ("ws.connect", 401, "unauthenticated"),  # the binary auth frame
+            ("ws.connect", 401, "unauthenticated"),  # never authenticated
+            ("ws.connect", 101, "allowed"),
+            ("ws.message", 400, "error"),
+            ("ws.message", 400, "error"),
+            ("ws.message", 400, "error"),
+            ("ws.subscribe", 200, "allowed"),
+        ]
+    ), newest_first
+    assert "Traceback" not in server.log_path.read_text() and "KeyError" not in server.log_path.read_text()
