@@ -1,4 +1,4 @@
-"""Value objects of access control and audit: policy rules, token records, audit entries.
+"""Value objects of access control and audit: policy rules, token records, audit entries, console sessions.
 
 Kept apart from ``core/model.py`` so the config domain and the access domain can evolve separately;
 ``core/ports.py`` names these in the storage Protocols.
@@ -15,16 +15,33 @@ from typing import Any
 
 from tessera.core.access import CAPABILITIES
 from tessera.core.errors import InvalidRequest
+from tessera.core.model import MAX_KEY_LENGTH, MAX_SEGMENTS, NAME_PATTERN, SEGMENT_PATTERN
 
 WILDCARD = "*"
 EFFECTS = ("allow", "deny")
 RULE_FIELDS = frozenset({"path", "capabilities", "effect", "namespaces", "envs"})
 
 
-def _names(raw: object, what: str) -> tuple[str, ...]:
-    # Local import: core.model imports nothing from here, but keep the dependency one-way and obvious.
-    from tessera.core.model import NAME_PATTERN
+def check_path(path: str) -> None:
+    """Validate a policy (or watch) path pattern; ``400 invalid_request`` otherwise.
 
+    The grammar lives here with the rule it validates; ``core/policy.py`` compiles it into matchers.
+    """
+    if path == WILDCARD:
+        return
+    if not path or len(path) > MAX_KEY_LENGTH:
+        raise InvalidRequest("a rule path must be a key, 'prefix.*', '*' or use '*' as whole segments")
+    segments = path.split(".")
+    if len(segments) > MAX_SEGMENTS:
+        raise InvalidRequest(f"a rule path has at most {MAX_SEGMENTS} segments")
+    for segment in segments:
+        if segment != WILDCARD and not SEGMENT_PATTERN.match(segment):
+            raise InvalidRequest(
+                f"invalid rule path '{path}': segments are [A-Za-z0-9_-]{{1,64}} or a whole-segment '*'"
+            )
+
+
+def _names(raw: object, what: str) -> tuple[str, ...]:
     if raw is None:
         return (WILDCARD,)
     if not isinstance(raw, list) or not raw or not all(isinstance(item, str) for item in raw):
@@ -48,8 +65,6 @@ class Rule:
     @classmethod
     def from_dict(cls, raw: object) -> Rule:
         """Validate one rule of a request body; any problem is ``400 invalid_request``."""
-        from tessera.core.policy import check_path  # the path grammar lives with the matcher
-
         if not isinstance(raw, dict):
             raise InvalidRequest("each rule must be an object")
         unknown = set(raw) - RULE_FIELDS
@@ -153,3 +168,18 @@ class AuditEntry:
     def id(self) -> str:
         """Stable, unique id: the chain and the position in it."""
         return f"{self.chain}:{self.seq}"
+
+
+@dataclass(frozen=True)
+class SessionRecord:
+    """A console session as stored: the digest of its cookie and of its token, never either string."""
+
+    id_hash: str
+    token_id: str
+    token_hash: str
+    service: str
+    created_at: datetime
+    expires_at: datetime
+
+    def __repr__(self) -> str:
+        return f"SessionRecord(token_id={self.token_id!r}, service={self.service!r}, expires_at={self.expires_at!r})"

@@ -25,28 +25,11 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from tessera.core.access_model import WILDCARD, PolicyDoc, Rule
-from tessera.core.errors import InvalidRequest
-from tessera.core.model import MAX_KEY_LENGTH, MAX_SEGMENTS, SEGMENT_PATTERN, Principal, Scope
+from tessera.core.access_model import WILDCARD, PolicyDoc, Rule, check_path
+from tessera.core.model import Principal, Scope
 
 ADMIN = "admin"
 PathMatcher = Callable[[str], bool]
-
-
-def check_path(path: str) -> None:
-    """Validate a policy (or watch) path pattern; ``400 invalid_request`` otherwise."""
-    if path == WILDCARD:
-        return
-    if not path or len(path) > MAX_KEY_LENGTH:
-        raise InvalidRequest("a rule path must be a key, 'prefix.*', '*' or use '*' as whole segments")
-    segments = path.split(".")
-    if len(segments) > MAX_SEGMENTS:
-        raise InvalidRequest(f"a rule path has at most {MAX_SEGMENTS} segments")
-    for segment in segments:
-        if segment != WILDCARD and not SEGMENT_PATTERN.match(segment):
-            raise InvalidRequest(
-                f"invalid rule path '{path}': segments are [A-Za-z0-9_-]{{1,64}} or a whole-segment '*'"
-            )
 
 
 def compile_path(path: str) -> PathMatcher:

@@ -7,10 +7,9 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
 
-from tessera.core.access_model import AuditEntry, PolicyDoc, Rule, TokenRecord
+from tessera.core.access_model import AuditEntry, PolicyDoc, Rule, SessionRecord, TokenRecord
 from tessera.core.idempotency import Claim, IdempotencyGuard, IdempotencyRecord
 from tessera.core.model import Change, Environment, Scope, Version
-from tessera.core.sessions import SessionRecord
 
 
 class VersionStore(Protocol):

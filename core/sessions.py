@@ -19,10 +19,10 @@ import hashlib
 import hmac
 import secrets
 from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
+from tessera.core.access_model import SessionRecord
 from tessera.core.errors import Unauthenticated
 from tessera.core.model import Principal, utcnow
 from tessera.core.tokens import hash_token
@@ -33,21 +33,6 @@ if TYPE_CHECKING:
 
 SESSION_SECONDS = 8 * 3600  # a working day; never past the token's own expiry
 MAX_COOKIE_LENGTH = 100
-
-
-@dataclass(frozen=True)
-class SessionRecord:
-    """A console session as stored: the digest of its cookie and of its token, never either string."""
-
-    id_hash: str
-    token_id: str
-    token_hash: str
-    service: str
-    created_at: datetime
-    expires_at: datetime
-
-    def __repr__(self) -> str:
-        return f"SessionRecord(token_id={self.token_id!r}, service={self.service!r}, expires_at={self.expires_at!r})"
 
 
 def session_digest(cookie: str) -> str:

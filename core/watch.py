@@ -21,14 +21,12 @@ import bisect
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from tessera.core.errors import InvalidRequest, RevisionCompacted, TesseraError
-from tessera.core.model import Action, Change, Principal, Scope
+from tessera.core.model import Action, Change, Principal, Scope, Version
 from tessera.core.policy import compile_path
-
-if TYPE_CHECKING:
-    from tessera.core.service import ConfigService
+from tessera.core.ports import VersionStore
 
 DEFAULT_TIMEOUT = 30.0
 MAX_TIMEOUT = 60.0
@@ -37,6 +35,24 @@ POLL_INTERVAL = 0.5  # longest sleep of a waiter between checks of the feed (and
 BATCH = 1000
 FEED_CHANGES = 4096  # recent changes kept in memory
 FEED_VALUE_BYTES = 16 * 1024 * 1024  # and at most this much of their values
+
+
+class WatchedService(Protocol):
+    """What watching needs of the config service (``core/service.py``'s ``ConfigService`` is one).
+
+    Named here, not imported, so ``core.service`` (which builds the feed and the notifier) depends on this
+    module and not the other way round.
+    """
+
+    store: VersionStore
+    feed: ChangeFeed
+    notifier: ChangeNotifier
+
+    def can(self, principal: Principal, capability: str, scope: Scope, key: str) -> bool: ...
+
+    def value_of(self, version: Version) -> Any: ...
+
+    def env_chain(self, env: str) -> list[str]: ...
 
 
 class ChangeNotifier:
@@ -92,7 +108,7 @@ class FeedItem:
 class ChangeFeed:
     """The recent tail of the change log, in memory, shared by every watcher of this process."""
 
-    def __init__(self, service: ConfigService, max_changes: int = FEED_CHANGES, max_value_bytes: int = FEED_VALUE_BYTES) -> None:
+    def __init__(self, service: WatchedService, max_changes: int = FEED_CHANGES, max_value_bytes: int = FEED_VALUE_BYTES) -> None:
         self.service = service
         self.max_changes = max_changes
         self.max_value_bytes = max_value_bytes
@@ -207,7 +223,7 @@ class Watcher:
 
     def __init__(
         self,
-        service: ConfigService,
+        service: WatchedService,
         principal: Principal,
         scope: Scope,
         patterns: Sequence[str],
@@ -289,7 +305,7 @@ class FeedPoller:
     """Finds commits made by other processes or nodes: while anyone waits, one cheap look at the store's revision
     per ``interval``; when it moved, the feed reads the new changes and the waiters are woken. One per process."""
 
-    def __init__(self, service: ConfigService, interval: float) -> None:
+    def __init__(self, service: WatchedService, interval: float) -> None:
         self.service = service
         self.interval = interval
         self._task: asyncio.Task[None] | None = None

@@ -32,13 +32,13 @@ import random
 import threading
 from collections import deque
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import httpx
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
 
 from tessera.client.sdk._base import USER_AGENT
-from tessera.client.sdk._http import NodeFailed
+from tessera.client.sdk._http import Answer, Call, NodeFailed, NodeRing
 from tessera.client.sdk.errors import (
     ConfigurationError,
     InvalidRequest,
@@ -48,11 +48,8 @@ from tessera.client.sdk.errors import (
     Unavailable,
     error_for,
 )
-from tessera.client.sdk.types import Event
-
-if TYPE_CHECKING:
-    from tessera.client.sdk.aio import AsyncClient
-    from tessera.client.sdk.client import Client
+from tessera.client.sdk.store import ReadCache
+from tessera.client.sdk.types import Event, Health
 
 logger = logging.getLogger("tessera.client")
 MAX_ERRORS = 100  # the error history a handle keeps (oldest dropped first)
@@ -63,6 +60,43 @@ MAX_MESSAGE = 4 * 1024 * 1024  # an event holds at most one 64 KiB value; anythi
 WS_STATUS = {"unauthenticated": 401, "forbidden": 403, "not_found": 404, "revision_compacted": 410,
              "too_many_requests": 429, "rate_limited": 429, "unavailable": 503, "deadline_exceeded": 503}
 TRANSIENT_STATUSES = {429, 500, 502, 503, 504}
+
+
+class _WatchedClient(Protocol):
+    """What a watch needs of its own client, sync or asyncio (``ClientBase`` in ``_base.py`` has all of it).
+
+    Named here, not imported: ``client.py`` and ``aio.py`` import this module, so it imports neither of them.
+    """
+
+    timeout: float
+    _token: str | None
+    _ring: NodeRing
+    _cache: ReadCache
+
+    def _watch_call(self, patterns: list[str], since: int | None, poll_timeout: float, scope: tuple[str, str]) -> Call: ...
+
+    def _events(self, answer: Answer) -> tuple[int, list[Event]]: ...
+
+
+class SyncWatchedClient(_WatchedClient, Protocol):
+    """A sync ``tessera.Client`` as a watch sees it."""
+
+    def _send(self, call: Call) -> Answer: ...
+
+    def health(self) -> Health: ...
+
+    def close(self) -> None: ...
+
+
+class AsyncWatchedClient(_WatchedClient, Protocol):
+    """A ``tessera.AsyncClient`` as a watch sees it."""
+
+    async def _send(self, call: Call) -> Answer: ...
+
+    async def health(self) -> Health: ...
+
+    async def aclose(self) -> None: ...
+
 
 EventCallback = Callable[[Event], Any]
 ErrorCallback = Callable[[BaseException], Any]
@@ -178,7 +212,7 @@ class WatchHandle:
         handle.stop()
     """
 
-    def __init__(self, client: Client, state: WatchState, callback: EventCallback, on_error: ErrorCallback | None) -> None:
+    def __init__(self, client: SyncWatchedClient, state: WatchState, callback: EventCallback, on_error: ErrorCallback | None) -> None:
         self._client = client  # the watch's own client (its own connections), closed when the watch ends
         self._state = state
         self._callback = callback
@@ -409,7 +443,7 @@ class AsyncWatchHandle:
         await handle.stop()
     """
 
-    def __init__(self, client: AsyncClient, state: WatchState, callback: Callable[[Event], Any],
+    def __init__(self, client: AsyncWatchedClient, state: WatchState, callback: Callable[[Event], Any],
                  on_error: Callable[[BaseException], Any] | None) -> None:
         self._client = client
         self._state = state

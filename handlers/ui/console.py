@@ -19,10 +19,9 @@ from urllib.parse import parse_qsl, quote, urlsplit
 from fastapi import APIRouter, Request, Response
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 
-from tessera.core.backends.memory_sessions import MemorySessionStore
 from tessera.core.errors import InvalidRequest, PayloadTooLarge, TesseraError, Unauthenticated
 from tessera.core.model import Principal, Scope, format_time, parse_scope
-from tessera.core.sessions import SESSION_SECONDS, ConsoleSessions, csrf_matches, csrf_token
+from tessera.core.sessions import ConsoleSessions, csrf_matches, csrf_token
 from tessera.handlers.auditing import Auditor
 from tessera.handlers.deps import MAX_BODY_BYTES, get_auditor
 
@@ -224,23 +223,3 @@ def console_route(path: str, action: str, methods: tuple[str, ...] = ("GET",)) -
 
 
 STATIC = {"console.css": "text/css; charset=utf-8", "console.js": "text/javascript; charset=utf-8"}
-
-
-def install(api: Any) -> None:
-    """Mount the console on ``api`` (``handlers/app.py``)."""
-    from tessera.handlers.ui import admin, live, pages  # noqa: F401 - importing registers their routes
-
-    container = api.state.container
-    store = container.sessions
-    if store is None:
-        store = MemorySessionStore()
-    api.state.console_sessions = ConsoleSessions(store, container.authenticator, SESSION_SECONDS)
-    api.state.console_static = {name: (HERE / "static" / name).read_bytes() for name in STATIC}
-    api.include_router(router)
-    api.include_router(live.router)
-    api.add_api_route("/", root_redirect, methods=["GET"], include_in_schema=False, name="ui.root")
-    api.include_router(pages.fallback)
-
-
-async def root_redirect() -> Response:
-    return Response(status_code=307, headers={"location": "/ui"})

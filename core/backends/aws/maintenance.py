@@ -1,7 +1,8 @@
 """Work on the whole store that no request does: key rotation's walk and swap, and garbage collection.
 
 Both act through an ``AwsStore`` (its table, bucket and record cache); ``AwsStore`` exposes them as the
-``RewrapStore`` methods and ``collect_orphans``.
+``RewrapStore`` methods and ``collect_orphans``. What they need of it is the ``MaintainedStore`` Protocol below,
+so this module does not import ``store.py`` (which imports this one).
 """
 
 from __future__ import annotations
@@ -11,9 +12,9 @@ import time
 from collections import Counter
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
-from tessera.core.backends.aws.calls import ClientFailure
+from tessera.core.backends.aws.calls import ClientFailure, Table
 from tessera.core.backends.aws.items import (
     OBJECT_PREFIX,
     get_n,
@@ -30,11 +31,31 @@ from tessera.core.backends.aws.items import (
 )
 from tessera.core.model import Scope, Version
 
-if TYPE_CHECKING:
-    from tessera.core.backends.aws.store import AwsStore
-
 SEALED_SNAPSHOT_SECONDS = 600.0  # how long one rewrap run reuses its scan of version ids
 VersionId = tuple[str, str, str, int]  # (namespace, env, key, version)
+
+
+class DroppableRecords(Protocol):
+    def drop(self, scope: Scope, key: str, version: int) -> None: ...
+
+
+class MaintainedStore(Protocol):
+    """What maintenance needs of ``AwsStore`` (``store.py``)."""
+
+    @property
+    def db(self) -> Table: ...
+
+    @property
+    def bucket(self) -> str: ...
+
+    @property
+    def records(self) -> DroppableRecords: ...
+
+    def s3_call(self, operation: str, handled: frozenset[str] = ..., **params: Any) -> dict[str, Any]: ...
+
+    def discard_object(self, obj: str | None) -> None: ...
+
+    def load_envelope(self, version: Version) -> bytes: ...
 
 
 class SealedVersions:
@@ -45,7 +66,7 @@ class SealedVersions:
     replaced. Versions written after the scan are sealed under the then-active key and need no rewrap;
     ``keys status`` shows any that do."""
 
-    def __init__(self, store: AwsStore) -> None:
+    def __init__(self, store: MaintainedStore) -> None:
         self.store = store
         self._snapshot: tuple[float, list[VersionId]] | None = None
 
@@ -73,7 +94,7 @@ class SealedVersions:
         return page
 
 
-def scan_versions(store: AwsStore, projection: str | None = None) -> Any:
+def scan_versions(store: MaintainedStore, projection: str | None = None) -> Any:
     """Every version item that holds a value (consistent scan)."""
     params: dict[str, Any] = {
         "FilterExpression": "begins_with(PK, :v) AND attribute_exists(obj)",
@@ -84,7 +105,7 @@ def scan_versions(store: AwsStore, projection: str | None = None) -> Any:
     return store.db.scan(**params)
 
 
-def replace_envelope(store: AwsStore, version: Version, old: bytes, new: bytes, new_key_id: str) -> bool:
+def replace_envelope(store: MaintainedStore, version: Version, old: bytes, new: bytes, new_key_id: str) -> bool:
     """New object, then the version item (and the head, if it still points at this version) switch to it
     only if the stored envelope is still ``old``. The old object is left for gc (readers may hold it)."""
     scope, key = version.scope, version.key
@@ -117,7 +138,7 @@ def replace_envelope(store: AwsStore, version: Version, old: bytes, new: bytes, 
     return False
 
 
-def versions_by_key_id(store: AwsStore) -> dict[str, int]:
+def versions_by_key_id(store: MaintainedStore) -> dict[str, int]:
     counts: Counter[str] = Counter()
     for item in scan_versions(store, projection="kid"):
         counts[get_s(item, "kid") or ""] += 1
@@ -143,7 +164,7 @@ class OrphanReport:
         }
 
 
-def collect_orphans(store: AwsStore, grace_seconds: float = 3600.0, dry_run: bool = False, now: datetime | None = None) -> OrphanReport:
+def collect_orphans(store: MaintainedStore, grace_seconds: float = 3600.0, dry_run: bool = False, now: datetime | None = None) -> OrphanReport:
     """Delete value objects no version item points at and older than ``grace_seconds``.
 
     Orphans come from a crash (or an ambiguous failure) between the S3 put and the transaction, and
@@ -171,7 +192,7 @@ def collect_orphans(store: AwsStore, grace_seconds: float = 3600.0, dry_run: boo
     return OrphanReport(scanned, orphans, deleted, dry_run, grace_seconds)
 
 
-def is_referenced(store: AwsStore, name: str) -> bool:
+def is_referenced(store: MaintainedStore, name: str) -> bool:
     parsed = parse_object_key(name)
     if parsed is None:
         return True  # not ours to judge: leave anything that does not look like a value object
