@@ -100,7 +100,7 @@ class TesseraASGI:
             await self._respond(send, request_id, path, *await self._health())
             return
         if method == "GET" and path == "/ready":
-            await self._respond(send, request_id, path, *self._ready(request_id))
+            await self._respond(send, request_id, path, *await self._ready(request_id))
             return
         if not audited(path):
             await self.api(scope, receive, self._with_headers(send, request_id, path))
@@ -310,8 +310,8 @@ class TesseraASGI:
         body = dumps({"status": "ok", "backend": store.backend_name, "revision": revision})
         return 200, [(b"content-type", b"application/json")], body
 
-    def _ready(self, request_id: str) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
-        reason = self.container.not_ready_reason()
+    async def _ready(self, request_id: str) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+        reason = await self.container.ready_reason()
         if reason is not None:
             return error_body(503, "not_ready", reason, request_id)
         return 200, [(b"content-type", b"application/json")], b'{"status":"ready"}'

@@ -105,7 +105,8 @@ def build_access(settings: Settings, store: VersionStore, stores: Any = None, em
         damper=FailureDamper(settings.auth_failure_limit, settings.auth_failure_window, settings.auth_penalty),
     )
 
-BLOCKING_THREADS = 32  # writes (each waits for an fsync) and, on remote stores, every store call
+BLOCKING_THREADS = 32
+READY_PROBE_EVERY = 1.0  # seconds a /ready store probe's answer is reused (load balancers probe often)  # writes (each waits for an fsync) and, on remote stores, every store call
 
 
 @dataclass
@@ -120,6 +121,8 @@ class Container:
     sessions: SessionStore | None = None  # the console's sessions; None: in this process's memory (aws, for now)
     executor: ThreadPoolExecutor = field(default_factory=lambda: ThreadPoolExecutor(BLOCKING_THREADS, thread_name_prefix="tessera"))
     feed_poller: FeedPoller = field(init=False)
+    _probe: Any = field(default=None, init=False, repr=False)  # the store probe running or last run (/ready)
+    _probed_at: float = field(default=float("-inf"), init=False, repr=False)
 
     def __post_init__(self) -> None:
         # Other processes' commits (--workers, other nodes) reach this process's watchers within one interval:
@@ -148,6 +151,22 @@ class Container:
         if not audit_log.ready:
             return audit_log.failure or "the audit log cannot be written"
         return None
+
+    async def ready_reason(self) -> str | None:
+        """:meth:`not_ready_reason`, then the store's write probe (at most one every ``READY_PROBE_EVERY`` seconds,
+        run in a thread, shared by every ``/ready`` meanwhile): why the node cannot take writes, or None."""
+        reason = self.not_ready_reason()
+        probe = getattr(self.store, "write_probe", None)
+        if reason is not None or probe is None:
+            return reason
+        loop = asyncio.get_running_loop()
+        task = self._probe
+        stale = task is None or task.get_loop() is not loop or (task.done() and loop.time() - self._probed_at >= READY_PROBE_EVERY)
+        if stale:
+            self._probed_at = loop.time()
+            task = self._probe = loop.create_task(self.blocking(probe))
+        result: str | None = await asyncio.shield(task)
+        return result
 
     def close(self) -> None:
         self.access.close()  # flushes the audit writer before the store goes

@@ -54,6 +54,10 @@ VERSION_COLUMNS = (
 META_COLUMNS = VERSION_COLUMNS.replace("v.envelope", "NULL")
 # ``.`` is followed by ``/`` in ASCII, so [prefix + ".", prefix + "/") is exactly the keys below ``prefix``.
 BELOW_UPPER_BOUND = "/"
+# /ready: a store is not ready for writes with less free space than this (a value is up to 64 KiB, and its WAL
+# frames, index pages and audit record come with it), nor when its write lock cannot be had within PROBE_WAIT.
+MIN_FREE_BYTES = 1024 * 1024
+PROBE_WAIT = 2.0
 MAX_IDLE_READERS = 16  # more concurrent readers than this open extra connections, closed when they finish
 
 
@@ -115,6 +119,8 @@ class SQLiteStore:
         create_private(self.path)
         self._writer = connect(self.path)
         self._write_lock = threading.Lock()
+        self._probe: sqlite3.Connection | None = None  # write_probe's own connection
+        self._probe_lock = threading.Lock()
         # Idle reader connections, reused across requests and threads. Checked out per query rather than held
         # per thread: worker threads come and go (anyio retires idle ones), connections must not go with them.
         self._idle_readers: list[sqlite3.Connection] = []
@@ -180,7 +186,36 @@ class SQLiteStore:
                 if not durable:
                     self._writer.execute("PRAGMA synchronous=FULL")
 
+    def write_probe(self) -> str | None:
+        """Why this store cannot take a write now, or None (``/ready``): the data directory's file system is full,
+        or the write lock cannot be had within ``PROBE_WAIT`` (another process holds it: a backup tool, a stuck
+        ``sqlite3`` shell). Takes the lock on a connection of its own and releases it at once; writes nothing."""
+        try:
+            stats = os.statvfs(self.path.parent)
+        except OSError as exc:
+            return f"the data directory cannot be examined ({type(exc).__name__})"
+        free = stats.f_bavail * stats.f_frsize
+        if free < MIN_FREE_BYTES:
+            return f"the store cannot take writes: its file system is full ({free} bytes free)"
+        with self._probe_lock:
+            try:
+                if self._probe is None:
+                    self._probe = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=PROBE_WAIT)
+                self._probe.execute("BEGIN IMMEDIATE")
+                self._probe.execute("ROLLBACK")
+            except sqlite3.Error as exc:
+                if self._probe is not None:
+                    self._probe.close()  # a connection in an unknown state is not reused
+                    self._probe = None
+                reason = "its write lock is held elsewhere" if "locked" in str(exc) or "busy" in str(exc) else type(exc).__name__
+                return f"the store cannot take writes ({reason})"
+        return None
+
     def close(self) -> None:
+        with self._probe_lock:
+            if self._probe is not None:
+                self._probe.close()
+                self._probe = None
         with self._readers_lock:
             for connection in self._idle_readers:
                 connection.close()

@@ -57,6 +57,8 @@ def test_disk_full_fails_closed_and_recovers(tmp_path):
                 assert status == 503 and set(body) == {"error"} and body["error"]["code"] == "unavailable", body
                 assert blob not in str(body)  # a refusal never echoes the value
             assert server.process.poll() is None  # still running, failing closed
+            ready = client.get("/ready", timeout=30)  # what a load balancer probes says so too
+            assert ready.status_code == 503 and ready.json()["error"]["code"] == "not_ready", ready.text
             for key, (version, head) in acknowledged.items():  # what was acknowledged is still what is read
                 read = client.get(f"/config/{key}", timeout=30)
                 assert read.status_code in (200, 503), read.text
@@ -71,6 +73,10 @@ def test_disk_full_fails_closed_and_recovers(tmp_path):
                     break
                 time.sleep(0.5)
             assert response.status_code == 201, response.text
+            deadline = time.monotonic() + 10  # the probe's answer is reused for a second
+            while client.get("/ready", timeout=30).status_code != 200:
+                assert time.monotonic() < deadline, "/ready did not say ready once space returned"
+                time.sleep(0.2)
             applied_anyway = []
             for key, (version, head) in acknowledged.items():  # nothing acknowledged lost, nothing refused applied
                 read = client.get(f"/config/{key}").json()
