@@ -1,12 +1,14 @@
 """Headless Chromium for the console's browser tests: Debian's ``chromium`` and ``chromium-driver``, installed
-when absent (as root, through apt-get; the tests are skipped with the reason when that is impossible), driven by
-Selenium through that chromedriver (Selenium's own driver download is never used: nothing is fetched at run time).
+when absent (apt-get, as root or through password-less sudo as on CI runners; the tests are skipped with the
+reason when that is impossible), driven by Selenium through that chromedriver (Selenium's own driver download is
+never used: nothing is fetched at run time).
 """
 
 from __future__ import annotations
 
 import fcntl
 import os
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -24,14 +26,25 @@ def present() -> bool:
     return CHROMIUM.exists() and CHROMEDRIVER.exists()
 
 
+def as_root_prefix() -> list[str] | None:
+    """How to run apt-get as root: directly when root, through password-less sudo (a CI runner) otherwise."""
+    if hasattr(os, "geteuid") and os.geteuid() == 0:
+        return []
+    sudo = shutil.which("sudo")
+    if sudo is not None and subprocess.run([sudo, "-n", "true"], capture_output=True, timeout=30).returncode == 0:
+        return [sudo, "-n", "--preserve-env=DEBIAN_FRONTEND"]
+    return None
+
+
 def ensure_chromium() -> str | None:
     """Install Debian's chromium and its driver if they are absent; the reason they cannot be, or None."""
     if present():
         return None
-    if not hasattr(os, "geteuid") or os.geteuid() != 0:
+    as_root = as_root_prefix()
+    if as_root is None:
         return "chromium and chromium-driver are not installed, and installing them needs root (apt-get install chromium chromium-driver)"
     environment = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    install = ["apt-get", "install", "-y", "-q", "-o", "DPkg::Lock::Timeout=600", *PACKAGES]
+    install = [*as_root, "apt-get", "install", "-y", "-q", "-o", "DPkg::Lock::Timeout=600", *PACKAGES]
     with open(INSTALL_LOCK, "w") as lock:  # one installer at a time (parallel test workers)
         fcntl.flock(lock, fcntl.LOCK_EX)
         if present():
@@ -39,7 +52,9 @@ def ensure_chromium() -> str | None:
         try:
             done = subprocess.run(install, env=environment, capture_output=True, text=True, timeout=900)
             if done.returncode != 0:  # an old or empty package list: refresh it once and try again
-                subprocess.run(["apt-get", "update", "-q"], env=environment, capture_output=True, text=True, timeout=600)
+                subprocess.run(
+                    [*as_root, "apt-get", "update", "-q"], env=environment, capture_output=True, text=True, timeout=600
+                )
                 done = subprocess.run(install, env=environment, capture_output=True, text=True, timeout=900)
         except (OSError, subprocess.TimeoutExpired) as exc:
             return f"could not install chromium: {exc}"
@@ -58,5 +73,5 @@ def start_chromium(profile: Path):  # noqa: ANN201 - selenium's WebDriver, impor
         options.add_argument(flag)
     options.add_argument(f"--user-data-dir={profile}")
     driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
-    driver.set_page_load_timeout(30)
+    driver.set_page_load_timeout(120)
     return driver
