@@ -1,7 +1,8 @@
 """``Idempotency-Key``: a retried write applies once (API.md, Conventions).
 
 A request carrying ``Idempotency-Key: K`` first *claims* (token, K) in the replicated store, with a fingerprint
-of the request (method, path, query, body) and a random owner id, for a lease. Then:
+of the request (method, path, query, body; keyed by the bearer token, so it reveals nothing of a secret value in
+the body) and a random owner id, for a lease. Then:
 
 - nothing there (or an expired lease): the claim is ours and the request runs;
 - a claim still running: ``409 idempotency_in_progress`` (the first may yet commit);
@@ -21,11 +22,13 @@ True
 from __future__ import annotations
 
 import hashlib
+import hmac
 import re
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from tessera.core.errors import InvalidRequest, TesseraError
+from tessera.core.model import Version
 
 KEY_PATTERN = re.compile(r"[\x21-\x7e]{1,200}\Z")
 LEASE = timedelta(seconds=60)  # longer than any request may run before its commit point
@@ -47,12 +50,21 @@ def parse_idempotency_key(raw: str) -> str:
     return raw
 
 
-def fingerprint(method: str, path: str, query: bytes, body: bytes) -> str:
-    digest = hashlib.sha256()
+def fingerprint(method: str, path: str, query: bytes, body: bytes, secret: bytes = b"") -> str:
+    """HMAC-SHA256 of the request keyed by ``secret``, the caller's bearer token: the body may hold a secret value,
+    and a plain hash of it kept in the store could be guessed offline (a short password, say) by whoever reads the
+    store; keyed by a token only its holder knows (the store keeps only the token's digest), it cannot."""
+    digest = hmac.new(secret, digestmod=hashlib.sha256)
     for part in (method.encode(), path.encode(), query, body):
         digest.update(len(part).to_bytes(8, "big"))
         digest.update(part)
     return digest.hexdigest()
+
+
+def change_of(version: Version) -> tuple[str, ...]:
+    """What a committed claim records of its config change, to rebuild the response (``handlers/idempotency.rebuilt``)."""
+    scope = version.scope
+    return ("config", scope.namespace, scope.env, version.key, str(version.version), version.action.value)
 
 
 @dataclass(frozen=True)

@@ -140,7 +140,7 @@ class TesseraASGI:
         auditor.principal = principal
         try:
             body = await idempotency.read_body(receive)
-            asked = idempotency.new_claim(principal.id, key, scope, body, auditor.action or "")
+            asked = idempotency.new_claim(principal.id, key, scope, body, auditor.action or "", token)
             claim = await container.blocking(store.claim, asked, asked.expires_at - LEASE)
             if not claim.ours:
                 assert claim.record is not None

@@ -60,11 +60,12 @@ def replaying(body: bytes, receive: Receive) -> Receive:
     return again
 
 
-def new_claim(token_id: str, key: str, scope: dict[str, Any], body: bytes, action: str) -> IdempotencyRecord:
+def new_claim(token_id: str, key: str, scope: dict[str, Any], body: bytes, action: str, token: str | None = None) -> IdempotencyRecord:
+    """The claim of this request: ``token`` (the bearer token's string) keys the fingerprint (``core/idempotency.py``)."""
     return IdempotencyRecord(
         token_id=token_id,
         key=key,
-        fingerprint=fingerprint(scope["method"], scope["path"], scope.get("query_string", b""), body),
+        fingerprint=fingerprint(scope["method"], scope["path"], scope.get("query_string", b""), body, (token or "").encode()),
         owner=os.urandom(12).hex(),
         state="running",
         expires_at=utcnow() + LEASE,

@@ -23,10 +23,12 @@ from tessera.core.access_model import AuditEntry, PolicyDoc, Rule, TokenRecord
 from tessera.core.audit import RESPONSE
 from tessera.core.backends.aws import AwsStore, CallCounter, ClientFailure, Table
 from tessera.core.backends.aws.audit import DEFAULT_RETENTION, MAX_BLOCK_RECORDS, SHARDS, AuditReader, ShardWriter
+from tessera.core.backends.aws.idempotency import mark_item
 from tessera.core.backends.aws.items import n as _n
 from tessera.core.backends.aws.items import s as _s
 from tessera.core.backends.aws.stamp import AuthStamp
 from tessera.core.errors import Unavailable
+from tessera.core.idempotency import RETENTION, IdempotencyGuard, IdempotencyInProgress
 
 TOKEN_PK, TOKEN_HASH_PK, POLICY_PK = "TOKEN", "TOKENHASH", "POLICY"
 POLICY_COUNTER_PK, POLICY_COUNTER_SK = "POLICYCOUNTER", "version"
@@ -118,16 +120,23 @@ class DynamoAccessStore:
         return self.db.partition(pk, forward=forward, after=after, limit=limit)
 
     # ------------------------------------------------------------------ tokens
-    def create_token(self, record: TokenRecord) -> None:
+    idempotency = True  # create_token marks an Idempotency-Key claim in its own transaction
+
+    def create_token(self, record: TokenRecord, guard: IdempotencyGuard | None = None) -> None:
         condition = "attribute_not_exists(PK)"
-        self._ddb(
-            "TransactWriteItems",
-            TransactItems=[
-                {"Put": {"TableName": self.table, "Item": _token_item(TOKEN_PK, record.id, record), "ConditionExpression": condition}},
-                {"Put": {"TableName": self.table, "Item": _token_item(TOKEN_HASH_PK, record.token_hash, record), "ConditionExpression": condition}},
-                self.stamp.bump(),
-            ],
-        )  # fmt: skip
+        items = [
+            {"Put": {"TableName": self.table, "Item": _token_item(TOKEN_PK, record.id, record), "ConditionExpression": condition}},
+            {"Put": {"TableName": self.table, "Item": _token_item(TOKEN_HASH_PK, record.token_hash, record), "ConditionExpression": condition}},
+            self.stamp.bump(),
+        ]  # fmt: skip
+        if guard is not None:  # the claim is marked with the token's creation, or nothing is created
+            items.append(mark_item(self.table, guard, ("token", record.id), record.created_at + RETENTION))
+        try:
+            self._ddb("TransactWriteItems", frozenset({"TransactionCanceledException"}), TransactItems=items)
+        except ClientFailure as failure:
+            if guard is not None and failure.cancellation_codes[3:4] == ["ConditionalCheckFailed"]:
+                raise IdempotencyInProgress("this request's Idempotency-Key was taken over by a retry; nothing was changed") from None
+            raise Unavailable("dynamodb refused the token's creation; nothing was changed") from None
         self.stamp.changed()
 
     def token_by_hash(self, token_hash: str) -> TokenRecord | None:

@@ -117,7 +117,7 @@ class Container:
     service: ConfigService
     authenticator: Authenticator
     access: AccessParts
-    idempotency: IdempotencyStore | None = None  # None: the store keeps no Idempotency-Key claims yet (aws)
+    idempotency: IdempotencyStore | None = None  # None: the store keeps no Idempotency-Key claims
     sessions: SessionStore | None = None  # the console's sessions; None: in this process's memory (aws, for now)
     executor: ThreadPoolExecutor = field(default_factory=lambda: ThreadPoolExecutor(BLOCKING_THREADS, thread_name_prefix="tessera"))
     feed_poller: FeedPoller = field(init=False)
@@ -229,6 +229,10 @@ def build_idempotency(store: VersionStore) -> IdempotencyStore | None:
         from tessera.core.backends.sqlite_idempotency import SQLiteIdempotencyStore
 
         return SQLiteIdempotencyStore(store)
+    if store.backend_name == "aws":
+        from tessera.core.backends.aws.idempotency import DynamoIdempotencyStore
+
+        return DynamoIdempotencyStore(store.db)  # type: ignore[attr-defined]
     return None
 
 

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from tessera.core.access_model import AuditEntry
 from tessera.core.errors import KeyConflict, Unavailable, VersionConflict
-from tessera.core.idempotency import RETENTION, IdempotencyGuard
+from tessera.core.idempotency import RETENTION, IdempotencyGuard, change_of
 from tessera.core.model import Action, Change, Environment, Scope, Version, ancestors
 
 SCHEMA = """
@@ -336,8 +336,7 @@ class SQLiteStore:
                 self.audit_appender(db, records)
             if guard is not None and self.idempotency_marker is not None:
                 (done,) = committed  # commit() alone passes a guard: its change names the one version
-                change = ("config", done.scope.namespace, done.scope.env, done.key, str(done.version), done.action.value)
-                self.idempotency_marker(db, guard, change, done.updated_at + RETENTION)
+                self.idempotency_marker(db, guard, change_of(done), done.updated_at + RETENTION)
         return committed
 
     def _apply(self, db: sqlite3.Connection, version: Version) -> Version:

@@ -1,5 +1,6 @@
-"""``Idempotency-Key`` (API.md, Conventions) on the embedded store: replays, refusals, and the commit that marks
-its claim in the same transaction (a claim taken over by a retry cannot commit any more)."""
+"""``Idempotency-Key`` (API.md, Conventions) on every backend (``tests/backends.py``: the embedded store, the aws
+store under moto in-process and behind a moto_server process): replays, refusals, and the commit that marks its
+claim in the same transaction (a claim taken over by a retry cannot commit any more)."""
 
 from __future__ import annotations
 
@@ -7,8 +8,25 @@ from datetime import timedelta
 
 import pytest
 
+from tessera.core.backends.factory import build
 from tessera.core.idempotency import IdempotencyGuard, IdempotencyInProgress
 from tessera.core.model import Action, Scope, Version, utcnow
+from tessera.core.settings import Settings
+from tests.api.conftest import ROOT_TOKEN
+
+
+@pytest.fixture
+def container(backend, tmp_path):
+    """The app's container over each registered backend (overrides tests/api/conftest.py's embedded one)."""
+    store, keys = backend
+    if store.backend_name == "aws":
+        settings = Settings(backend="aws", bucket=store.bucket, table=store.table, root_token=ROOT_TOKEN)
+    else:
+        settings = Settings(data_dir=tmp_path / "data", root_token=ROOT_TOKEN)
+    container = build(settings, store=store, keys=keys)
+    assert container.idempotency is not None
+    yield container
+    container.close()
 
 
 def put(client, key, value, idem, **extra):

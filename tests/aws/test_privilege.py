@@ -97,7 +97,8 @@ def test_every_route_runs_within_its_functions_role_and_every_grant_is_needed(ta
         call("PUT", "/envs/prod", 201, json={"parent": "default"})
         call("PUT", "/config/db.host", 201, json={"value": "db.internal"})
         call("PUT", "/config/db.password", 201, json={"value": "s3cret", "secret": True})
-        call("PUT", "/config/db.host", 200, json={"value": "db2.internal"})
+        call("PUT", "/config/db.host", 200, json={"value": "db2.internal"}, headers={**ROOT, "Idempotency-Key": "w-1"})
+        call("PUT", "/config/db.host", 200, json={"value": "db2.internal"}, headers={**ROOT, "Idempotency-Key": "w-1"})  # replayed
         call("PUT", "/config/db.host", 201, json={"value": "prod-db"}, params={"env": "prod"})
         call("GET", "/config/db.host", 200)
         call("GET", "/config/db.host?version=1", 200)
@@ -115,7 +116,8 @@ def test_every_route_runs_within_its_functions_role_and_every_grant_is_needed(ta
         call("PUT", "/policies/doomed", (200, 201), json={"rules": [{"path": "x.*", "capabilities": ["read"]}]})
         call("GET", "/policies", 200)
         call("GET", "/policies/reader", 200)
-        token = call("POST", "/auth/tokens", 201, json={"service": "app", "policies": ["reader"]}).json()
+        token = call("POST", "/auth/tokens", 201, json={"service": "app", "policies": ["reader"]},
+                     headers={**ROOT, "Idempotency-Key": "a-1"}).json()  # claims (IDEM#) on the admin role too
         service = {"Authorization": f"Bearer {token['token']}"}
         call("POST", "/auth/explain", 200, json={"service": "app", "capability": "read", "key": "db.host"})
         call("GET", "/auth/tokens", 200)

@@ -244,8 +244,6 @@ def test_the_harness_can_pause_and_resume_a_node(all_up: Cluster, tmp_path: Path
 
 
 # ---------------------------------------------------------------- Idempotency-Key across a node's death
-@pytest.mark.xfail(strict=True, reason="aws nodes keep no Idempotency-Key claims yet (the aws store has no "
-                   "IdempotencyStore), so a retried rollback makes a second version")
 def test_an_idempotency_key_retried_on_another_node_after_a_kill_that_lost_the_reply_applies_once(all_up: Cluster):
     """The first attempt commits but its reply is lost (the client hangs up, then its node is killed); the
     retry with the same key on another node must answer the first response and change nothing."""

@@ -7,6 +7,7 @@ Modules, each with one job:
 - ``items``: the table's key layout and how versions and changes are encoded as items;
 - ``commit``: the items of one commit transaction and what a cancellation means;
 - ``store``: ``AwsStore`` (reads, the commit, environments, meta);
+- ``idempotency``: ``Idempotency-Key`` claims (``IDEM#`` items), marked inside the commit's transaction;
 - ``maintenance``: key rotation's walk and swap, garbage collection of orphaned objects;
 - ``kms``: ``KmsKeyService``.
 

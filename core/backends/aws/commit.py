@@ -3,7 +3,7 @@
 A commit writes, all or nothing (``docs/aws.md``, "Commit protocol"): the head (compare-and-set on its
 version), the revision counter (compare-and-set on its value), the immutable version item, the change-log
 entry, the ancestors' live-descendant counts when the key turns live or goes away, and — when the caller
-hands one over — the request's audit record. ``TransactionPlan`` keeps, for every item, what it stands
+hands one over — the request's audit record and the mark of its ``Idempotency-Key`` claim. ``TransactionPlan`` keeps, for every item, what it stands
 for, so a cancellation's per-item reasons turn into the right domain error.
 """
 
@@ -27,12 +27,13 @@ from tessera.core.backends.aws.items import (
     version_pk,
 )
 from tessera.core.errors import KeyConflict, Unavailable, VersionConflict
+from tessera.core.idempotency import IdempotencyInProgress
 from tessera.core.model import Version, ancestors
 
 MAX_TRANSACTION_ITEMS = 100  # DynamoDB's limit per TransactWriteItems
 # Error codes that mean "try later": botocore already retried them with backoff before we see them.
 RETRYABLE_ITEM_CODES = frozenset({"TransactionConflict", "ThrottlingError", "ProvisionedThroughputExceeded"})
-HEAD, COUNTER, VERSION, CHANGE, ANCESTOR, AUDIT = "head", "counter", "version", "change", "ancestor", "audit"
+HEAD, COUNTER, VERSION, CHANGE, ANCESTOR, AUDIT, IDEM = "head", "counter", "version", "change", "ancestor", "audit", "idem"
 
 
 @dataclass(frozen=True)
@@ -173,6 +174,10 @@ class TransactionPlan:
         """Turn a cancelled transaction into the domain error, or return when it is worth retrying
         (only the revision counter lost, or a transient per-item conflict)."""
         codes = [reason.get("Code", "None") for reason in reasons]
+        if any(role == IDEM and codes[position] == "ConditionalCheckFailed"
+               for position, (role, _, _) in enumerate(self.roles[: len(codes)])):  # fmt: skip
+            # First: a claim taken over means a retry owns the write now, whatever else changed meanwhile.
+            raise IdempotencyInProgress("this request's Idempotency-Key was taken over by a retry; nothing was changed")
         for position, code in enumerate(codes):
             if code != "ConditionalCheckFailed" or position >= len(self.roles):
                 continue

@@ -9,7 +9,8 @@ Table items (``PK``/``SK`` are strings; ``<v>`` and ``<r>`` are zero-padded to 2
     ENVS              <name>         environment and its parent
     META              <name>         small settings (the root token's digest)
 
-Tokens, policies and the audit log have their own partitions (``aws_access.py``, ``aws/audit.py``).
+Tokens, policies and the audit log have their own partitions (``aws_access.py``, ``aws/audit.py``), and so do
+``Idempotency-Key`` claims (``IDEM#<token id>``, ``aws/idempotency.py``).
 
 >>> head_pk(Scope("billing", "prod")), version_pk(Scope(), "db.host"), pad(42)
 ('H#billing#prod', 'V#default#default#db.host', '00000000000000000042')

@@ -23,7 +23,8 @@ from tessera.core.auth import ROOT_HASH_META
 from tessera.core.backends.aws import maintenance
 from tessera.core.backends.aws.audit import DEFAULT_RETENTION, ShardWriter
 from tessera.core.backends.aws.calls import AwsClients, CallCounter, ClientFailure, Table, call_aws, shared_clients
-from tessera.core.backends.aws.commit import AUDIT, Pending, TransactionPlan
+from tessera.core.backends.aws.commit import AUDIT, IDEM, Pending, TransactionPlan
+from tessera.core.backends.aws.idempotency import mark_item
 from tessera.core.backends.aws.items import (
     CHANGES_PK,
     COUNTER_PK,
@@ -45,7 +46,7 @@ from tessera.core.backends.aws.items import (
 )
 from tessera.core.backends.aws.stamp import AuthStamp
 from tessera.core.errors import KeyConflict, RevisionCompacted, Unavailable, VersionConflict
-from tessera.core.idempotency import IdempotencyGuard
+from tessera.core.idempotency import RETENTION, IdempotencyGuard, IdempotencyInProgress, change_of
 from tessera.core.model import Change, Environment, Scope, Version, is_under
 
 if TYPE_CHECKING:  # the settings module is light, but keep the adapter's imports obvious
@@ -271,10 +272,9 @@ class AwsStore:
     # ------------------------------------------------------------------ the commit
     def commit(self, version: Version, audit: AuditEntry | None = None, guard: IdempotencyGuard | None = None) -> Version:
         """S3 object first, then one ``TransactWriteItems`` (see docs/aws.md, "Commit protocol"); ``audit``,
-        the request's record, is written in that same transaction: the change and its record land together.
-        ``Idempotency-Key`` claims are not kept on this store yet (the composition root gives it none)."""
-        if guard is not None:
-            raise Unavailable("this store keeps no Idempotency-Key claims yet")
+        the request's record, is written in that same transaction: the change and its record land together, and so
+        does the mark of ``guard``'s ``Idempotency-Key`` claim (``aws/idempotency.py``): when the claim is no longer
+        the guard's, nothing is committed (``IdempotencyInProgress``)."""
         scope, key = version.scope, version.key
         pending = Pending(version, self._liveness_of(scope, key, version.version - 1))
         if pending.live:
@@ -285,8 +285,9 @@ class AwsStore:
             self.s3_call("PutObject", Bucket=self.bucket, Key=obj, Body=version.envelope, IfNoneMatch="*",
                          ContentType="application/octet-stream")  # fmt: skip
         try:
-            revision = self._commit_recorded(pending, audit) if audit is not None else self._commit_transaction(pending)
-        except (VersionConflict, KeyConflict):
+            mark = mark_item(self.table, guard, change_of(version), version.updated_at + RETENTION) if guard is not None else None
+            revision = self._commit_recorded(pending, audit, mark) if audit is not None else self._commit_transaction(pending, None, mark)
+        except (VersionConflict, KeyConflict, IdempotencyInProgress):
             # Definitely not committed: the object is garbage now (gc would find it; this saves it the trouble).
             self.discard_object(pending.obj)
             raise
@@ -311,13 +312,13 @@ class AwsStore:
     def _change_expires(self) -> int:
         return int((datetime.now(UTC) + self.change_log_ttl).timestamp())
 
-    def _commit_recorded(self, pending: Pending, audit: AuditEntry) -> int:
+    def _commit_recorded(self, pending: Pending, audit: AuditEntry, mark: dict[str, Any] | None = None) -> int:
         writer = self.audit_writer()
         with writer.lock:  # the record's place in the chain is held until the transaction's outcome is known
             block = writer.reserve([audit])
             try:
-                revision = self._commit_transaction(pending, block.item)
-            except (VersionConflict, KeyConflict):
+                revision = self._commit_transaction(pending, block.item, mark)
+            except (VersionConflict, KeyConflict, IdempotencyInProgress):
                 writer.settle(block, False)
                 raise
             except BaseException:
@@ -326,7 +327,7 @@ class AwsStore:
             writer.settle(block, True)
             return revision
 
-    def _commit_transaction(self, pending: Pending, audit_item: dict[str, Any] | None = None) -> int:
+    def _commit_transaction(self, pending: Pending, audit_item: dict[str, Any] | None = None, mark: dict[str, Any] | None = None) -> int:
         version = pending.version
         for attempt in range(COUNTER_ATTEMPTS):
             current_revision = self.current_revision()
@@ -336,6 +337,8 @@ class AwsStore:
             plan.counter(current_revision, revision)
             if audit_item is not None:
                 plan.put(AUDIT, audit_item)
+            if mark is not None:
+                plan.add(IDEM, -1, mark)
             try:
                 self.db.transact(
                     plan.items,
