@@ -127,7 +127,9 @@ class TesseraASGI:
         """Claim (token, key); run the request as the claim's owner, or answer from what the claim holds."""
         container, store = self.container, self.container.idempotency
         token = self._bearer(scope)
-        self._route_facts(scope, auditor)
+        if not self._route_facts(scope, auditor):  # no route (404, 405): nothing to claim, nothing can change
+            await self._through_api(scope, receive, send, auditor)
+            return
         try:
             key = parse_idempotency_key(raw_key.decode("latin-1"))
             principal = await container.read(container.authenticator.authenticate, token)
@@ -169,16 +171,18 @@ class TesseraASGI:
         finally:
             await container.blocking(idempotency.finish_or_release, store, guard, auditor, answered["status"], bytes(answered["body"]))
 
-    def _route_facts(self, scope: dict[str, Any], auditor: Auditor) -> None:
-        """Which route a request is for, before it runs (an answer from its claim never reaches the router)."""
+    def _route_facts(self, scope: dict[str, Any], auditor: Auditor) -> bool:
+        """Which route a request is for, before it runs (an answer from its claim never reaches the router);
+        False when no route takes it."""
         from starlette.routing import Match
 
         for route in self.api.router.routes:
             match, child = route.matches(scope)
             if match is Match.FULL:
                 facts_from_route(auditor, {**scope, **child})
-                return
+                return True
         facts_from_route(auditor, scope)
+        return False
 
     @staticmethod
     def _headers(scope: dict[str, Any]) -> tuple[str, bytes | None, bytes | None, bytes | None]:

@@ -112,3 +112,11 @@ def test_a_committed_claim_whose_response_was_never_kept_is_rebuilt(client, cont
     replayed = client.post("/auth/tokens", json={"service": "idem-g", "policies": []}, headers={"Idempotency-Key": "k-8"})
     assert replayed.status_code == 201 and replayed.json()["id"] == token.json()["id"] and "token" not in replayed.json()
     assert len([t for t in client.get("/auth/tokens").json()["tokens"] if t["service"] == "idem-g"]) == 1
+
+
+def test_a_path_that_is_no_route_claims_nothing(client, container):
+    """On AWS an unmatched path reaches the read function, whose role may not write claims: it must answer 404."""
+    for _ in range(2):
+        missing = client.post("/no/such/route", json={}, headers={"Idempotency-Key": "k-9"})
+        assert missing.status_code == 404 and missing.json()["error"]["code"] == "no_route"
+        assert "idempotent-replayed" not in missing.headers

@@ -126,6 +126,7 @@ def test_every_route_runs_within_its_functions_role_and_every_grant_is_needed(ta
         call("GET", "/audit?key=db.host", 200)
         call("DELETE", "/policies/doomed", (200, 204))
         call("GET", "/no/such/route", 404)
+        call("POST", "/no/such/route", 404, headers={**ROOT, "Idempotency-Key": "r-1"})  # the read role claims nothing
         call("PATCH", "/config/db.host", (404, 405))
 
         # Round 2, new (cold) containers and a service token: what a fresh container reads on each route.
