@@ -37,6 +37,7 @@ from tessera.core.formats import MAX_VALUE_DEPTH, flatten, value_depth
 from tessera.core.model import (
     DEFAULT,
     Action,
+    Change,
     Environment,
     Principal,
     Scope,
@@ -732,11 +733,12 @@ class ConfigService:
         for version, encoded in done:
             if encoded is not None:
                 self.values.put((version.scope, version.key, version.version), json.loads(encoded), len(encoded))
+        changes: list[Change] | None
         try:
-            self.feed.refresh()  # before waking anyone: woken watchers find the change in memory
+            changes = self.feed.refresh()  # before waking anyone: woken watchers find the change in memory
         except TesseraError:
-            pass  # committed all the same; the feed's poller reads it later
-        self.notifier.notify()
+            changes = None  # committed all the same (the feed's poller reads it later): wake every waiter
+        self.notifier.notify(changes)
 
     # ------------------------------------------------------------------ import / export / diff
     def import_values(

@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import bisect
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -55,47 +55,102 @@ class WatchedService(Protocol):
     def env_chain(self, env: str) -> list[str]: ...
 
 
-class ChangeNotifier:
-    """Wakes asyncio waiters (on any event loop) when this node commits a change.
+class Interest:
+    """What a waiter waits for: changes in one namespace, in any of some environments, to keys matching some
+    patterns. A commit wakes only the waiters it concerns (may they read it is the watcher's own check)."""
 
-    ``generation`` counts commits: a waiter passes the generation it saw before it last read the change log,
-    so a commit that lands between that read and the wait is not slept through.
+    __slots__ = ("namespace", "envs", "matchers")
+
+    def __init__(self, namespace: str, envs: Iterable[str], matchers: Sequence[Callable[[str], bool]]) -> None:
+        self.namespace = namespace
+        self.envs = frozenset(envs)
+        self.matchers = tuple(matchers)
+
+    def concerns(self, change: Change) -> bool:
+        return (
+            change.scope.namespace == self.namespace
+            and change.scope.env in self.envs
+            and any(match(change.key) for match in self.matchers)
+        )
+
+
+class _Waiter:
+    __slots__ = ("event", "interest")
+
+    def __init__(self, event: asyncio.Event, interest: Interest | None) -> None:
+        self.event = event
+        self.interest = interest
+
+
+class ChangeNotifier:
+    """Wakes asyncio waiters (on any event loop) when this process learns of committed changes.
+
+    ``generation`` counts notifications: a waiter passes the generation it saw before it last read the change
+    log, so a commit that lands between that read and the wait is not slept through. A notification that names
+    its changes wakes only the waiters whose :class:`Interest` they concern; one without (or a waiter without an
+    interest) wakes everyone. Waking costs one ``call_soon_threadsafe`` per event loop, not one per waiter:
+    10,000 parked watchers are filtered and woken in one pass on their loop.
     """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._waiters: set[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = set()
+        self._waiters: dict[asyncio.AbstractEventLoop, set[_Waiter]] = {}
+        self._count = 0
         self.generation = 0
 
     @property
     def waiting(self) -> int:
-        return len(self._waiters)
+        return self._count
 
-    def notify(self) -> None:
+    def notify(self, changes: Sequence[Change] | None = None) -> None:
         with self._lock:
             self.generation += 1
-            waiters = list(self._waiters)
-        for loop, event in waiters:
+            by_loop = [(loop, list(waiters)) for loop, waiters in self._waiters.items() if waiters]
+        for loop, waiters in by_loop:
             try:
-                loop.call_soon_threadsafe(event.set)
-            except RuntimeError:  # the loop has closed: its waiter is gone
-                pass
+                loop.call_soon_threadsafe(_wake, waiters, changes)
+            except RuntimeError:  # the loop has closed: its waiters are gone
+                with self._lock:
+                    self._count -= len(self._waiters.pop(loop, ()))
 
-    async def wait(self, timeout: float, seen_generation: int | None = None) -> None:
-        """Return when a change is committed here (or was, since ``seen_generation``), or after ``timeout`` seconds."""
-        event = asyncio.Event()
-        entry = (asyncio.get_running_loop(), event)
+    async def wait(
+        self,
+        timeout: float | None,
+        seen_generation: int | None = None,
+        interest: Interest | None = None,
+        event: asyncio.Event | None = None,
+    ) -> None:
+        """Return when a change that concerns ``interest`` is committed (or anything was, since
+        ``seen_generation``), when ``event`` is set by someone else, or after ``timeout`` seconds."""
+        loop = asyncio.get_running_loop()
+        waiter = _Waiter(event or asyncio.Event(), interest)
         with self._lock:
             if seen_generation is not None and self.generation != seen_generation:
                 return
-            self._waiters.add(entry)
+            self._waiters.setdefault(loop, set()).add(waiter)
+            self._count += 1
         try:
-            await asyncio.wait_for(event.wait(), timeout)
+            if timeout is None:
+                await waiter.event.wait()
+            else:
+                await asyncio.wait_for(waiter.event.wait(), timeout)
         except TimeoutError:
             pass
         finally:
             with self._lock:
-                self._waiters.discard(entry)
+                waiters = self._waiters.get(loop)
+                if waiters is not None and waiter in waiters:
+                    waiters.discard(waiter)
+                    self._count -= 1
+                    if not waiters:
+                        del self._waiters[loop]
+
+
+def _wake(waiters: list[_Waiter], changes: Sequence[Change] | None) -> None:
+    for waiter in waiters:
+        interest = waiter.interest
+        if changes is None or interest is None or any(interest.concerns(change) for change in changes):
+            waiter.event.set()
 
 
 @dataclass(frozen=True)
@@ -125,10 +180,10 @@ class ChangeFeed:
             if self.head is None:
                 self.head = self.service.store.current_revision()
 
-    def refresh(self) -> bool:
-        """Read what the store committed after ``head`` into the feed; True if anything new arrived."""
+    def refresh(self) -> list[Change]:
+        """Read what the store committed after ``head`` into the feed; the changes that arrived (oldest first)."""
         if self.head is None:
-            return False
+            return []
         with self._lock:
             head = self.head
             assert head is not None
@@ -150,7 +205,7 @@ class ChangeFeed:
             if excess:
                 self._bytes -= sum(self._value_bytes[:excess])
                 del self._items[:excess], self._revisions[:excess], self._value_bytes[:excess]
-            return bool(changes)
+            return changes
 
     def _item(self, change: Change) -> FeedItem:
         if change.action is Action.DELETE or change.secret:
@@ -234,6 +289,7 @@ class Watcher:
         self.scope = scope
         self.matchers = [compile_path(p) for p in patterns]
         self.envs = set(service.env_chain(scope.env))  # unknown env → 404 here, before anything waits
+        self.interest = Interest(scope.namespace, self.envs, self.matchers)
         service.feed.start()
         if since is not None and since < 0:
             raise InvalidRequest("since must be 0 or a positive integer")
@@ -251,12 +307,7 @@ class Watcher:
         return min(self.cursor, self.service.store.current_revision())
 
     def _visible(self, change: Change) -> bool:
-        return (
-            change.scope.namespace == self.scope.namespace
-            and change.scope.env in self.envs
-            and any(match(change.key) for match in self.matchers)
-            and self.service.can(self.principal, "read", self.scope, change.key)
-        )
+        return self.interest.concerns(change) and self.service.can(self.principal, "read", self.scope, change.key)
 
     def poll(self) -> list[WatchEvent]:
         """Events after the cursor that this watcher may see; advances the cursor past all it read."""
@@ -322,8 +373,8 @@ class FeedPoller:
             idle = idle + 1 if not service.notifier.waiting else 0
             head = service.feed.head
             try:
-                if head is not None and await self._revision() > head and service.feed.refresh():
-                    service.notifier.notify()
+                if head is not None and await self._revision() > head and (changes := service.feed.refresh()):
+                    service.notifier.notify(changes)
             except TesseraError:
                 continue  # the store is unavailable for now: waiters time out and retry
 

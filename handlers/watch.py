@@ -6,14 +6,16 @@ import asyncio
 import contextlib
 import json
 import logging
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import replace
 from typing import Any
 
 from fastapi import APIRouter, Request, Response, WebSocket, WebSocketDisconnect
 
+from tessera.core.backends.factory import Container
 from tessera.core.errors import InvalidRequest, TesseraError
-from tessera.core.model import Principal, parse_scope, utcnow
-from tessera.core.watch import MAX_SUBSCRIPTIONS_PER_SOCKET, POLL_INTERVAL, Watcher, clamp_timeout, parse_patterns
+from tessera.core.model import Principal, Scope, parse_scope, utcnow
+from tessera.core.watch import MAX_SUBSCRIPTIONS_PER_SOCKET, Watcher, clamp_timeout, parse_patterns
 from tessera.handlers.auditing import Auditor
 from tessera.handlers.deps import AuditorDep, ContainerDep, PrincipalDep, ScopeDep, bearer_token, int_param
 from tessera.handlers.render import dumps
@@ -21,7 +23,8 @@ from tessera.handlers.render import dumps
 logger = logging.getLogger("tessera")
 router = APIRouter()
 AUTH_TIMEOUT_SECONDS = 10.0
-REAUTH_SECONDS = 1.0  # a revoked token's socket closes within about a second
+REAUTH_SECONDS = 1.0  # a revoked token's watches end and its sockets close within about a second
+Receive = Callable[[], Awaitable[Mapping[str, Any]]]
 
 
 def _timeout(raw: str | None, maximum: float) -> float:
@@ -31,6 +34,127 @@ def _timeout(raw: str | None, maximum: float) -> float:
         return clamp_timeout(float(raw), maximum)
     except ValueError as exc:
         raise InvalidRequest("timeout must be a number of seconds") from exc
+
+
+class HeldWatch:
+    """A watch parked on the notifier: woken by a change it cares about, by its token being refused (the
+    :class:`TokenSentinel`), or by its client leaving."""
+
+    __slots__ = ("event", "refused", "gone")
+
+    def __init__(self) -> None:
+        self.event = asyncio.Event()
+        self.refused: TesseraError | None = None
+        self.gone = False
+
+    def refuse(self, exc: TesseraError) -> None:
+        self.refused = exc
+        self.event.set()
+
+    def leave(self, _: object = None) -> None:
+        self.gone = True
+        self.event.set()
+
+
+class TokenSentinel:
+    """Re-checks the tokens of held watches and sockets once per ``interval`` — one lookup per distinct token,
+    not one per watcher — and tells the holders of a token that stopped being valid (revoked or expired), so
+    a revoked token's watches end within about a second while 10,000 parked watchers cost one check a second."""
+
+    def __init__(self, container: Container, interval: float = REAUTH_SECONDS) -> None:
+        self.container = container
+        self.interval = interval
+        self._held: dict[str, set[Callable[[TesseraError], None]]] = {}
+        self._task: asyncio.Task[None] | None = None
+
+    def hold(self, token: str, on_refused: Callable[[TesseraError], None]) -> None:
+        self._held.setdefault(token, set()).add(on_refused)
+        loop = asyncio.get_running_loop()
+        if self._task is None or self._task.done() or self._task.get_loop() is not loop:
+            self._task = loop.create_task(self._run())
+
+    def release(self, token: str, on_refused: Callable[[TesseraError], None]) -> None:
+        holders = self._held.get(token)
+        if holders is not None:
+            holders.discard(on_refused)
+            if not holders:
+                del self._held[token]
+
+    async def _run(self) -> None:
+        authenticate = self.container.authenticator.authenticate
+        while self._held:
+            await asyncio.sleep(self.interval)
+            for token in list(self._held):
+                try:
+                    await self.container.read(authenticate, token)
+                except TesseraError as exc:
+                    if exc.status == 401:
+                        for on_refused in list(self._held.get(token, ())):
+                            on_refused(exc)
+                    # other failures (the store unavailable for now): the watches stay; checked again next round
+
+
+async def _disconnected(receive: Receive) -> None:
+    """Return when the client has gone (for a request whose body has been read: the next message is that)."""
+    while (await receive())["type"] != "http.disconnect":
+        pass
+
+
+async def long_poll(
+    container: Container,
+    sentinel: TokenSentinel,
+    principal: Principal,
+    token: str | None,
+    scope: Scope,
+    keys: str | None,
+    since: str | None,
+    timeout: str | None,
+    receive: Receive | None,
+) -> bytes:
+    """The body of a ``GET /watch``: events after ``since`` that the caller may see, once there are any or when
+    ``timeout`` passes. A parked request sleeps until a change that concerns its keys (no periodic wake-ups:
+    10,000 parked watchers cost nothing while nothing they watch changes); its token is re-checked by the
+    sentinel, its client's departure ends it early. ``TesseraError`` for refusals."""
+    service = container.service
+    wait_seconds = _timeout(timeout, container.settings.max_watch_seconds)
+    since_revision = int_param(since, "since", minimum=0)
+    watcher = await container.read(Watcher, service, principal, scope, parse_patterns(keys), since_revision)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + wait_seconds
+    held: HeldWatch | None = None
+    leaving: asyncio.Task[None] | None = None
+    try:
+        while True:
+            seen = service.notifier.generation  # before reading: a commit after this read wakes the wait below
+            events = await container.read(watcher.poll)
+            remaining = deadline - loop.time()
+            if events or remaining <= 0:
+                break
+            if held is None:
+                held = HeldWatch()
+                if token:
+                    sentinel.hold(token, held.refuse)
+                if receive is not None:
+                    leaving = loop.create_task(_disconnected(receive))
+                    leaving.add_done_callback(held.leave)
+            elif held.gone:
+                break
+            held.event.clear()
+            container.feed_poller.ensure_running()
+            await service.notifier.wait(remaining, seen, watcher.interest, held.event)
+            if held.refused is not None:
+                raise held.refused
+            # Woken: the token is checked again before anything it wakes for is sent (a cached lookup, as on every
+            # request), so a token revoked here gets nothing more even if the sentinel has not looked yet.
+            await container.read(container.authenticator.authenticate, token)
+    finally:
+        if held is not None and token:
+            sentinel.release(token, held.refuse)
+        if leaving is not None and held is not None:
+            leaving.remove_done_callback(held.leave)
+            leaving.cancel()
+    revision = watcher.cursor if events else await container.read(watcher.latest_revision)
+    return dumps({"revision": revision, "events": [event.as_dict() for event in events]})
 
 
 @router.get("/watch", name="watch")
@@ -44,26 +168,12 @@ async def watch(
     since: str | None = None,
     timeout: str | None = None,
 ) -> Response:
+    """Declared for the OpenAPI document; ``GET /watch`` is answered by the ASGI front's fast path (the same
+    :func:`long_poll`), this route only where that front is not in use."""
     auditor.note("watch", target=keys)
-    service = container.service
-    wait_seconds = _timeout(timeout, container.settings.max_watch_seconds)
-    since_revision = int_param(since, "since", minimum=0)
-    watcher = await container.read(Watcher, service, principal, scope, parse_patterns(keys), since_revision)
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + wait_seconds
-    while True:
-        seen = service.notifier.generation  # before reading: a commit after this read wakes the wait below
-        events = await container.read(watcher.poll)
-        remaining = deadline - loop.time()
-        if events or remaining <= 0 or await request.is_disconnected():
-            break
-        container.feed_poller.ensure_running()
-        await service.notifier.wait(min(remaining, POLL_INTERVAL), seen)
-        # A token revoked (or expired) while its watch is held stops receiving within a second (cached lookup).
-        await container.read(container.authenticator.authenticate, bearer_token(request))
-    revision = watcher.cursor if events else await container.read(watcher.latest_revision)
-    body = {"revision": revision, "events": [event.as_dict() for event in events]}
-    return Response(dumps(body), media_type="application/json")
+    sentinel: TokenSentinel = request.app.state.token_sentinel
+    body = await long_poll(container, sentinel, principal, bearer_token(request), scope, keys, since, timeout, request.receive)
+    return Response(body, media_type="application/json")
 
 
 class Socket:
@@ -75,6 +185,7 @@ class Socket:
         self.websocket = websocket
         self.container = websocket.app.state.container
         self.audit = websocket.app.state.audit_queue
+        self.sentinel: TokenSentinel = websocket.app.state.token_sentinel
         self.auditor: Auditor = websocket.scope.get("state", {}).get("auditor") or Auditor.begin(websocket.scope, "")
         self.send_lock = asyncio.Lock()
         self.tasks: list[asyncio.Task] = []
@@ -157,16 +268,18 @@ class Socket:
         self.token = token
         return True
 
-    async def still_authenticated(self) -> None:
-        """Close the socket once its token stops being valid (expired or revoked)."""
-        while True:
-            await asyncio.sleep(REAUTH_SECONDS)
-            try:
-                await self.container.read(self.container.authenticator.authenticate, self.token)
-            except TesseraError as exc:
-                await self.error(exc.code, exc.message)
-                await self.websocket.close(code=1008)
-                return
+    def watch_token(self) -> None:
+        """Close the socket once its token stops being valid (expired or revoked): the sentinel checks it."""
+        assert self.token is not None
+        self.sentinel.hold(self.token, self.refused)
+
+    def refused(self, exc: TesseraError) -> None:
+        self.tasks.append(asyncio.create_task(self._cut_off(exc)))
+
+    async def _cut_off(self, exc: TesseraError) -> None:
+        with contextlib.suppress(Exception):
+            await self.error(exc.code, exc.message)
+            await self.websocket.close(code=1008)
 
     async def subscribe(self, message: dict[str, Any]) -> bool:
         """Validate, record, then answer: a refusal's error or the subscription's events follow its record."""
@@ -208,9 +321,11 @@ class Socket:
                 await self.send({"type": "event", **event.as_dict()})
             if not events:
                 self.container.feed_poller.ensure_running()
-                await service.notifier.wait(POLL_INTERVAL, seen)
+                await service.notifier.wait(None, seen, watcher.interest)
 
     def close(self) -> None:
+        if self.token is not None:
+            self.sentinel.release(self.token, self.refused)
         for task in self.tasks:
             task.cancel()
 
@@ -224,7 +339,7 @@ async def websocket_endpoint(websocket: WebSocket) -> None:
             with contextlib.suppress(Exception):
                 await websocket.close(code=1008)
             return
-        socket.tasks.append(asyncio.create_task(socket.still_authenticated()))
+        socket.watch_token()
         while True:
             message = await socket.receive()
             if message is not None and message.get("type") == "subscribe":

@@ -26,7 +26,7 @@ from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 
 from tessera.core.errors import InvalidRequest, TesseraError, Unauthenticated
 from tessera.core.model import Principal, Scope, format_time, parse_scope, utcnow
-from tessera.core.watch import POLL_INTERVAL, Watcher, parse_patterns
+from tessera.core.watch import Watcher, parse_patterns
 from tessera.handlers.auditing import Auditor
 from tessera.handlers.render import dumps
 from tessera.handlers.ui.console import COOKIE, Refused, check_origin
@@ -156,7 +156,7 @@ class ConsoleSocket:
                 await self.send(await self.container.read(self.describe, scope, event))
             if not events:
                 self.container.feed_poller.ensure_running()
-                await service.notifier.wait(POLL_INTERVAL, seen)
+                await service.notifier.wait(None, seen, watcher.interest)
 
 
 @router.websocket("/ui/ws", name="ui.ws.connect")
