@@ -87,6 +87,7 @@ class Console:
         self.cookie = request.cookies.get(COOKIE)
         self.principal: Principal | None = None
         self.form: dict[str, str] = {}
+        self.pairs: list[tuple[str, str]] = []  # the form as sent, repeated names included (promote's checkboxes)
         self.is_admin = False
 
     # ------------------------------------------------------------------ who
@@ -137,6 +138,7 @@ class Console:
             pairs = parse_qsl(raw.decode("utf-8"), keep_blank_values=True, strict_parsing=False)
         except UnicodeDecodeError as exc:
             raise InvalidRequest("the form is not UTF-8") from exc
+        self.pairs = pairs
         self.form = dict(pairs)
         return self.form
 

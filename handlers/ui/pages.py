@@ -15,8 +15,8 @@ from urllib.parse import urlencode
 
 from fastapi import APIRouter, Request, Response
 
-from tessera.core.errors import Forbidden, InvalidRequest, NotFound, TesseraError, Unauthenticated, VersionConflict
-from tessera.core.model import DEFAULT, Scope, parse_key, parse_prefix, utcnow
+from tessera.core.errors import Forbidden, InvalidRequest, NotFound, TesseraError, Unauthenticated, VersionConflict, VersionsMoved
+from tessera.core.model import DEFAULT, Scope, parse_key, parse_prefix, parse_scope, utcnow
 from tessera.core.service import ResolvedLeaf
 from tessera.handlers.deps import before_change, int_param
 from tessera.handlers.ui.console import COOKIE, COOKIE_PATH, LOGIN_COOKIE, STATIC, Console, Refused, console_route, safe_next
@@ -377,13 +377,21 @@ async def environments(ui: Console) -> Response:
     envs = await container.read(service.list_envs, principal)
     names = [env.name for env in envs]
     source, target, prefix = ui.param("from"), ui.param("to"), ui.param("prefix")
-    diff = None
+    diff, promotable = None, {}
     if source and target:
         ui.auditor.note("diff", target=f"{source}..{target}")
         ui.auditor.env = None
         await container.read(service.require_env, source)
         await container.read(service.require_env, target)
         diff = await container.read(service.diff, principal, scope.namespace, source, target, prefix or None)
+        # What promote would copy: keys only in ``from`` and keys that differ (keys only in ``to`` stay), each with
+        # the version of the key in ``to`` this page saw (promote's compare-and-set), where this token may write.
+        to_scope = Scope(scope.namespace, target)
+        promotable = {
+            item["key"]: item["to_version"]
+            for item in diff["removed"] + diff["changed"]
+            if service.can(principal, "write", to_scope, item["key"])
+        }
     selected = ui.param("env") or (target or DEFAULT)
     chain = await container.read(service.env_chain, selected) if selected in names else [DEFAULT]
     return ui.render(
@@ -396,8 +404,51 @@ async def environments(ui: Console) -> Response:
         target=target,
         prefix=prefix,
         diff=diff,
+        promotable=promotable,
         notice=ui.param("notice"),
+        promoted=ui.param("promoted"),
     )
+
+
+EXPECTED_FIELD = "expected:"  # promote's form: one "expected:<key>" field per key, holding its version in ``to``
+
+
+@console_route("/ui/promote", "config.promote", ("POST",))
+async def promote(ui: Console) -> Response:
+    """Promote the keys ticked on a diff page, compare-and-set against every version in ``to`` that page showed."""
+    form = await ui.change()
+    service, container = ui.service, ui.container
+    source, target, prefix = form.get("from", ""), form.get("to", ""), form.get("prefix") or None
+    namespace = form.get("namespace") or None
+    ui.auditor.note(target=f"{source}..{target}")
+    ui.auditor.note_scope(namespace, target or None)  # the environment it writes
+    ui.auditor.many_commits = True  # each key's commit holds its own record, as from the API
+    if not source or not target:
+        raise InvalidRequest("from and to are required")
+    to_scope = parse_scope(namespace, target)
+    ui.auditor.note(scope=to_scope)
+    await container.read(service.require_env, source)
+    await container.read(service.require_env, target)
+    keys = [value for name, value in ui.pairs if name == "keys"]
+    if not keys:
+        raise InvalidRequest("tick at least one key to promote")
+    expected: dict[str, int] = {}
+    for name, value in ui.pairs:
+        if name.startswith(EXPECTED_FIELD):
+            number = int_param(value, name, minimum=0)
+            if number is not None:
+                expected[name[len(EXPECTED_FIELD) :]] = number
+    back = {"namespace": to_scope.namespace, "from": source, "to": target, "prefix": prefix or ""}
+    await before_change(ui.request, ui.auditor, service.audit_in_commit)
+    try:
+        result = await container.blocking(
+            service.promote, ui.principal, to_scope.namespace, source, target, prefix, keys, expected, ui.auditor
+        )
+    except VersionsMoved as exc:
+        return ui.render("stale_promote.html", 409, moved=exc.current_versions, expected=expected, source=source,
+                         target=target, query=urlencode(back))  # fmt: skip
+    ui.auditor.note(target=f"{source}..{target}")
+    return ui.redirect(f"/ui/envs?{urlencode({**back, 'notice': 'promoted', 'promoted': len(result.promoted)})}")
 
 
 @console_route("/ui/envs", "env.write", ("POST",))

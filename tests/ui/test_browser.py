@@ -243,6 +243,31 @@ def test_diff_two_environments(browser, server, shots):
     browser.save_screenshot(str(shots / "environments.png"))
 
 
+def test_promote_with_compare_and_set_and_a_stale_page_gets_409(browser, server, shots):
+    from selenium.webdriver.support.ui import Select
+
+    server.api.put("/config/service.url?env=staging", json={"value": "https://staging.example"})
+    server.api.put("/config/service.url?env=prod", json={"value": "https://old.example"})
+    as_root(browser, server)
+    browser.get(server.url + "/ui/envs?namespace=default&from=staging&to=prod&prefix=service")
+    assert css(browser, "#promote-service\\.url")[0].is_selected()
+    browser.save_screenshot(str(shots / "promote.png"))
+    notice = submit(browser, "promote", text_of("notice"), "the promoted notice")
+    assert "Promoted 1 key" in notice
+    assert server.api.get("/config/service.url?env=prod").json()["value"] == "https://staging.example"
+    # A page that missed a change in the target promotes nothing and says so.
+    server.api.put("/config/service.url?env=staging", json={"value": "https://next.example"})
+    browser.get(server.url + "/ui/envs")
+    Select(by_id(browser, "diff-from")).select_by_visible_text("staging")
+    Select(by_id(browser, "diff-to")).select_by_visible_text("prod")
+    submit(browser, "diff-go", lambda d: css(d, "#promote"), "the diff with its promote button")
+    server.api.put("/config/service.url?env=prod", json={"value": "https://hotfix.example"})
+    submit(browser, "promote", lambda d: css(d, "#stale-message"), "the stale promote's refusal")
+    assert by_id(browser, "error-status").text.startswith("409")
+    assert [r.get_attribute("data-key") for r in css(browser, "#moved tbody tr")] == ["service.url"]
+    assert server.api.get("/config/service.url?env=prod").json()["value"] == "https://hotfix.example"
+
+
 def test_live_update_arrives_without_a_reload(browser, server, shots):
     as_root(browser, server)
     browser.get(server.url + "/ui")

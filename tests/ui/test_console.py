@@ -251,3 +251,76 @@ def test_admin_pages_create_a_token_once_and_explain(client):
     assert "Allowed" in answer and "<code>p</code>" in answer
     verify = client.get("/ui/admin/verify")
     assert verify.status_code == 200 and "Audit log intact" in verify.text
+
+
+def promote_form(page: str) -> dict[str, list[str]]:
+    """The promote form of an environments page as a browser would send it (every box ticked, as shown)."""
+    import re
+
+    form = page.split('id="promote-form"')[1].split("</form>")[0]
+    fields: dict[str, list[str]] = {}
+    for name, value in re.findall(r'name="([^"]+)" value="([^"]*)"', form):
+        fields.setdefault(name, []).append(value)
+    for key in re.findall(r'name="keys" value="([^"]+)" form="promote-form"', page):
+        fields.setdefault("keys", []).append(key)
+    return fields
+
+
+def test_promote_copies_the_ticked_keys_with_compare_and_set(client):
+    client.put("/envs/staging", json={"parent": "default"}, headers=ROOT)
+    client.put("/envs/prod", json={"parent": "default"}, headers=ROOT)
+    client.put("/config/db.host?env=staging", json={"value": "staging-db"}, headers=ROOT)
+    client.put("/config/db.host?env=prod", json={"value": "prod-db"}, headers=ROOT)
+    client.put("/config/db.port?env=staging", json={"value": 5433}, headers=ROOT)
+    client.put("/config/db.pass?env=staging", json={"value": "s3cr3t-pass", "secret": True}, headers=ROOT)
+    client.put("/config/only.prod?env=prod", json={"value": 1}, headers=ROOT)
+    sign_in(client)
+    page = client.get("/ui/envs", params={"from": "staging", "to": "prod"}).text
+    assert "s3cr3t-pass" not in page
+    form = promote_form(page)
+    assert sorted(form["keys"]) == ["db.host", "db.pass", "db.port"]  # only.prod (only in to) stays
+    assert form["expected:db.host"] == ["1"] and form["expected:db.port"] == ["0"]
+    form["keys"] = ["db.host", "db.pass"]  # db.port unticked
+    done = client.post("/ui/promote", data=form, follow_redirects=False)
+    assert done.status_code == 303 and "notice=promoted" in done.headers["location"]
+    assert "Promoted 2 keys" in client.get(done.headers["location"]).text
+    prod = {key: client.get(f"/config/{key}?env=prod", headers=ROOT).json() for key in ("db.host", "db.pass")}
+    assert prod["db.host"]["value"] == "staging-db" and prod["db.host"]["version"] == 2
+    assert prod["db.pass"]["value"] == "s3cr3t-pass" and prod["db.pass"]["secret"] is True
+    assert client.get("/config/db.port?env=prod", headers=ROOT).status_code == 404  # not ticked: not promoted
+    promotes = [e for e in audit_entries(client, phase="all") if e["action"] == "config.promote"]
+    assert promotes and all(e["service"] == "root" for e in promotes)
+    assert any(e["key"] == "db.host" and e["version"] == 2 for e in promotes)  # each key's commit holds its record
+
+
+def test_promote_from_a_stale_page_gets_409_and_promotes_nothing(client):
+    client.put("/envs/staging", json={"parent": "default"}, headers=ROOT)
+    client.put("/config/a.one?env=staging", json={"value": "new-1"}, headers=ROOT)
+    client.put("/config/a.two?env=staging", json={"value": "new-2"}, headers=ROOT)
+    client.put("/config/a.two", json={"value": "old-2"}, headers=ROOT)
+    sign_in(client)
+    form = promote_form(client.get("/ui/envs", params={"from": "staging", "to": "default"}).text)
+    client.put("/config/a.two", json={"value": "meanwhile"}, headers=ROOT)  # someone else, after the page was shown
+    stale = client.post("/ui/promote", data=form)
+    assert stale.status_code == 409 and "version_conflict" in stale.text and 'data-key="a.two"' in stale.text
+    assert 'data-key="a.one"' not in stale.text.split('id="moved"')[1]
+    assert client.get("/config/a.one", headers=ROOT).status_code == 404  # all or nothing
+    assert client.get("/config/a.two", headers=ROOT).json()["value"] == "meanwhile"
+    without_csrf = client.post("/ui/promote", data={**form, "csrf": "forged"})
+    assert without_csrf.status_code == 403 and "csrf_refused" in without_csrf.text
+
+
+def test_promote_needs_write_in_the_target(client):
+    client.put("/envs/staging", json={"parent": "default"}, headers=ROOT)
+    client.put("/config/app.x?env=staging", json={"value": 2}, headers=ROOT)
+    client.put("/config/app.x", json={"value": 1}, headers=ROOT)
+    token = make_token(client, "reader", [{"path": "*", "capabilities": ["list", "read"]}])
+    sign_in(client, token)
+    page = client.get("/ui/envs", params={"from": "staging", "to": "default"}).text
+    assert 'data-key="app.x"' in page and 'id="promote-form"' not in page  # nothing it may promote: no form
+    csrf = hidden(client.get("/ui").text, "csrf")
+    refused = client.post(
+        "/ui/promote", data={"csrf": csrf, "from": "staging", "to": "default", "keys": "app.x", "expected:app.x": "1"}
+    )
+    assert refused.status_code == 403
+    assert client.get("/config/app.x", headers=ROOT).json()["value"] == 1
