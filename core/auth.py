@@ -115,6 +115,12 @@ class Authenticator:
         record = self._lookup(hash_token(token))
         return record if record is not None and matches(token, record.token_hash) else None
 
+    def clear(self) -> None:
+        """Drop every cached lookup (a SnapStart restore: nothing cached at snapshot time is trusted)."""
+        with self._lock:
+            self._cache.clear()
+            self._root_hash, self._root_read_at = None, 0.0
+
     def forget(self, token_hash: str) -> None:
         """Drop a cached lookup (this node just revoked the token: effective here at once)."""
         self._cache.pop(token_hash, None)

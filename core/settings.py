@@ -30,6 +30,9 @@ class Settings(BaseModel):
     kms_key_id: str = "alias/tessera"
     region: str | None = None
     endpoint_url: str | None = None
+    # The WebSocket API's Management endpoint (https://<api>.execute-api.<region>.amazonaws.com/<stage>): where the
+    # stream notifier posts events (infra/template.yaml sets it on the live function).
+    ws_endpoint: str | None = None
     # limits
     value_cache_entries: int = 10_000
     max_watch_seconds: float = 60.0  # the contract's clamp; 25 on Lambda, where API Gateway ends requests at 30 s
@@ -74,6 +77,7 @@ class Settings(BaseModel):
             "audit_retention_days": "TESSERA_AUDIT_RETENTION_DAYS",
             "region": "AWS_REGION",
             "endpoint_url": "AWS_ENDPOINT_URL",
+            "ws_endpoint": "TESSERA_WS_ENDPOINT",
         }
         for field_name, variable in mapping.items():
             if env.get(variable):

@@ -180,6 +180,12 @@ class ChangeFeed:
             if self.head is None:
                 self.head = self.service.store.current_revision()
 
+    def start_at(self, revision: int) -> None:
+        """Begin right after ``revision`` if not started yet (a notifier about to deliver from there)."""
+        with self._lock:
+            if self.head is None:
+                self.head = revision
+
     def refresh(self) -> list[Change]:
         """Read what the store committed after ``head`` into the feed; the changes that arrived (oldest first)."""
         if self.head is None:
@@ -283,6 +289,8 @@ class Watcher:
         scope: Scope,
         patterns: Sequence[str],
         since: int | None = None,
+        *,
+        check_retained: bool = True,
     ) -> None:
         self.service = service
         self.principal = principal
@@ -294,7 +302,8 @@ class Watcher:
         if since is not None and since < 0:
             raise InvalidRequest("since must be 0 or a positive integer")
         self.cursor = service.store.current_revision() if since is None else since
-        self.check_retained()
+        if check_retained:  # else: a gap in what poll() reads still raises RevisionCompacted
+            self.check_retained()
 
     def check_retained(self) -> None:
         store = self.service.store

@@ -40,7 +40,7 @@ def ensure_table(clients: AwsClients, table: str, *, pitr: bool = True) -> bool:
             AttributeDefinitions=[{"AttributeName": "PK", "AttributeType": "S"}, {"AttributeName": "SK", "AttributeType": "S"}],
             KeySchema=[{"AttributeName": "PK", "KeyType": "HASH"}, {"AttributeName": "SK", "KeyType": "RANGE"}],
             BillingMode="PAY_PER_REQUEST",
-            StreamSpecification={"StreamEnabled": True, "StreamViewType": "NEW_AND_OLD_IMAGES"},
+            StreamSpecification={"StreamEnabled": True, "StreamViewType": "KEYS_ONLY"},
             SSESpecification={"Enabled": True},
         )
         created = True

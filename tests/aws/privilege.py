@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import fnmatch
+import json
 import re
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -23,6 +24,7 @@ DYNAMO_WRITES = {"dynamodb:PutItem", "dynamodb:UpdateItem", "dynamodb:DeleteItem
                  "dynamodb:BatchWriteItem"}  # fmt: skip
 # Writing these makes a principal an admin (or lets it forge one): only the admin role may.
 ADMIN_PARTITIONS = {"TOKEN", "TOKENHASH", "POLICY", "POLICYCOUNTER", "AUTHSTAMP", "META"}
+STREAM_ACTIONS = {"dynamodb:DescribeStream", "dynamodb:GetRecords", "dynamodb:GetShardIterator", "dynamodb:ListStreams"}
 TRANSACTION_ACTIONS = {"Put": "PutItem", "Update": "UpdateItem", "Delete": "DeleteItem", "ConditionCheck": "ConditionCheckItem"}
 
 
@@ -112,6 +114,13 @@ def check_least_privilege_statically(translated: dict[str, Any]) -> None:
             for resource in statement["Resource"]:
                 assert resource != "*", (role, statement.get("Sid"))
             services = {action.split(":", 1)[0] for action in statement["Action"]}
+            if set(statement["Action"]) <= STREAM_ACTIONS:  # the stream's records, not the table's items
+                assert statement["Resource"] == [{"Fn::GetAtt": ["Table", "StreamArn"]}], (role, statement)
+                continue
+            if "execute-api" in services:  # posting to (and closing) the WebSocket API's connections, nothing else
+                assert statement["Action"] == ["execute-api:ManageConnections"], (role, statement)
+                assert all("/@connections/" in json.dumps(resource) for resource in statement["Resource"]), (role, statement)
+                continue
             if "dynamodb" in services:
                 keys = leading_keys(statement)
                 assert keys, f"{role}/{statement.get('Sid')}: DynamoDB without dynamodb:LeadingKeys reaches every partition"
@@ -158,6 +167,8 @@ class Enforcer:
             return [(f"s3:{operation}", f"object:{params.get('Key', '')}", None, {})]
         if service == "kms":
             return [(f"kms:{operation}", "key", None, params.get("EncryptionContext") or params.get("SourceEncryptionContext") or {})]
+        if service == "apigatewaymanagementapi":  # IAM names PostToConnection and DeleteConnection so
+            return [("execute-api:ManageConnections", "connection", None, {})]
         return [(f"{service}:{operation}", "?", None, {})]
 
     def _check(self, action: str, resource: str, partition: str | None, context: dict[str, str]) -> None:
@@ -189,8 +200,8 @@ class Enforcer:
         for role, statements in self.statements.items():
             for statement in statements:
                 sid = statement.get("Sid", "")
-                if sid == "Logs":
-                    continue  # written by the Lambda runtime, not by our code
+                if sid in ("Logs", "ReadTheStream"):
+                    continue  # used by the Lambda service (logs, the stream's event source mapping), not by our code
                 grants = (leading_keys(statement) or []) + statement["Action"]
                 missing = [grant for grant in grants if (sid, grant) not in self.used[role]]
                 if missing:

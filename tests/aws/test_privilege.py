@@ -6,6 +6,7 @@ and on a partition or action a role grants that no route uses (a role reaching w
 from __future__ import annotations
 
 import functools
+import json
 from typing import Any
 
 import pytest
@@ -14,7 +15,7 @@ from fastapi.testclient import TestClient
 from tessera.core.access_model import AuditEntry
 from tessera.core.audit import GENESIS, link
 from tessera.core.auth import ROOT_HASH_META
-from tessera.core.backends.aws import CallCounter, KmsKeyService
+from tessera.core.backends.aws import CallCounter, KmsKeyService, pad
 from tessera.core.backends.factory import build
 from tessera.core.crypto import CachingKeyService
 from tessera.core.rotation import ACTIVE_KMS_KEY_META
@@ -140,6 +141,8 @@ def test_every_route_runs_within_its_functions_role_and_every_grant_is_needed(ta
         call("GET", "/watch?timeout=1", 200, headers=service)
         call("GET", "/watch?since=999999&timeout=1", (200, 400), headers=service)
         call("GET", "/health", 200)
+        drive_live_function(containers["LiveFunction"], enforcer, roles["LiveFunction"], service["Authorization"][7:],
+                            lambda: call("PUT", "/config/db.extra", 201, headers=service, json={"value": 1}))
         call("DELETE", f"/auth/tokens/{token['id']}", (200, 204))
     finally:
         for client, event in hooks:
@@ -147,3 +150,43 @@ def test_every_route_runs_within_its_functions_role_and_every_grant_is_needed(ta
         stop_containers()
     assert not enforcer.violations, enforcer.violations
     assert not enforcer.unused(), enforcer.unused()
+
+
+def drive_live_function(container: Any, enforcer: Enforcer, role: str, token: str, put: Any) -> None:
+    """The live function, fresh: a socket authenticates, subscribes (its backlog replayed: values read and
+    decrypted), a change is delivered by the notifier, the socket goes; Management API calls checked too."""
+    import boto3
+
+    from tessera.core.backends.aws.sockets import ConnectionPoster, SocketStore
+    from tessera.handlers.live import Live
+    from tests.aws.support import REGION
+
+    endpoint = "https://abc123.execute-api.us-east-1.amazonaws.com/live"
+    management = boto3.session.Session(region_name=REGION).client("apigatewaymanagementapi", endpoint_url=endpoint)
+    management.meta.events.register("provide-client-params.apigatewaymanagementapi", enforcer)
+    live = Live(container, SocketStore(container.store.db), lambda _: ConnectionPoster(management), endpoint)
+
+    def route(kind: str, body: dict[str, Any] | None = None) -> None:
+        context = {"eventType": kind, "connectionId": "c1", "requestId": "ws-1", "domainName": "d", "stage": "live"}
+        event: dict[str, Any] = {"requestContext": context}
+        if body is not None:
+            event["body"] = json.dumps(body)
+        live.route(event)
+
+    revision = container.store.current_revision()
+    enforcer.role = role
+    try:
+        route("CONNECT")
+        route("MESSAGE", {"type": "auth", "token": token})
+        container.store.audit_writer()._lease.dirty = True  # noqa: SLF001 - the next record finds its shard's tail
+        route("MESSAGE", {"type": "subscribe", "keys": ["db.*"], "env": "prod", "since": 0})
+    finally:
+        enforcer.role = None
+    put()  # through the write function
+    enforcer.role = role
+    try:
+        live.notify({"Records": [{"eventSource": "aws:dynamodb", "eventName": "INSERT",
+                                  "dynamodb": {"Keys": {"PK": {"S": "CHANGES"}, "SK": {"S": pad(revision + 1)}}}}]})
+        route("DISCONNECT")
+    finally:
+        enforcer.role = None
