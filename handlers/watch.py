@@ -15,6 +15,7 @@ from fastapi import APIRouter, Request, Response, WebSocket, WebSocketDisconnect
 from tessera.core.backends.factory import Container
 from tessera.core.errors import InvalidRequest, TesseraError
 from tessera.core.model import Principal, Scope, parse_scope, utcnow
+from tessera.core.policy import compile_path
 from tessera.core.watch import MAX_SUBSCRIPTIONS_PER_SOCKET, Watcher, clamp_timeout, parse_patterns
 from tessera.handlers.auditing import Auditor
 from tessera.handlers.deps import AuditorDep, ContainerDep, PrincipalDep, ScopeDep, bearer_token, int_param
@@ -118,6 +119,17 @@ async def long_poll(
     service = container.service
     wait_seconds = _timeout(timeout, container.settings.max_watch_seconds)
     since_revision = int_param(since, "since", minimum=0)
+    if since_revision is not None and wait_seconds <= 0:
+        # "Has anything changed since N?" (an SDK polling every 30-60 s, AppConfig-agent style): one read of the
+        # revision counter answers "no" without a watcher; "yes" reads the changes, never from a stale feed.
+        for pattern in parse_patterns(keys):
+            compile_path(pattern)  # a bad pattern is 400 all the same
+        await container.read(service.env_chain, scope.env)  # and an unknown env 404
+        current = await container.read(service.store.current_revision)
+        if current <= since_revision:
+            return dumps({"revision": current, "events": []})
+        if service.feed.head is not None and service.feed.head < current:
+            await container.read(service.feed.refresh)
     watcher = await container.read(Watcher, service, principal, scope, parse_patterns(keys), since_revision)
     loop = asyncio.get_running_loop()
     deadline = loop.time() + wait_seconds
