@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -304,10 +304,19 @@ class PolicyAuthorizer:
             self._fresh_until = self.clock() + self.refresh_seconds
             return fresh
 
-    def policies_for(self, names: Sequence[str]) -> CompiledPolicies:
+    def _signature(self, names: Sequence[str]) -> tuple[dict[str, tuple[int, tuple[_CompiledRule, ...], PolicyDoc]], tuple[tuple[str, int], ...]]:
         snapshot = self._snapshot()
         # Unknown policy names contribute nothing (a token may name a policy created later).
-        signature = tuple((name, snapshot[name][0]) for name in names if name in snapshot)
+        return snapshot, tuple((name, snapshot[name][0]) for name in names if name in snapshot)
+
+    def decision_key(self, principal: Principal) -> Hashable:
+        """The principal's policies at their current versions (root: ``True``): equal keys, equal decisions."""
+        if principal.is_root:
+            return True
+        return self._signature(principal.policies)[1]
+
+    def policies_for(self, names: Sequence[str]) -> CompiledPolicies:
+        snapshot, signature = self._signature(names)
         compiled = self._sets.get(signature)
         if compiled is None:
             compiled = CompiledPolicies(snapshot[name][1] for name, _ in signature)

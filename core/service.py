@@ -372,10 +372,20 @@ class ConfigService:
         if version is None and self.reads.enabled:
             # The hot path: a leaf this node resolved before, under the current stamp (so the key was valid and
             # the environment existed): one stamp check, one policy decision, no parsing, no store read.
-            self.reads.validate()
+            generation = self.reads.validate()
             cached = self.reads.get(("leaf", scope, key))
             if isinstance(cached, ResolvedLeaf) and self.can(principal, "read", scope, key):
                 return ReadResult(key, self.value_of(cached.version), scope, cached.env, cached.version, memo=cached.memo)
+            # A subtree is cached whole per set of policies: its leaves' decisions and redactions are the same for
+            # every principal with the same decision key, and the stamp drops it at any commit.
+            tree_key = ("tree", scope, key, self.authorizer.decision_key(principal))
+            tree = self.reads.get(tree_key)
+            if isinstance(tree, ReadResult):
+                return tree
+            result = self._read_latest(principal, scope, key)
+            if result.version is None:
+                self.reads.put(tree_key, generation, result)
+            return result
         key = parse_key(key)
         chain = self.env_chain(scope.env)
         if version is not None:
@@ -390,6 +400,13 @@ class ConfigService:
             if found.deleted:
                 raise NotFound("that version is a deletion")
             return ReadResult(key, self.value_of(found), scope, scope.env, found)
+        return self._read_latest(principal, scope, key, chain)
+
+    def _read_latest(self, principal: Principal, scope: Scope, key: str, chain: list[str] | None = None) -> ReadResult:
+        """The current value at ``key``: its leaf, else the subtree under it (redacted per the caller's policies)."""
+        if chain is None:
+            key = parse_key(key)
+            chain = self.env_chain(scope.env)
         can_read = self.can(principal, "read", scope, key)
         if can_read:
             leaf = self._resolve_leaf(scope, key, chain)

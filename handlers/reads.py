@@ -28,11 +28,9 @@ def read_response(
     result = service.get(principal, scope, key, int_param(params.get("version"), "version", minimum=1))
     if result.version is not None:
         auditor.note(version=result.version.version)
-    rendered = result.memo.get("read") if result.version is not None else None
-    if rendered is None:  # a leaf's body and etag depend only on the (immutable) version and the scope asked
-        rendered = (result.etag.encode(), dumps(read_body(result)))
-        if result.version is not None:
-            result.memo["read"] = rendered
+    rendered = result.memo.get("read")
+    if rendered is None:  # a result's body and etag depend only on it (immutable): kept with a cached result
+        rendered = result.memo["read"] = (result.etag.encode(), dumps(read_body(result)))
     etag, body = rendered
     if if_none_match is not None:
         tags = {tag.strip().removeprefix("W/") for tag in if_none_match.decode("latin-1").split(",") if tag.strip()}
