@@ -204,7 +204,7 @@ class SessionStore(Protocol):
     store every worker and node shares."""
 
     def create_session(self, record: SessionRecord, now: datetime) -> None:
-        """Store ``record`` (and drop sessions expired before ``now``)."""
+        """Store ``record``; sessions expired before ``now`` may be swept (SQLite here; DynamoDB by its TTL)."""
         ...
 
     def get_session(self, id_hash: str) -> SessionRecord | None: ...

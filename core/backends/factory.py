@@ -118,7 +118,7 @@ class Container:
     authenticator: Authenticator
     access: AccessParts
     idempotency: IdempotencyStore | None = None  # None: the store keeps no Idempotency-Key claims
-    sessions: SessionStore | None = None  # the console's sessions; None: in this process's memory (aws, for now)
+    sessions: SessionStore | None = None  # the console's sessions (None: no shared table; the console keeps them in memory)
     executor: ThreadPoolExecutor = field(default_factory=lambda: ThreadPoolExecutor(BLOCKING_THREADS, thread_name_prefix="tessera"))
     feed_poller: FeedPoller = field(init=False)
     _probe: Any = field(default=None, init=False, repr=False)  # the store probe running or last run (/ready)
@@ -243,4 +243,8 @@ def build_sessions(store: VersionStore) -> SessionStore | None:
         from tessera.core.backends.sqlite_sessions import SQLiteSessionStore
 
         return SQLiteSessionStore(store)
+    if store.backend_name == "aws":
+        from tessera.core.backends.aws.sessions import DynamoSessionStore
+
+        return DynamoSessionStore(store.db)  # type: ignore[attr-defined]
     return None

@@ -7,6 +7,7 @@ from datetime import timedelta
 import pytest
 
 from tessera.core.access_service import AccessService
+from tessera.core.backends.aws.sessions import DynamoSessionStore
 from tessera.core.backends.factory import build
 from tessera.core.backends.memory_sessions import MemorySessionStore
 from tessera.core.backends.sqlite import SQLiteStore
@@ -15,14 +16,19 @@ from tessera.core.errors import Unauthenticated
 from tessera.core.model import ROOT, utcnow
 from tessera.core.sessions import ConsoleSessions, SessionRecord, csrf_matches, csrf_token, session_digest
 from tessera.core.settings import Settings
+from tests.aws.support import moto_target
 
 ROOT_TOKEN = "tsr_sessions-root-token-0123456789abcdef"
 
 
-@pytest.fixture(params=["sqlite", "memory"])
+@pytest.fixture(params=["sqlite", "memory", "aws"])
 def store(request, tmp_path):
     if request.param == "memory":
         yield MemorySessionStore()
+        return
+    if request.param == "aws":
+        with moto_target() as target:
+            yield DynamoSessionStore(target.store().db)
         return
     sqlite = SQLiteStore(tmp_path / "tessera.db")
     yield SQLiteSessionStore(sqlite)
@@ -44,6 +50,8 @@ def test_store_keeps_gets_and_deletes_sessions(store):
 
 
 def test_store_drops_expired_sessions_when_one_is_created(store):
+    if isinstance(store, DynamoSessionStore):
+        pytest.skip("DynamoDB sweeps ended sessions by TTL (ConsoleSessions refuses them when presented)")
     old = record("old", -1)
     store.create_session(old, old.created_at - timedelta(seconds=10))
     store.create_session(record("new", 60), utcnow())
