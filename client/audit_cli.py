@@ -4,8 +4,8 @@
 
 ``verify`` reads the audit log straight from the store (no server needed, and a server cannot lie about it),
 re-computes every entry's hash and every link, compares each chain with its recorded head, and reports the
-first entry that was edited, inserted or removed. Exit status 0 when intact, 1 when not, 2 when the store
-cannot be read. ``--json`` prints one JSON document, including each chain's head (seq, hash): keep it somewhere else and pass
+first entry that was edited, inserted or removed. Exit status 0 when intact, 7 (integrity) when not, 2 when the
+store cannot be read. ``--json`` prints one JSON document, including each chain's head (seq, hash): keep it somewhere else and pass
 it back later with ``--anchor FILE`` to catch even a consistent rewrite of the log (every hash and the stored
 head recomputed) up to those heads.
 """
@@ -18,6 +18,7 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
+from tessera.client.cli_base import INTEGRITY
 from tessera.core.audit import anchors_from
 from tessera.core.audit import verify as verify_chains
 from tessera.core.errors import TesseraError
@@ -78,4 +79,4 @@ def verify(
         console.print(f"[red]audit log TAMPERED[/red]: entry {problem.id} was {problem.kind}")
         console.print(f"  {problem.detail}")
         console.print(f"  ({report.entries} entries checked up to there)")
-    raise typer.Exit(0 if report.ok else 1)
+    raise typer.Exit(0 if report.ok else INTEGRITY)

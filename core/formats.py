@@ -8,11 +8,14 @@
 
 from __future__ import annotations
 
+import io
 import json
 import re
 from typing import Any
 
 import yaml
+from dotenv.main import dotenv_values
+from dotenv.parser import parse_stream
 
 from tessera.core.errors import InvalidRequest, PayloadTooLarge
 
@@ -161,26 +164,28 @@ def to_dotenv(flat: dict[str, Any]) -> str:
 
 
 def parse_dotenv(content: str) -> dict[str, Any]:
-    """``DATABASE__HOST=db`` → ``{"database.host": "db"}``: lower-cased, segments split on ``__``."""
+    r"""``DATABASE__HOST=db`` → ``{"database.host": "db"}``: lower-cased, segments split on ``__``.
+
+    python-dotenv parses (quotes, ``# comments``, ``export``, multi-line quoted values) with interpolation OFF:
+    ``X=${TESSERA_ROOT_TOKEN}`` stays that text. With python-dotenv's default it would be filled in from the
+    environment of the process parsing it (the server's), handing any writer the root token or the AWS keys.
+
+    >>> parse_dotenv('QUOTED="a b" # comment\nDATABASE__HOST=db\nLEAK=${HOME}\n')
+    {'quoted': 'a b', 'database.host': 'db', 'leak': '${HOME}'}
+    """
+    double_quoted: dict[str, bool] = {}
+    for binding in parse_stream(io.StringIO(content)):
+        if binding.error or (binding.key is not None and binding.value is None):
+            raise InvalidRequest(f"dotenv line {binding.original.line} is not NAME=value")
+        if binding.key is not None:
+            double_quoted[binding.key] = binding.original.string.partition("=")[2].lstrip().startswith('"')
+    parsed = dotenv_values(stream=io.StringIO(content), interpolate=False)
     values: dict[str, Any] = {}
-    for number, raw in enumerate(content.splitlines(), start=1):
-        line = raw.strip()
-        if not line or line.startswith("#"):
-            continue
-        if line.startswith("export "):
-            line = line[len("export ") :].lstrip()
-        name, sep, value = line.partition("=")
-        name = name.strip()
-        if not sep or not name:
-            raise InvalidRequest(f"dotenv line {number} is not NAME=value")
-        value = value.strip()
-        if len(value) >= 2 and value[0] == value[-1] and value[0] in "\"'":
-            quote, value = value[0], value[1:-1]
-            if quote == '"':
-                value = re.sub(r"\\(.)", lambda m: {"n": "\n", "t": "\t"}.get(m.group(1), m.group(1)), value)
-        else:
-            value = value.split(" #", 1)[0].rstrip()
-        values[".".join(name.lower().split("__"))] = value
+    for name, value in parsed.items():
+        text = value or ""
+        if double_quoted.get(name):  # as a shell reads it (and as to_dotenv writes it): \$ is $, \` is `
+            text = re.sub(r"\\([$`])", r"\1", text)
+        values[".".join(name.lower().split("__"))] = text
     return values
 
 

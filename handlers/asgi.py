@@ -20,6 +20,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import parse_qsl
 
+from tessera import __version__
 from tessera.core.errors import TesseraError
 from tessera.core.idempotency import LEASE, IdempotencyGuard, parse_idempotency_key
 from tessera.core.model import parse_scope
@@ -339,7 +340,7 @@ class TesseraASGI:
     async def _health(self) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
         store = self.container.store
         revision = await self.container.read(store.current_revision)
-        body = dumps({"status": "ok", "backend": store.backend_name, "revision": revision})
+        body = dumps({"status": "ok", "backend": store.backend_name, "revision": revision, "version": __version__})
         return 200, [(b"content-type", b"application/json")], body
 
     async def _ready(self, request_id: str) -> tuple[int, list[tuple[bytes, bytes]], bytes]:

@@ -22,7 +22,7 @@ _SDK_NAMES = frozenset({
     "Forbidden", "Health", "HistoryEntry", "ImportResult", "InvalidRequest", "KeyInfo", "LastKnownGood", "NodeFailure",
     "NotFound", "PromoteResult", "RateLimited", "RevisionCompacted", "RollbackResult", "ServerError", "TesseraError",
     "TooLarge", "Unauthenticated", "Unavailable", "Version", "VersionConflict", "WatchHandle", "WriteOutcomeUnknown",
-    "WriteResult",
+    "WriteResult", "AuditRecord", "Diff", "DiffItem", "EnvInfo", "Explanation", "Layer", "Policy", "TokenInfo",
 })
 __all__ = ["__version__", *sorted(_SDK_NAMES)]
 

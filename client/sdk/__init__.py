@@ -32,21 +32,30 @@ from tessera.client.sdk.errors import (
 )
 from tessera.client.sdk.store import LastKnownGood
 from tessera.client.sdk.types import (
+    AuditRecord,
     DeleteResult,
+    Diff,
+    DiffItem,
     Entry,
+    EnvInfo,
     Event,
+    Explanation,
     Health,
     HistoryEntry,
     ImportResult,
     KeyInfo,
+    Layer,
+    Policy,
     PromoteResult,
     RollbackResult,
+    TokenInfo,
     Version,
     WriteResult,
 )
 from tessera.client.sdk.watch import AsyncWatchHandle, WatchHandle
 
 __all__ = [
+    "AuditRecord", "Diff", "DiffItem", "EnvInfo", "Explanation", "Layer", "Policy", "TokenInfo",
     "AsyncClient", "AsyncWatchHandle", "Client", "ConfigurationError", "Conflict", "DeleteResult", "Entry", "Event",
     "Forbidden", "Health", "HistoryEntry", "ImportResult", "InvalidRequest", "KeyInfo", "LastKnownGood", "NodeFailure",
     "NotFound", "PromoteResult", "RateLimited", "RevisionCompacted", "RollbackResult", "ServerError", "TesseraError",

@@ -16,17 +16,25 @@ from typing import Any
 from tenacity import RetryCallState, wait_random_exponential
 
 from tessera.client.sdk._http import Answer, Call, NodeRing, check_name, key_path, normalise_endpoints
-from tessera.client.sdk.errors import ConfigurationError, NodeFailure, Unavailable, WriteOutcomeUnknown
+from tessera.client.sdk.errors import ConfigurationError, NodeFailure, NotFound, Unavailable, WriteOutcomeUnknown
 from tessera.client.sdk.store import LastKnownGood, ReadCache
 from tessera.client.sdk.types import (
+    AuditRecord,
     DeleteResult,
+    Diff,
+    DiffItem,
     Entry,
+    EnvInfo,
     Event,
+    Explanation,
     Health,
     ImportResult,
     KeyInfo,
+    Layer,
+    Policy,
     PromoteResult,
     RollbackResult,
+    TokenInfo,
     Version,
     WriteResult,
 )
@@ -202,6 +210,56 @@ class ClientBase:
         # Promote carries `expected` versions (compare-and-set for every key), so it is resend-safe even without a key.
         return self._write("POST", "/config/promote", params, body, expect=("promoted",), compare_and_set=True)
 
+    def _diff_call(self, from_env: str, to_env: str, prefix: str | None, namespace: str | None) -> Call:
+        ns = self.namespace if namespace is None else check_name("namespace", namespace)
+        params = {"from": check_name("env", from_env), "to": check_name("env", to_env), "namespace": ns}
+        if prefix is not None:
+            params["prefix"] = prefix
+        return Call("GET", "/diff", params, expect=("added", "removed", "changed"))
+
+    def _explain_call(self, key: str, scope: tuple[str, str]) -> Call:
+        return Call("GET", key_path("/config", key), self._params(scope, explain="true"), expect=("key", "explain"))
+
+    def _envs_call(self) -> Call:
+        return Call("GET", "/envs", expect=("envs",))
+
+    def _put_env_call(self, name: str, parent: str | None) -> Call:
+        body = {"parent": check_name("env", parent)} if parent is not None else {}
+        # Re-parenting to the same parent twice is the same state: a resend is harmless.
+        return self._write("PUT", f"/envs/{check_name('env', name)}", {}, body, expect=("name",), compare_and_set=True)
+
+    def _create_token_call(self, service: str, policies: Sequence[str], ttl_seconds: int | None) -> Call:
+        body: dict[str, Any] = {"service": service, "policies": list(policies)}
+        if ttl_seconds is not None:
+            body["ttl_seconds"] = ttl_seconds
+        return self._write("POST", "/auth/tokens", {}, body, expect=("id",))
+
+    def _tokens_call(self) -> Call:
+        return Call("GET", "/auth/tokens", expect=("tokens",))
+
+    def _revoke_token_call(self, token_id: str) -> Call:
+        return self._write("DELETE", key_path("/auth/tokens", token_id), {}, None, expect=(), compare_and_set=True)
+
+    def _self_call(self) -> Call:
+        return Call("GET", "/auth/self", expect=("id", "service"))
+
+    def _put_policy_call(self, name: str, rules: Sequence[Mapping[str, Any]]) -> Call:
+        return self._write("PUT", key_path("/policies", name), {}, {"rules": [dict(rule) for rule in rules]},
+                           expect=("name",), compare_and_set=True)
+
+    def _policy_call(self, name: str) -> Call:
+        return Call("GET", key_path("/policies", name), expect=("name", "rules"))
+
+    def _policies_call(self) -> Call:
+        return Call("GET", "/policies", expect=("policies",))
+
+    def _delete_policy_call(self, name: str) -> Call:
+        return self._write("DELETE", key_path("/policies", name), {}, None, expect=(), compare_and_set=True)
+
+    def _audit_call(self, key: str | None, service: str | None, since: str | None, limit: int | None) -> Call:
+        params = {k: v for k, v in {"key": key, "service": service, "since": since, "limit": limit}.items() if v is not None}
+        return Call("GET", "/audit", params, expect=("entries",))
+
     def _health_call(self) -> Call:
         return Call("GET", "/health", expect=("status", "revision"))
 
@@ -276,9 +334,57 @@ class ClientBase:
         return PromoteResult(promoted, int(body.get("unchanged", 0)), answer.replayed)
 
     @staticmethod
+    def _diff_result(answer: Answer) -> Diff:
+        body = answer.body
+        return Diff(*([DiffItem._from_body(item) for item in body[part] or []] for part in ("added", "removed", "changed")))
+
+    @staticmethod
+    def _explain_result(answer: Answer) -> Explanation:
+        chain = [Layer._from_body(item) for item in (answer.body.get("explain") or {}).get("chain") or []]
+        return Explanation(str(answer.body["key"]), chain, Entry._from_body(answer.body))
+
+    @staticmethod
+    def _explain_missing(key: str, exc: NotFound) -> Explanation:
+        """A ``404`` of an explained read carries the chain too (``error.explain``); nothing resolved."""
+        explain = exc.details.get("explain")
+        if not isinstance(explain, dict):
+            raise exc
+        return Explanation(key, [Layer._from_body(item) for item in explain.get("chain") or []], None)
+
+    @staticmethod
+    def _envs_result(answer: Answer) -> list[EnvInfo]:
+        return [EnvInfo(str(item["name"]), item.get("parent")) for item in answer.body["envs"]]
+
+    @staticmethod
+    def _env_result(answer: Answer) -> EnvInfo:
+        return EnvInfo(str(answer.body["name"]), answer.body.get("parent"))
+
+    @staticmethod
+    def _token_result(answer: Answer) -> TokenInfo:
+        return TokenInfo._from_body(answer.body)
+
+    @staticmethod
+    def _tokens_result(answer: Answer) -> list[TokenInfo]:
+        return [TokenInfo._from_body(item) for item in answer.body["tokens"]]
+
+    @staticmethod
+    def _policy_result(answer: Answer) -> Policy:
+        return Policy(str(answer.body["name"]), list(answer.body.get("rules") or []))
+
+    @staticmethod
+    def _policies_result(answer: Answer) -> list[Policy]:
+        return [Policy(str(item["name"]), list(item.get("rules") or [])) for item in answer.body["policies"]]
+
+    @staticmethod
+    def _audit_result(answer: Answer) -> list[AuditRecord]:
+        return [AuditRecord._from_body(item) for item in answer.body["entries"]]
+
+    @staticmethod
     def _health_result(answer: Answer) -> Health:
         body = answer.body
-        return Health(str(body["status"]), str(body.get("backend", "")), int(body["revision"]))
+        version = body.get("version")
+        return Health(str(body["status"]), str(body.get("backend", "")), int(body["revision"]),
+                      version if isinstance(version, str) else None)
 
     @staticmethod
     def _events(answer: Answer) -> tuple[int, list[Event]]:

@@ -244,6 +244,8 @@ def interpret(call: Call, node: str, response: httpx.Response) -> Answer:
             status=status, node=node, request_id=request_id,
         )
     replayed = response.headers.get("idempotent-replayed", "").lower() == "true"
+    if status == 204 and not call.expect:  # a deletion of a token or policy: no body to read
+        return Answer(node, status, None, replayed, request_id)
     if call.text:
         content_type = response.headers.get("content-type", "")
         if "html" in content_type:

@@ -14,14 +14,20 @@ from tessera.client.sdk._http import Answer, Call, NodeFailed, interpret, transp
 from tessera.client.sdk.errors import NodeFailure, NotFound, TesseraError, Unavailable
 from tessera.client.sdk.store import SingleFlight
 from tessera.client.sdk.types import (
+    AuditRecord,
     DeleteResult,
+    Diff,
     Entry,
+    EnvInfo,
     Event,
+    Explanation,
     Health,
     ImportResult,
     KeyInfo,
+    Policy,
     PromoteResult,
     RollbackResult,
+    TokenInfo,
     Version,
     WriteResult,
 )
@@ -279,6 +285,103 @@ class Client(ClientBase):
         self._cache.clear()
         return self._promote_result(answer)
 
+    # ------------------------------------------------------------------ environments, diff, explain
+    def diff(self, from_env: str, to_env: str, *, prefix: str | None = None, namespace: str | None = None) -> Diff:
+        """Compare two environments' resolved values (secrets compared inside the server, shown without values).
+
+        Example::
+
+            diff = client.diff("staging", "prod")
+            [item.key for item in diff.changed], diff.expected()   # what promote's expected wants
+        """
+        return self._diff_result(self._send(self._diff_call(from_env, to_env, prefix, namespace)))
+
+    def explain(self, key: str, *, namespace: str | None = None, env: str | None = None) -> Explanation:
+        """Which environments a read of ``key`` walked, nearest first, and what each held (``value``, ``absent``,
+        ``deleted``, ``hidden``); ``entry`` is what the read returned, ``None`` when nothing resolved.
+
+        Example::
+
+            [(layer.env, layer.state) for layer in client.explain("database.host", env="prod").chain]
+        """
+        scope = self._scope(namespace, env)
+        try:
+            return self._explain_result(self._send(self._explain_call(key, scope)))
+        except NotFound as exc:
+            return self._explain_missing(key, exc)
+
+    def envs(self) -> list[EnvInfo]:
+        """Every environment with its parent (any valid token).
+
+        Example::
+
+            {env.name: env.parent for env in client.envs()}   # {'default': None, 'prod': 'default'}
+        """
+        return self._envs_result(self._send(self._envs_call()))
+
+    def put_env(self, name: str, parent: str | None = "default") -> EnvInfo:
+        """Create or re-parent an environment (admin). A cycle is ``InvalidRequest``.
+
+        Example::
+
+            client.put_env("prod", parent="staging")
+        """
+        return self._env_result(self._send(self._put_env_call(name, parent)))
+
+    # ------------------------------------------------------------------ tokens and policies (admin)
+    def create_token(self, service: str, policies: Sequence[str], *, ttl_seconds: int | None = None) -> TokenInfo:
+        """Create a service token (admin). ``token`` on the result is the string, shown this once.
+
+        Example::
+
+            created = client.create_token("billing", ["billing-read"], ttl_seconds=3600)
+            created.token   # 'tsr_...'
+        """
+        return self._token_result(self._send(self._create_token_call(service, policies, ttl_seconds)))
+
+    def tokens(self) -> list[TokenInfo]:
+        """Every token's metadata (admin); never a token string."""
+        return self._tokens_result(self._send(self._tokens_call()))
+
+    def revoke_token(self, token_id: str) -> None:
+        """Revoke a token by id (admin); effective on every node within a second."""
+        self._send(self._revoke_token_call(token_id))
+
+    def token_self(self) -> TokenInfo:
+        """The calling token's id, service, policies and expiry (any valid token)."""
+        return self._token_result(self._send(self._self_call()))
+
+    def put_policy(self, name: str, rules: Sequence[Mapping[str, Any]]) -> Policy:
+        """Create or replace a policy (admin).
+
+        Example::
+
+            client.put_policy("billing-read", [{"path": "billing.*", "capabilities": ["read", "list"]}])
+        """
+        return self._policy_result(self._send(self._put_policy_call(name, rules)))
+
+    def policy(self, name: str) -> Policy:
+        """One policy (admin); ``NotFound`` when there is none of that name."""
+        return self._policy_result(self._send(self._policy_call(name)))
+
+    def policies(self) -> list[Policy]:
+        """Every policy (admin)."""
+        return self._policies_result(self._send(self._policies_call()))
+
+    def delete_policy(self, name: str) -> None:
+        """Delete a policy (admin)."""
+        self._send(self._delete_policy_call(name))
+
+    def audit(self, *, key: str | None = None, service: str | None = None, since: str | None = None,
+              limit: int | None = None) -> list[AuditRecord]:
+        """Audit records, newest first (admin): of one ``key`` or ``service``, after ``since`` (RFC 3339).
+
+        Example::
+
+            [(r.service, r.action, r.outcome) for r in client.audit(service="billing", limit=5)]
+        """
+        return self._audit_result(self._send(self._audit_call(key, service, since, limit)))
+
     # ------------------------------------------------------------------ watching
     def watch(self, pattern: str | Sequence[str], callback: Callable[[Event], Any], *, since: int | None = None,
               on_error: Callable[[BaseException], Any] | None = None, namespace: str | None = None,
@@ -313,8 +416,9 @@ class Client(ClientBase):
 
     # ------------------------------------------------------------------ listing (last: `list` names a method here)
     def list(self, prefix: str | None = None, *, namespace: str | None = None, env: str | None = None,
-             page_size: int | None = None) -> list[KeyInfo]:
-        """Every key (metadata, never values) below ``prefix``, in key order, following the server's pages.
+             page_size: int | None = None, limit: int | None = None) -> list[KeyInfo]:
+        """Every key (metadata, never values) below ``prefix``, in key order, following the server's pages
+        (the first ``limit`` keys when given).
 
         Example::
 
@@ -324,8 +428,12 @@ class Client(ClientBase):
         keys: list[KeyInfo] = []
         seen: set[str] = set()
         cursor: str | None = None
+        if limit is not None and page_size is None:
+            page_size = max(1, min(limit, 10_000))
         while True:
             page, cursor = self._list_page(self._send(self._list_call(prefix, page_size, cursor, scope)), seen)
             keys.extend(page)
+            if limit is not None and len(keys) >= limit:
+                return keys[:limit]
             if cursor is None:
                 return keys

@@ -301,3 +301,146 @@ class Health:
     status: str
     backend: str
     revision: int
+    version: str | None = None  # the server's release (servers before 0.3 do not say)
+
+
+@dataclass(frozen=True, repr=False)
+class DiffItem:
+    """One key of ``GET /diff``. ``value`` (added/removed) or ``from_value``/``to_value`` (changed) are absent for
+    secrets (``has_values`` false); ``to_version`` is the key's version in the target env itself (0: none), what
+    ``promote`` wants in ``expected``.
+    """
+
+    key: str
+    secret: bool
+    to_version: int = 0
+    value: Any = None
+    from_value: Any = None
+    to_value: Any = None
+    has_values: bool = False
+
+    def __repr__(self) -> str:
+        return f"DiffItem(key={self.key!r}, secret={self.secret}, to_version={self.to_version})"
+
+    @classmethod
+    def _from_body(cls, body: dict[str, Any]) -> DiffItem:
+        return cls(key=str(body["key"]), secret=bool(body.get("secret", False)), to_version=int(body.get("to_version") or 0),
+                   value=body.get("value"), from_value=body.get("from"), to_value=body.get("to"),
+                   has_values=any(name in body for name in ("value", "from", "to")))
+
+
+@dataclass(frozen=True)
+class Diff:
+    """``GET /diff?from=&to=`` over resolved values: ``added`` is in ``to`` only, ``removed`` in ``from`` only.
+
+    >>> Diff([], [], []).keys
+    []
+    """
+
+    added: list[DiffItem]
+    removed: list[DiffItem]
+    changed: list[DiffItem]
+
+    @property
+    def keys(self) -> list[str]:
+        """Every key that differs, in key order."""
+        return sorted(item.key for item in self.added + self.removed + self.changed)
+
+    def expected(self) -> dict[str, int]:
+        """``{key: to_version}`` for every key that differs: the ``expected`` of a promote of this diff.
+
+        >>> Diff([DiffItem("a", False, 0)], [], [DiffItem("b", False, 3)]).expected()
+        {'a': 0, 'b': 3}
+        """
+        return {item.key: item.to_version for item in self.added + self.removed + self.changed}
+
+
+@dataclass(frozen=True)
+class Layer:
+    """One environment a read walked (nearest first): ``state`` is ``value``, ``absent``, ``deleted`` or ``hidden``."""
+
+    env: str
+    state: str
+    version: int | None = None
+
+    @classmethod
+    def _from_body(cls, body: dict[str, Any]) -> Layer:
+        version = body.get("version")
+        return cls(env=str(body["env"]), state=str(body["state"]), version=version if isinstance(version, int) else None)
+
+
+@dataclass(frozen=True)
+class Explanation:
+    """``GET /config/{key}?explain=true``: the chain walked, and the entry read (``None`` when nothing resolved)."""
+
+    key: str
+    chain: list[Layer]
+    entry: Entry | None = None
+
+
+@dataclass(frozen=True)
+class EnvInfo:
+    """An environment and its parent (``None`` for ``default``)."""
+
+    name: str
+    parent: str | None = None
+
+
+@dataclass(frozen=True, repr=False)
+class TokenInfo:
+    """A service token's metadata. ``token`` (the string) is set only in the answer that created it, once."""
+
+    id: str
+    service: str
+    policies: tuple[str, ...] = ()
+    expires_at: datetime | None = None
+    token: str | None = None
+
+    def __repr__(self) -> str:  # never the token string
+        return f"TokenInfo(id={self.id!r}, service={self.service!r}, policies={list(self.policies)!r})"
+
+    @classmethod
+    def _from_body(cls, body: dict[str, Any]) -> TokenInfo:
+        return cls(id=str(body["id"]), service=str(body.get("service", "")), policies=tuple(body.get("policies") or ()),
+                   expires_at=parse_time(body.get("expires_at")), token=body.get("token"))
+
+    def to_json(self) -> dict[str, Any]:
+        """The contract's shape (the token string only when this is the creating answer)."""
+        body: dict[str, Any] = {"id": self.id, "service": self.service, "policies": list(self.policies),
+                                "expires_at": _format_time(self.expires_at)}
+        if self.token is not None:
+            body["token"] = self.token
+        return body
+
+
+@dataclass(frozen=True)
+class Policy:
+    """A named list of rules (``{"path", "capabilities", "effect", "namespaces", "envs"}`` each)."""
+
+    name: str
+    rules: list[dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class AuditRecord:
+    """One audit entry (never a value nor a token string), newest first in ``audit()``."""
+
+    id: Any
+    ts: str | None
+    service: str | None
+    action: str | None
+    outcome: str | None
+    status: int | None = None
+    key: str | None = None
+    namespace: str | None = None
+    env: str | None = None
+    version: int | None = None
+    request_id: str | None = None
+    token_id: str | None = None
+
+    @classmethod
+    def _from_body(cls, body: dict[str, Any]) -> AuditRecord:
+        return cls(id=body.get("id"), ts=body.get("ts"), service=body.get("service"), action=body.get("action"),
+                   outcome=body.get("outcome"), status=body.get("status"), key=body.get("key"),
+                   namespace=body.get("namespace"), env=body.get("env"), version=body.get("version"),
+                   request_id=body.get("request_id"), token_id=body.get("token_id"))

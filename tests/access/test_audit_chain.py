@@ -173,7 +173,7 @@ def test_cli_verify(db):
     assert json.loads(ok.output)["ok"] is True
     tamper(path, ("DELETE FROM audit WHERE seq = 2", ()))
     bad = runner.invoke(cli, ["audit", "verify", "--data-dir", str(path.parent)])
-    assert bad.exit_code == 1
+    assert bad.exit_code == 7  # integrity
     assert "main:2" in bad.output and "removed" in bad.output
     as_json = json.loads(runner.invoke(cli, ["audit", "verify", "--data-dir", str(path.parent), "--json"]).output)
     assert as_json["problem"]["id"] == "main:2" and as_json["problem"]["kind"] == "removed"
@@ -201,7 +201,7 @@ def test_anchor_catches_a_consistent_rewrite(db, tmp_path):
     connection.close()
     assert verify(access).ok  # consistent on its own: the limit documented in docs/audit.md
     result = runner.invoke(cli, ["audit", "verify", "--data-dir", str(path.parent), "--json", "--anchor", str(anchor)])
-    assert result.exit_code == 1
+    assert result.exit_code == 7
     problem = json.loads(result.output)["problem"]
     assert (problem["kind"], problem["id"]) == ("edited", "main:10")
 

@@ -6,6 +6,8 @@ import json
 
 import pytest
 
+from tessera import __version__
+
 
 def error_of(response, status, code):
     assert response.status_code == status, response.text
@@ -20,7 +22,7 @@ def error_of(response, status, code):
 def test_health_is_open(anon):
     response = anon.get("/health")
     assert response.status_code == 200
-    assert response.json() == {"status": "ok", "backend": "local", "revision": 0}
+    assert response.json() == {"status": "ok", "backend": "local", "revision": 0, "version": __version__}
 
 
 def test_everything_else_needs_the_root_token(anon):

@@ -234,7 +234,7 @@ def test_cli_watch_exits_non_zero_in_one_line_when_it_cannot_continue(server):
     finally:
         if process.poll() is None:
             process.kill()
-    assert process.returncode == 2
+    assert process.returncode == 4  # unauthenticated
     (line,) = err.strip().splitlines()
     assert line.startswith("error: unauthenticated:")
 

@@ -90,9 +90,9 @@ def test_cli_get_put_export_and_run(node):
                   "import os; print(os.environ['DATABASE_HOST'], os.environ['DATABASE_PORT'])")
     assert run.returncode == 0 and run.stdout.strip() == "db.internal 5432"
     missing = tessera("get", "nope")
-    assert missing.returncode == 2 and "not_found" in missing.stderr
+    assert missing.returncode == 3 and "not_found" in missing.stderr
     conflict = tessera("put", "database.host", "x", "--expected-version", "0")
-    assert conflict.returncode == 2 and "version_conflict" in conflict.stderr
+    assert conflict.returncode == 5 and "version_conflict" in conflict.stderr
 
 
 def test_watch_resyncs_after_compaction(tmp_path):
