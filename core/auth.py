@@ -16,6 +16,8 @@ import time
 from collections.abc import Callable
 from datetime import datetime
 
+from cachetools import TTLCache
+
 from tessera.core.access_model import TokenRecord
 from tessera.core.errors import Unauthenticated
 from tessera.core.model import ROOT, Principal, utcnow
@@ -37,13 +39,24 @@ class Authenticator:
     ) -> None:
         self.store = store
         self.tokens = tokens
-        self.cache_seconds = cache_seconds
         self.clock = clock
         self._root_hash: str | None = None
         self._root_read_at = 0.0
         self._lock = threading.Lock()
-        # token hash → (monotonic time of lookup, record or None); None caches "unknown" just as briefly
-        self._cache: dict[str, tuple[float, TokenRecord | None]] = {}
+        self.cache_seconds = cache_seconds  # makes ``_cache``
+
+    @property
+    def cache_seconds(self) -> float:
+        return self._cache_seconds
+
+    @cache_seconds.setter
+    def cache_seconds(self, seconds: float) -> None:
+        """How long a token lookup is reused; setting it starts an empty cache."""
+        with self._lock:
+            self._cache_seconds = seconds
+            # token hash → record, or None ("unknown" is cached just as briefly); LRU within the lifetime, which
+            # counts from the lookup. cachetools is not thread-safe: every use holds the lock.
+            self._cache: TTLCache[str, TokenRecord | None] = TTLCache(TOKEN_CACHE_ENTRIES, seconds, timer=time.monotonic)
 
     def root_hash(self) -> str | None:
         """The root token's digest, re-read like a token lookup (at most ``cache_seconds`` old): replacing a
@@ -96,15 +109,15 @@ class Authenticator:
         return Principal(id=record.id, service=record.service, policies=record.policies, expires_at=record.expires_at)
 
     def _lookup(self, token_hash: str) -> TokenRecord | None:
-        now = time.monotonic()
-        cached = self._cache.get(token_hash)
-        if cached is not None and now - cached[0] < self.cache_seconds:
-            return cached[1]
+        with self._lock:
+            try:
+                return self._cache[token_hash]  # a miss or an expired entry raises KeyError
+            except KeyError:
+                pass
         assert self.tokens is not None
         record = self.tokens.token_by_hash(token_hash)
-        if len(self._cache) >= TOKEN_CACHE_ENTRIES:
-            self._cache.clear()  # crude bound; entries live half a second anyway
-        self._cache[token_hash] = (now, record)
+        with self._lock:
+            self._cache[token_hash] = record
         return record
 
     def identify(self, token: str) -> TokenRecord | None:
@@ -123,4 +136,5 @@ class Authenticator:
 
     def forget(self, token_hash: str) -> None:
         """Drop a cached lookup (this node just revoked the token: effective here at once)."""
-        self._cache.pop(token_hash, None)
+        with self._lock:
+            self._cache.pop(token_hash, None)

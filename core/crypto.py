@@ -20,10 +20,10 @@ import os
 import struct
 import threading
 import time
-from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from cachetools import TTLCache
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
@@ -169,6 +169,13 @@ def active_key_id(keys: KeyService) -> str | None:
     return value if isinstance(value, str) else None
 
 
+CacheKey = tuple[str, bytes, tuple[tuple[str, str], ...]]  # (key id, wrapped key, sorted encryption context)
+
+
+def _monotonic() -> float:
+    return time.monotonic()  # looked up at each call, so a test's clock replaces it
+
+
 class CachingKeyService:
     """Bounded, time-limited cache of unwrapped data keys so warm reads make no KMS call.
 
@@ -184,12 +191,13 @@ class CachingKeyService:
         self.inner = inner
         self.max_entries = max_entries
         self.ttl_seconds = ttl_seconds
-        self._entries: OrderedDict[tuple[str, bytes, tuple[tuple[str, str], ...]], tuple[float, bytes]] = OrderedDict()
+        # LRU within a lifetime counted from the unwrap (a hit does not extend it); every insert drops what expired
+        # first, so expired plaintext keys do not linger. cachetools is not thread-safe: every use holds the lock.
+        self._entries: TTLCache[CacheKey, bytes] = TTLCache(max_entries, ttl_seconds, timer=_monotonic)
         self._lock = threading.Lock()
-        self._next_sweep = 0.0
 
     @staticmethod
-    def _cache_key(key_id: str, wrapped: bytes, context: Mapping[str, str]) -> tuple[str, bytes, tuple[tuple[str, str], ...]]:
+    def _cache_key(key_id: str, wrapped: bytes, context: Mapping[str, str]) -> CacheKey:
         return key_id, wrapped, tuple(sorted(context.items()))
 
     def generate_data_key(self, context: Mapping[str, str]) -> DataKey:
@@ -200,14 +208,10 @@ class CachingKeyService:
 
     def decrypt_data_key(self, key_id: str, wrapped: bytes, context: Mapping[str, str]) -> bytes:
         cache_key = self._cache_key(key_id, wrapped, context)
-        now = time.monotonic()
         with self._lock:
             hit = self._entries.get(cache_key)
-            if hit is not None:
-                if hit[0] > now:
-                    self._entries.move_to_end(cache_key)
-                    return hit[1]
-                del self._entries[cache_key]  # expired: the lifetime bound means it must not linger
+        if hit is not None:
+            return hit
         plaintext = self.inner.decrypt_data_key(key_id, wrapped, context)
         self._remember(cache_key, plaintext)
         return plaintext
@@ -221,27 +225,18 @@ class CachingKeyService:
 
     @property
     def cached_entries(self) -> int:
-        return len(self._entries)
-
-    def _remember(self, cache_key: tuple[str, bytes, tuple[tuple[str, str], ...]], plaintext: bytes) -> None:
-        now = time.monotonic()
         with self._lock:
-            self._entries[cache_key] = (now + self.ttl_seconds, plaintext)
-            self._entries.move_to_end(cache_key)
-            # Hits reorder entries without extending their lifetime, so LRU order is not expiry order: sweep the
-            # whole (bounded) cache now and then, so expired plaintext keys do not linger in memory.
-            if now >= self._next_sweep:
-                self._next_sweep = now + min(self.ttl_seconds, 1.0)
-                for stale in [k for k, (expires, _) in self._entries.items() if expires <= now]:
-                    del self._entries[stale]
-            while len(self._entries) > self.max_entries:
-                self._entries.popitem(last=False)
+            return len(self._entries)  # live entries only: len() drops the expired ones first
+
+    def _remember(self, cache_key: CacheKey, plaintext: bytes) -> None:
+        with self._lock:
+            self._entries[cache_key] = plaintext
 
     def forget_key_id(self, key_id: str) -> None:
         """Drop every cached data key wrapped under ``key_id`` (a retired master key must stop working here too)."""
         with self._lock:
             for cache_key in [k for k in self._entries if k[0] == key_id]:
-                del self._entries[cache_key]
+                self._entries.pop(cache_key, None)
 
     def clear(self) -> None:
         with self._lock:

@@ -17,9 +17,11 @@ from __future__ import annotations
 
 import threading
 import time
-from collections import OrderedDict, deque
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+
+from cachetools import LRUCache
 
 MAX_TRACKED_ADDRESSES = 100_000
 
@@ -38,19 +40,17 @@ class FailureDamper:
         self.window = window
         self.penalty = penalty
         self.clock = clock
-        self._tracks: OrderedDict[str, _Track] = OrderedDict()
+        # the addresses seen, least recently failing dropped first past the bound (used under the lock only)
+        self._tracks: LRUCache[str, _Track] = LRUCache(MAX_TRACKED_ADDRESSES)
         self._lock = threading.Lock()
 
     def failure(self, address: str) -> bool:
         """Count a failed authentication; True when the address is (now) penalized: answer 429, not 401."""
         now = self.clock()
         with self._lock:
-            track = self._tracks.get(address)
+            track = self._tracks.get(address)  # a hit becomes the most recently used
             if track is None:
                 track = self._tracks[address] = _Track()
-                if len(self._tracks) > MAX_TRACKED_ADDRESSES:
-                    self._tracks.popitem(last=False)
-            self._tracks.move_to_end(address)
             if now < track.penalty_until:
                 return True
             track.failures.append(now)

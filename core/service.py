@@ -13,11 +13,12 @@ import hashlib
 import json
 import threading
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
+
+from cachetools import LRUCache
 
 from tessera.core import crypto
 from tessera.core.access import Authorizer, RootOnly
@@ -155,37 +156,56 @@ class ListPage:
     next: str | None  # pass as ``after`` for the next page; None on the last one
 
 
+ValueKey = tuple[Scope, str, int]
+
+
+def _entry_size(entry: tuple[Any, int]) -> int:
+    return entry[1]
+
+
+class _CountedLRU(LRUCache[ValueKey, tuple[Any, int]]):
+    """cachetools' LRU bounded by the entries' sizes (``maxsize`` bytes) and by their count too."""
+
+    def __init__(self, max_entries: int, max_bytes: int) -> None:
+        super().__init__(max_bytes, getsizeof=_entry_size)
+        self.max_entries = max_entries
+
+    def __setitem__(self, key: ValueKey, value: tuple[Any, int]) -> None:
+        super().__setitem__(key, value)
+        while len(self) > self.max_entries:
+            self.popitem()
+
+
 class ValueCache:
     """Bounded LRU of decrypted values by (scope, key, version): versions are immutable, so entries never go stale.
 
-    Bounded by count and by the values' encoded size (64 KiB values × 10,000 entries would be 640 MB).
+    Bounded by count and by the values' encoded size (64 KiB values × 10,000 entries would be 640 MB); a value
+    larger than the whole byte bound is not cached. cachetools is not thread-safe: every use holds the lock.
     """
 
     def __init__(self, max_entries: int = 10_000, max_bytes: int = 64 * 1024 * 1024) -> None:
         self.max_entries = max_entries
         self.max_bytes = max_bytes
-        self.total_bytes = 0
-        self._entries: OrderedDict[tuple[Scope, str, int], tuple[Any, int]] = OrderedDict()
+        self._entries = _CountedLRU(max_entries, max_bytes)
         self._lock = threading.Lock()
 
-    def get(self, cache_key: tuple[Scope, str, int]) -> tuple[bool, Any]:
-        with self._lock:
-            entry = self._entries.get(cache_key)
-            if entry is not None:
-                self._entries.move_to_end(cache_key)
-                return True, entry[0]
-        return False, None
+    @property
+    def total_bytes(self) -> int:
+        return int(self._entries.currsize)
 
-    def put(self, cache_key: tuple[Scope, str, int], value: Any, size: int) -> None:
+    def get(self, cache_key: ValueKey) -> tuple[bool, Any]:
         with self._lock:
-            previous = self._entries.pop(cache_key, None)
-            if previous is not None:
-                self.total_bytes -= previous[1]
+            try:
+                entry = self._entries[cache_key]  # one lookup (``get`` would make two); a miss then decrypts
+            except KeyError:
+                return False, None
+        return True, entry[0]
+
+    def put(self, cache_key: ValueKey, value: Any, size: int) -> None:
+        if size > self.max_bytes:
+            return
+        with self._lock:
             self._entries[cache_key] = (value, size)
-            self.total_bytes += size
-            while len(self._entries) > self.max_entries or (self.total_bytes > self.max_bytes and len(self._entries) > 1):
-                _, (_, evicted) = self._entries.popitem(last=False)
-                self.total_bytes -= evicted
 
 
 class ReadCache:

@@ -1,7 +1,7 @@
 """Tessera: versioned, encrypted configuration and secrets with access control and live reload.
 
 The SDK is importable from here, and importing it pulls in only small client libraries (httpx, websockets,
-tenacity), never the server or the AWS stack::
+tenacity, cachetools), never the server or the AWS stack::
 
     from tessera import Client, AsyncClient, NotFound
 

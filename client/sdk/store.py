@@ -22,11 +22,12 @@ import logging
 import os
 import threading
 import time
-from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Hashable
 from concurrent.futures import Future
 from pathlib import Path
 from typing import Any, TypeVar
+
+from cachetools import TTLCache
 
 from tessera.client.sdk.types import Entry
 
@@ -42,43 +43,35 @@ def _related(a: str, b: str) -> bool:
 
 
 class ReadCache:
-    """A short-lived cache of latest-version reads (off unless ``cache_ttl`` > 0); bounded, oldest out first.
+    """A short-lived cache of latest-version reads (off unless ``cache_ttl`` > 0): an entry lives ``ttl`` seconds
+    from the read that made it, at most ``max_entries`` of them (least recently used out first).
 
-    The SDK's base install allows only small client libraries, hence this helper instead of ``cachetools``.
+    cachetools is not thread-safe: every use holds the lock.
     """
 
     def __init__(self, ttl: float, max_entries: int = 4096) -> None:
         self.ttl = ttl
         self.max_entries = max_entries
-        self._entries: OrderedDict[ScopeKey, tuple[float, Entry]] = OrderedDict()
+        self._entries: TTLCache[ScopeKey, Entry] = TTLCache(max_entries, max(ttl, 0.0), timer=time.monotonic)
         self._lock = threading.Lock()
 
     def get(self, scope_key: ScopeKey) -> Entry | None:
         if self.ttl <= 0:
             return None
         with self._lock:
-            found = self._entries.get(scope_key)
-            if found is None:
-                return None
-            if time.monotonic() - found[0] > self.ttl:
-                del self._entries[scope_key]
-                return None
-            return found[1]
+            return self._entries.get(scope_key)
 
     def put(self, scope_key: ScopeKey, entry: Entry) -> None:
         if self.ttl <= 0:
             return
         with self._lock:
-            self._entries[scope_key] = (time.monotonic(), entry)
-            self._entries.move_to_end(scope_key)
-            while len(self._entries) > self.max_entries:
-                self._entries.popitem(last=False)
+            self._entries[scope_key] = entry
 
     def invalidate(self, namespace: str, key: str) -> None:
         """Drop every cached read this write may change (any env: children inherit from their parents)."""
         with self._lock:
             for cached in [k for k in self._entries if k[0] == namespace and _related(k[2], key)]:
-                del self._entries[cached]
+                self._entries.pop(cached, None)
 
     def clear(self) -> None:
         with self._lock:

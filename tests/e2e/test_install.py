@@ -3,7 +3,7 @@ works and neither the server nor the AWS stack is installed or imported.
 
 How it stays offline and current on a clean CI machine:
 - ``make .venv/.installed`` (the install step of ``make test``, while the package index is reachable) fills
-  ``.venv/wheelhouse`` with wheels of the base dependencies (httpx, websockets, tenacity and theirs) and of the
+  ``.venv/wheelhouse`` with wheels of the base dependencies (httpx, websockets, tenacity, cachetools and theirs) and of the
   build tools (setuptools, wheel). Installing packages is setup, not test traffic.
 - This test copies the current source to a temporary folder, builds its wheel there (build isolation on, build tools
   from the wheelhouse, ``--no-index``: no network, nothing written into the repository), creates a bare venv and
@@ -76,5 +76,5 @@ def test_base_install_is_the_sdk_alone(tmp_path):
     assert found["imported"] == [] and found["installed"] == [], found
     assert found["client"].startswith("tessera.client.sdk") and found["async_client"].startswith("tessera.client.sdk")
     installed = {line.split("==")[0].lower().replace("_", "-") for line in run(*pip, "freeze", "--all").stdout.split()}
-    assert {"tessera-config", "httpx", "websockets", "tenacity"} <= installed
+    assert {"tessera-config", "httpx", "websockets", "tenacity", "cachetools"} <= installed
     assert not installed & {"fastapi", "uvicorn", "boto3", "typer", "rich", "pydantic", "cryptography"}

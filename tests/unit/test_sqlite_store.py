@@ -173,5 +173,11 @@ def test_value_cache_is_bounded_by_bytes_too():
         cache.put((Scope(), "k", version), "x" * 100, 100)
     assert cache.total_bytes <= 1000 and len(cache._entries) == 10
     assert cache.get((Scope(), "k", 20)) == (True, "x" * 100) and cache.get((Scope(), "k", 1)) == (False, None)
-    cache.put((Scope(), "big", 1), "y", 5000)  # one oversized value is kept alone rather than never cached
-    assert len(cache._entries) == 1
+    cache.put((Scope(), "big", 1), "y", 5000)  # larger than the whole bound: not cached, and evicts nothing
+    assert len(cache._entries) == 10 and cache.get((Scope(), "big", 1)) == (False, None)
+    small = ValueCache(max_entries=3)
+    for version in range(1, 6):
+        small.put((Scope(), "k", version), version, 1)
+    small.get((Scope(), "k", 3))  # used: the least recently used is now 4
+    small.put((Scope(), "k", 6), 6, 1)
+    assert [small.get((Scope(), "k", v))[0] for v in (3, 4, 5, 6)] == [True, False, True, True]

@@ -12,11 +12,12 @@ import random
 import threading
 import time
 import uuid
-from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
+
+from cachetools import LRUCache
 
 from tessera.core.access_model import AuditEntry
 from tessera.core.auth import ROOT_HASH_META
@@ -61,27 +62,24 @@ DEFAULT_RECORD_CACHE = 20_000
 
 class RecordCache:
     """Bounded LRU of immutable version records by (scope, key, version): a version never changes once
-    committed (a rewrap swaps its object, which ``load_envelope`` notices), so entries never go stale."""
+    committed (a rewrap swaps its object, which ``load_envelope`` notices), so entries never go stale.
+    cachetools is not thread-safe: every use holds the lock."""
 
     def __init__(self, max_entries: int = DEFAULT_RECORD_CACHE) -> None:
         self.max_entries = max_entries
-        self._entries: OrderedDict[tuple[Scope, str, int], Version] = OrderedDict()
+        self._entries: LRUCache[tuple[Scope, str, int], Version] = LRUCache(max(max_entries, 0))
         self._lock = threading.Lock()
 
     def get(self, scope: Scope, key: str, version: int) -> Version | None:
         with self._lock:
-            hit = self._entries.get((scope, key, version))
-            if hit is not None:
-                self._entries.move_to_end((scope, key, version))
-            return hit
+            return self._entries.get((scope, key, version))
 
     def put(self, record: Version) -> None:
+        if self.max_entries <= 0:
+            return  # no cache (cachetools refuses any entry when its size is 0)
         stored = replace(record, envelope=None)  # envelopes stay in S3; only metadata is cached
         with self._lock:
             self._entries[(record.scope, record.key, record.version)] = stored
-            self._entries.move_to_end((record.scope, record.key, record.version))
-            while len(self._entries) > self.max_entries:
-                self._entries.popitem(last=False)
 
     def drop(self, scope: Scope, key: str, version: int) -> None:
         with self._lock:
