@@ -277,6 +277,17 @@ class SQLiteStore:
         rows = self._query("SELECT value FROM counters WHERE name = 'revision'")
         return rows[0][0] if rows else 0
 
+    def list_namespaces(self, limit: int = 1000) -> list[str]:
+        """The namespaces holding a key (in any env, deleted or not), in order: a skip-scan of the heads' primary
+        key, one seek per namespace whatever the number of keys (the console's namespace picker)."""
+        rows = self._query(
+            "WITH RECURSIVE ns(name) AS (SELECT MIN(namespace) FROM heads UNION ALL "
+            "SELECT (SELECT MIN(namespace) FROM heads WHERE namespace > ns.name) FROM ns WHERE ns.name IS NOT NULL) "
+            "SELECT name FROM ns WHERE name IS NOT NULL LIMIT ?",
+            (limit,),
+        )
+        return [row[0] for row in rows]
+
     def read_stamp(self) -> tuple[int, int]:
         """(revision, environments version): changes whenever anything a read resolves could have changed,
         whichever process committed it. One primary-key range read, cheap enough to check before every

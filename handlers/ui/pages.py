@@ -77,13 +77,15 @@ async def sign_out(ui: Console) -> Response:
 
 
 # ---------------------------------------------------------------------------------------------- browse
-def namespaces_of(ui: Console, current: str) -> list[str]:
-    """Namespaces holding a key this token may list (the store names them where it can), and the current one."""
+def namespaces_of(ui: Console, scope: Scope) -> list[str]:
+    """Namespaces holding a key this token may list in ``scope``'s env, and the current one: offered by the
+    namespace box, which takes any name (namespaces need no creation; a store that cannot name its namespaces,
+    the aws one, offers only these two)."""
     lister = getattr(ui.container.store, "list_namespaces", None)
     names = set(lister()) if lister is not None else set()
     assert ui.principal is not None
-    visible = {name for name in names if ui.service.list_page(ui.principal, Scope(name, DEFAULT), None, 1).leaves}
-    return sorted(visible | {current, DEFAULT})
+    visible = {name for name in names if ui.service.list_page(ui.principal, Scope(name, scope.env), None, 1).leaves}
+    return sorted(visible | {scope.namespace, DEFAULT})
 
 
 def tree_rows(leaves: list[ResolvedLeaf]) -> list[dict[str, Any]]:
@@ -138,7 +140,7 @@ async def browse(ui: Console) -> Response:
         "browse.html",
         scope=scope,
         envs=envs,
-        namespaces=await container.read(namespaces_of, ui, scope.namespace),
+        namespaces=await container.read(namespaces_of, ui, scope),
         prefix=prefix,
         search=search,
         rows=rows,

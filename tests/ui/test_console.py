@@ -324,3 +324,27 @@ def test_promote_needs_write_in_the_target(client):
     )
     assert refused.status_code == 403
     assert client.get("/config/app.x", headers=ROOT).json()["value"] == 1
+
+
+def test_browse_offers_the_namespaces_this_token_may_list(client):
+    client.put("/config/app.name?namespace=team-a", json={"value": "a"}, headers=ROOT)
+    client.put("/envs/prod", json={"parent": "default"}, headers=ROOT)
+    client.put("/config/app.name?namespace=team-b&env=prod", json={"value": "b"}, headers=ROOT)
+    client.put("/config/app.name?namespace=team-c", json={"value": "c"}, headers=ROOT)
+    token = make_token(
+        client, "team-a-only", [{"path": "*", "capabilities": ["list", "read"], "namespaces": ["team-a", "default"]}]
+    )
+
+    def offered(page: str) -> list[str]:
+        import re
+
+        return re.findall(r'<option value="([^"]+)">', page.split('<datalist id="namespaces">')[1].split("</datalist>")[0])
+
+    sign_in(client)
+    assert offered(client.get("/ui").text) == ["default", "team-a", "team-c"]  # team-b holds keys in prod only
+    assert offered(client.get("/ui?env=prod").text) == ["default", "team-a", "team-b", "team-c"]
+    page = client.get("/ui?namespace=team-c").text
+    assert 'id="namespace" list="namespaces" value="team-c"' in page and 'data-key="app.name"' in page
+    client.cookies.clear()
+    sign_in(client, token)
+    assert offered(client.get("/ui").text) == ["default", "team-a"]
