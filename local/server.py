@@ -101,6 +101,7 @@ def serve(
         print(f"Root token: {token}", flush=True)
     print(f"  ({note})", flush=True)
     print(f'Try: curl -H "Authorization: Bearer $TOKEN" {url}/config/database.host', flush=True)
+    print(f"Web console: {url}/ui (sign in with a token)", flush=True)
     if workers > 1:
         container.close()  # each worker opens its own
         # The workers read their settings from the environment (never the root token: its digest is in the store).

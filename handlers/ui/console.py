@@ -9,6 +9,7 @@ no session → the sign-in page with ``401``; a bad CSRF token or a foreign ``Or
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import secrets
 from collections.abc import Awaitable, Callable
@@ -157,6 +158,7 @@ class Console:
 
     # ------------------------------------------------------------------ output
     def render(self, template: str, status: int = 200, **context: Any) -> Response:
+        context.setdefault("cookie_kept", cookie_kept(self.request))
         body = templates.get_template(template).render(
             ui=self, principal=self.principal, csrf=self.csrf, request_id=self.auditor.request_id, **context
         )
@@ -181,6 +183,21 @@ class Console:
 
     def error_page(self, status: int, code: str, message: str, **extra: Any) -> Response:
         return self.render("error.html", status, error_status=status, code=code, message=message, extra=extra)
+
+
+def cookie_kept(request: Request) -> bool:
+    """Whether a browser keeps a ``Secure`` cookie from this page: over HTTPS, or on a loopback host over plain
+    http (127.0.0.0/8, ::1 and localhost are "potentially trustworthy" to browsers). Elsewhere over http the
+    sign-in page says why signing in cannot work there, instead of silently coming back to it."""
+    if request.url.scheme in ("https", "wss"):
+        return True
+    host = (request.url.hostname or "").lower().strip("[]")
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def safe_next(target: str) -> str:

@@ -19,7 +19,17 @@ from tessera.core.errors import Forbidden, InvalidRequest, NotFound, TesseraErro
 from tessera.core.model import DEFAULT, Scope, parse_key, parse_prefix, parse_scope, utcnow
 from tessera.core.service import ResolvedLeaf
 from tessera.handlers.deps import before_change, int_param
-from tessera.handlers.ui.console import COOKIE, COOKIE_PATH, LOGIN_COOKIE, STATIC, Console, Refused, console_route, safe_next
+from tessera.handlers.ui.console import (
+    COOKIE,
+    COOKIE_PATH,
+    LOGIN_COOKIE,
+    SECURITY_HEADERS,
+    STATIC,
+    Console,
+    Refused,
+    console_route,
+    safe_next,
+)
 from tessera.handlers.ui.envgraph import env_graph
 
 BROWSE_PAGE = 500
@@ -473,7 +483,7 @@ async def static(ui: Console) -> Response:
     files = ui.request.app.state.console_static
     if name not in files:
         raise NotFound("no such file")
-    return Response(files[name], media_type=STATIC[name])
+    return Response(files[name], media_type=STATIC[name], headers=SECURITY_HEADERS)
 
 
 fallback = APIRouter(include_in_schema=False)

@@ -4,8 +4,10 @@ control, compare-and-set, and the audit record of every console request. The bro
 from __future__ import annotations
 
 import pytest
+from fastapi.testclient import TestClient
 from starlette.websockets import WebSocketDisconnect
 
+from tessera.handlers.app import create_app
 from tests.ui.conftest import ORIGIN, ROOT, ROOT_TOKEN, audit_entries, hidden, make_token, sign_in
 
 XSS = "<script>document.title='pwned'</script>"
@@ -19,7 +21,12 @@ def test_root_redirects_to_the_console_and_the_console_asks_for_a_token(client):
 
 
 def test_security_headers_on_every_page(client):
-    for response in (client.get("/ui"), client.get("/ui/login"), client.get("/ui/no-such-page")):
+    for response in (
+        client.get("/ui"),
+        client.get("/ui/login"),
+        client.get("/ui/no-such-page"),
+        client.get("/ui/static/console.js"),
+    ):
         headers = response.headers
         assert "script-src 'self'" in headers["content-security-policy"]
         assert "unsafe-inline" not in headers["content-security-policy"]
@@ -348,3 +355,12 @@ def test_browse_offers_the_namespaces_this_token_may_list(client):
     client.cookies.clear()
     sign_in(client, token)
     assert offered(client.get("/ui").text) == ["default", "team-a"]
+
+
+def test_the_sign_in_page_says_when_a_secure_cookie_cannot_be_kept(container):
+    """Over plain http the Secure cookie is kept by browsers on loopback hosts only: elsewhere the page says so."""
+    app = create_app(container)
+    for base, warned in (("http://127.0.0.1:8200", False), ("http://localhost:8200", False), ("http://[::1]:8200", False),
+                         ("https://config.example", False), ("http://config.example", True), ("http://10.0.0.5:8200", True)):  # fmt: skip
+        with TestClient(app, base_url=base) as browser:
+            assert ('id="insecure"' in browser.get("/ui/login").text) is warned, base
