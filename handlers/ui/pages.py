@@ -389,7 +389,7 @@ async def environments(ui: Console) -> Response:
     envs = await container.read(service.list_envs, principal)
     names = [env.name for env in envs]
     source, target, prefix = ui.param("from"), ui.param("to"), ui.param("prefix")
-    diff, promotable = None, {}
+    diff, promotable, sources = None, {}, {}
     if source and target:
         ui.auditor.note("diff", target=f"{source}..{target}")
         ui.auditor.env = None
@@ -404,6 +404,9 @@ async def environments(ui: Console) -> Response:
             for item in diff["removed"] + diff["changed"]
             if service.can(principal, "write", to_scope, item["key"])
         }
+        if promotable:  # and what the page shows of ``from``: promote refuses if that moved too (see promote)
+            shown = await container.read(source_versions, ui, Scope(scope.namespace, source), prefix)
+            sources = {key: shown[key] for key in promotable if key in shown}
     selected = ui.param("env") or (target or DEFAULT)
     chain = await container.read(service.env_chain, selected) if selected in names else [DEFAULT]
     return ui.render(
@@ -417,12 +420,20 @@ async def environments(ui: Console) -> Response:
         prefix=prefix,
         diff=diff,
         promotable=promotable,
+        sources=sources,
         notice=ui.param("notice"),
         promoted=ui.param("promoted"),
     )
 
 
 EXPECTED_FIELD = "expected:"  # promote's form: one "expected:<key>" field per key, holding its version in ``to``
+SOURCE_FIELD = "source:"  # and one "source:<key>" per key: "<env>:<version>" of the value ``from`` showed
+
+
+def source_versions(ui: Console, source: Scope, prefix: str | None) -> dict[str, str]:
+    """Where each key's value in ``source`` comes from now, as "<env>:<version>" (what a promote would copy)."""
+    leaves = ui.service.resolved_leaves(source, parse_prefix(prefix or None))
+    return {leaf.version.key: f"{leaf.env}:{leaf.version.version}" for leaf in leaves}
 
 
 @console_route("/ui/promote", "config.promote", ("POST",))
@@ -451,14 +462,27 @@ async def promote(ui: Console) -> Response:
             if number is not None:
                 expected[name[len(EXPECTED_FIELD) :]] = number
     back = {"namespace": to_scope.namespace, "from": source, "to": target, "prefix": prefix or ""}
+    # The API's compare-and-set is on ``to``; a page also showed the values of ``from`` it would copy, so a value
+    # changed there since is refused the same way (nothing promoted) rather than copied unseen.
+    shown = {name[len(SOURCE_FIELD) :]: value for name, value in ui.pairs if name.startswith(SOURCE_FIELD)}
+    from_scope = Scope(to_scope.namespace, source)
+    now = await container.read(source_versions, ui, from_scope, prefix)
+    source_moved = {
+        key: now.get(key, "none")
+        for key in keys
+        if key in shown and shown[key] != now.get(key) and service.can(ui.principal, "read", from_scope, key)
+    }
+    if source_moved:
+        return ui.render("stale_promote.html", 409, moved={}, source_moved=source_moved, shown=shown, expected=expected,
+                         source=source, target=target, query=urlencode(back))  # fmt: skip
     await before_change(ui.request, ui.auditor, service.audit_in_commit)
     try:
         result = await container.blocking(
             service.promote, ui.principal, to_scope.namespace, source, target, prefix, keys, expected, ui.auditor
         )
     except VersionsMoved as exc:
-        return ui.render("stale_promote.html", 409, moved=exc.current_versions, expected=expected, source=source,
-                         target=target, query=urlencode(back))  # fmt: skip
+        return ui.render("stale_promote.html", 409, moved=exc.current_versions, source_moved={}, shown=shown,
+                         expected=expected, source=source, target=target, query=urlencode(back))  # fmt: skip
     ui.auditor.note(target=f"{source}..{target}")
     return ui.redirect(f"/ui/envs?{urlencode({**back, 'notice': 'promoted', 'promoted': len(result.promoted)})}")
 

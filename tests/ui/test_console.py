@@ -364,3 +364,19 @@ def test_the_sign_in_page_says_when_a_secure_cookie_cannot_be_kept(container):
                          ("https://config.example", False), ("http://config.example", True), ("http://10.0.0.5:8200", True)):  # fmt: skip
         with TestClient(app, base_url=base) as browser:
             assert ('id="insecure"' in browser.get("/ui/login").text) is warned, base
+
+
+def test_promote_refuses_a_value_of_from_the_page_did_not_show(client):
+    client.put("/envs/staging", json={"parent": "default"}, headers=ROOT)
+    client.put("/config/a.one?env=staging", json={"value": "seen"}, headers=ROOT)
+    client.put("/config/a.one", json={"value": "old"}, headers=ROOT)
+    sign_in(client)
+    form = promote_form(client.get("/ui/envs", params={"from": "staging", "to": "default"}).text)
+    assert form["source:a.one"] == ["staging:1"]
+    client.put("/config/a.one?env=staging", json={"value": "never-seen"}, headers=ROOT)  # changed in from meanwhile
+    stale = client.post("/ui/promote", data=form)
+    assert stale.status_code == 409 and 'id="source-moved"' in stale.text and "staging:2" in stale.text
+    assert client.get("/config/a.one", headers=ROOT).json()["value"] == "old"  # nothing promoted
+    fresh = promote_form(client.get("/ui/envs", params={"from": "staging", "to": "default"}).text)
+    assert client.post("/ui/promote", data=fresh, follow_redirects=False).status_code == 303
+    assert client.get("/config/a.one", headers=ROOT).json()["value"] == "never-seen"
