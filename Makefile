@@ -40,8 +40,10 @@ test: $(STAMP)
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -n 2 --dist loadfile -q -m "not slow"
 
+## make lint: ruff over the tree, then mypy over every package (tessera.core, .handlers, .local, .client)
 lint: $(STAMP)
 	$(BIN)/ruff check tessera core handlers local client tests bench
+	$(BIN)/python -m tests.typecheck core handlers local client
 
 $(BENCH_STAMP): $(STAMP) pyproject.toml
 	$(BIN)/pip install --quiet -e '.[test,bench]'

@@ -16,7 +16,7 @@ from __future__ import annotations
 import itertools
 import logging
 import os
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -32,8 +32,10 @@ from tessera.handlers.render import JSON, dumps, error_body
 from tessera.handlers.watch import TokenSentinel, long_poll
 
 logger = logging.getLogger("tessera")
-Send = Callable[[dict[str, Any]], Awaitable[None]]
-Receive = Callable[[], Awaitable[dict[str, Any]]]
+# The standard ASGI shapes (what uvicorn and Mangum declare): a scope and messages are mutable mappings.
+AsgiScope = MutableMapping[str, Any]
+Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
+Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
 
 # Any visible ASCII (and spaces) a client or a tracing proxy uses for ids is echoed; nothing that could split a
 # header or a log line.
@@ -86,7 +88,7 @@ class TesseraASGI:
         api.state.token_sentinel = self.sentinel  # re-checks the tokens of held watches, once per token
 
     # ------------------------------------------------------------------ dispatch
-    async def __call__(self, scope: dict[str, Any], receive: Receive, send: Send) -> None:
+    async def __call__(self, scope: AsgiScope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
         if kind == "lifespan":
             await self.api(scope, receive, send)
@@ -131,7 +133,7 @@ class TesseraASGI:
         await self._through_api(scope, receive, send, auditor)
 
     # ------------------------------------------------------------------ Idempotency-Key
-    async def _idempotent(self, scope: dict[str, Any], receive: Receive, send: Send, auditor: Auditor, raw_key: bytes) -> None:
+    async def _idempotent(self, scope: AsgiScope, receive: Receive, send: Send, auditor: Auditor, raw_key: bytes) -> None:
         """Claim (token, key); run the request as the claim's owner, or answer from what the claim holds."""
         container, store = self.container, self.container.idempotency
         token = self._bearer(scope)
@@ -167,7 +169,7 @@ class TesseraASGI:
         auditor.idempotency_guard = guard
         answered: dict[str, Any] = {"status": 500, "body": bytearray()}
 
-        async def capture(message: dict[str, Any]) -> None:
+        async def capture(message: MutableMapping[str, Any]) -> None:
             if message["type"] == "http.response.start":
                 answered["status"] = message["status"]
             elif message["type"] == "http.response.body":
@@ -179,7 +181,7 @@ class TesseraASGI:
         finally:
             await container.blocking(idempotency.finish_or_release, store, guard, auditor, answered["status"], bytes(answered["body"]))
 
-    def _route_facts(self, scope: dict[str, Any], auditor: Auditor) -> bool:
+    def _route_facts(self, scope: AsgiScope, auditor: Auditor) -> bool:
         """Which route a request is for, before it runs (an answer from its claim never reaches the router);
         False when no route takes it."""
         from starlette.routing import Match
@@ -193,7 +195,7 @@ class TesseraASGI:
         return False
 
     @staticmethod
-    def _headers(scope: dict[str, Any]) -> tuple[str, bytes | None, bytes | None, bytes | None]:
+    def _headers(scope: AsgiScope) -> tuple[str, bytes | None, bytes | None, bytes | None]:
         request_id = authorization = if_none_match = idempotency_key = None
         for name, value in scope["headers"]:
             if name == b"authorization":
@@ -209,7 +211,7 @@ class TesseraASGI:
     # ------------------------------------------------------------------ the fast read path
     async def _fast_read(
         self,
-        scope: dict[str, Any],
+        scope: AsgiScope,
         send: Send,
         auditor: Auditor,
         key: str,
@@ -231,7 +233,7 @@ class TesseraASGI:
             status, headers, body = error_body(exc.status, exc.code, exc.message, auditor.request_id, **exc.extra)
         await self._finish(scope, send, auditor, status, headers, body, token)
 
-    async def _fast_watch(self, scope: dict[str, Any], receive: Receive, send: Send, auditor: Auditor, authorization: bytes | None) -> None:
+    async def _fast_watch(self, scope: AsgiScope, receive: Receive, send: Send, auditor: Auditor, authorization: bytes | None) -> None:
         """``GET /watch`` without FastAPI: a release of 10,000 parked watchers is 10,000 of these answers."""
         params = dict(parse_qsl(scope["query_string"].decode("latin-1"))) if scope["query_string"] else {}
         keys = params.get("keys")
@@ -253,7 +255,7 @@ class TesseraASGI:
         await self._finish(scope, send, auditor, status, headers, body, token)
 
     # ------------------------------------------------------------------ requests routed by FastAPI
-    async def _through_api(self, scope: dict[str, Any], receive: Receive, send: Send, auditor: Auditor) -> None:
+    async def _through_api(self, scope: AsgiScope, receive: Receive, send: Send, auditor: Auditor) -> None:
         """Run the FastAPI app, holding its response back until the request's record is written."""
         held: dict[str, Any] = {}
         answered = False
@@ -261,7 +263,7 @@ class TesseraASGI:
         request_id = auditor.request_id
         token = self._bearer(scope)
 
-        async def guarded_send(message: dict[str, Any]) -> None:
+        async def guarded_send(message: MutableMapping[str, Any]) -> None:
             nonlocal answered, dropped
             if dropped:
                 return  # the rest of a response that was replaced
@@ -296,7 +298,7 @@ class TesseraASGI:
     # ------------------------------------------------------------------ the record, then the response
     async def _finish(
         self,
-        scope: dict[str, Any],
+        scope: AsgiScope,
         send: Send,
         auditor: Auditor,
         status: int,
@@ -351,7 +353,7 @@ class TesseraASGI:
 
     # ------------------------------------------------------------------ helpers
     @staticmethod
-    def _bearer(scope: dict[str, Any]) -> str | None:
+    def _bearer(scope: AsgiScope) -> str | None:
         for name, value in scope["headers"]:
             if name == b"authorization":
                 return parse_bearer(value.decode("latin-1"))
@@ -364,7 +366,7 @@ class TesseraASGI:
 
     @staticmethod
     def _with_headers(send: Send, request_id: str, path: str) -> Send:
-        async def sending(message: dict[str, Any]) -> None:
+        async def sending(message: MutableMapping[str, Any]) -> None:
             if message["type"] == "http.response.start":
                 message = {**message, "headers": response_headers(request_id, path, list(message.get("headers", [])))}
             await send(message)

@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Mapping
+from concurrent.futures import Future
 from dataclasses import replace
 from datetime import datetime
 from typing import Any
@@ -57,7 +59,7 @@ def outcome_of(status: int) -> str:
     return "error"
 
 
-def client_address(scope: dict[str, Any]) -> str:
+def client_address(scope: Mapping[str, Any]) -> str:
     client = scope.get("client")
     return str(client[0]) if client else "unknown"
 
@@ -89,7 +91,7 @@ class Auditor:
         self.idempotency_guard: IdempotencyGuard | None = None  # the request's Idempotency-Key claim
 
     @classmethod
-    def begin(cls, scope: dict[str, Any], request_id: str) -> Auditor:
+    def begin(cls, scope: Mapping[str, Any], request_id: str) -> Auditor:
         return cls(request_id, scope.get("method", "GET"), cut(scope.get("path", "")) or "", client_address(scope))
 
     def note(
@@ -165,7 +167,7 @@ class Auditor:
         return replace(self.entry(0), phase=REQUEST, outcome=ATTEMPT)
 
 
-def facts_from_route(auditor: Auditor, scope: dict[str, Any]) -> None:
+def facts_from_route(auditor: Auditor, scope: Mapping[str, Any]) -> None:
     """Facts of a request refused before its route body ran: the matched route's name is its action (every
     audited route is named so), its path parameters name the key or the target."""
     if auditor.action is not None:
@@ -254,15 +256,15 @@ class AuditQueue:
                 item[2], item[3] = group, index
             batch = self.audit_log.submit_batch(group, durable)
 
-            def resolve(done: Any, items: list[list[Any]] = items) -> None:
+            def resolve(done: Future[list[AuditEntry]], items: list[list[Any]] = items) -> None:
                 loop.call_soon_threadsafe(_settle, items, done)
 
             batch.add_done_callback(resolve)
 
 
-def _settle(items: list[list[Any]], done: Any) -> None:
+def _settle(items: list[list[Any]], done: Future[list[AuditEntry]]) -> None:
     error = done.exception()
-    stored = None if error is not None else done.result()
+    stored: list[AuditEntry] = [] if error is not None else done.result()
     for index, (_, future, _, _) in enumerate(items):
         if future.done():
             continue

@@ -8,7 +8,7 @@ the route unchanged.
 from __future__ import annotations
 
 import os
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping, MutableMapping
 from typing import Any
 
 from tessera.core.errors import PayloadTooLarge, TesseraError
@@ -29,7 +29,7 @@ from tessera.handlers.render import JSON, dumps, write_body
 
 MAX_BODY_BYTES = 1024 * 1024
 REPLAYED = (b"idempotent-replayed", b"true")
-Receive = Callable[[], Awaitable[dict[str, Any]]]
+Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
 
 
 async def read_body(receive: Receive) -> bytes:
@@ -50,7 +50,7 @@ def replaying(body: bytes, receive: Receive) -> Receive:
     """A ``receive`` that hands the route the body already read, then whatever the connection says next."""
     sent = False
 
-    async def again() -> dict[str, Any]:
+    async def again() -> MutableMapping[str, Any]:
         nonlocal sent
         if not sent:
             sent = True
@@ -60,7 +60,7 @@ def replaying(body: bytes, receive: Receive) -> Receive:
     return again
 
 
-def new_claim(token_id: str, key: str, scope: dict[str, Any], body: bytes, action: str, token: str | None = None) -> IdempotencyRecord:
+def new_claim(token_id: str, key: str, scope: Mapping[str, Any], body: bytes, action: str, token: str | None = None) -> IdempotencyRecord:
     """The claim of this request: ``token`` (the bearer token's string) keys the fingerprint (``core/idempotency.py``)."""
     return IdempotencyRecord(
         token_id=token_id,

@@ -40,9 +40,9 @@ def settle_root_token(container: Container, settings: Settings) -> tuple[str | N
         with os.fdopen(fd, "w") as handle:
             handle.write(token + "\n")
         return token, f"dev mode: root token kept in {token_file}"
-    token = authenticator.ensure_root_token()
-    if token is not None:
-        return token, "generated on first start; only its hash is stored: save it now, it is not shown again"
+    generated = authenticator.ensure_root_token()
+    if generated is not None:
+        return generated, "generated on first start; only its hash is stored: save it now, it is not shown again"
     return None, "the root token was shown at first start and is not stored (pass --root-token to replace it)"
 
 

@@ -3,8 +3,11 @@
 mypy cannot follow the editable install's import hook, so this builds a tree of symlinks
 (``build/typecheck/tessera/core -> core`` …) that has the installed layout, and runs mypy on it.
 
-    python -m tests.typecheck              # tessera.core
+    python -m tests.typecheck              # every package: tessera.core, .handlers, .local, .client
     python -m tests.typecheck core handlers
+
+It says which packages it checked before mypy's verdict. ``make lint`` runs it over every package, and
+``tests/unit/test_lint.py`` does too.
 """
 
 from __future__ import annotations
@@ -33,6 +36,9 @@ def build_tree(root: Path = REPO / "build" / "typecheck") -> Path:
 
 
 def run(folders: list[str]) -> subprocess.CompletedProcess[str]:
+    unknown = set(folders) - set(FOLDERS)
+    if unknown:
+        raise SystemExit(f"unknown package(s) {sorted(unknown)}: choose from {', '.join(FOLDERS)}")
     root = build_tree()
     args = [sys.executable, "-m", "mypy", "--config-file", str(REPO / "pyproject.toml")]
     for folder in folders:
@@ -41,7 +47,13 @@ def run(folders: list[str]) -> subprocess.CompletedProcess[str]:
     return subprocess.run(args, cwd=root, env=env, capture_output=True, text=True, timeout=600)
 
 
+def packages(folders: list[str]) -> str:
+    return ", ".join(f"tessera.{folder}" for folder in folders)
+
+
 if __name__ == "__main__":
-    result = run(sys.argv[1:] or ["core"])
+    chosen = sys.argv[1:] or list(FOLDERS)
+    print(f"mypy over {packages(chosen)}", flush=True)
+    result = run(chosen)
     sys.stdout.write(result.stdout + result.stderr)
     sys.exit(result.returncode)
