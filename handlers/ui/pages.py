@@ -311,11 +311,10 @@ def side_by_side(left: Any, right: Any) -> list[dict[str, Any]]:
             continue
         span = max(i2 - i1, j2 - j1)
         for n in range(span):
-            rows.append({
-                "left": a[i1 + n] if i1 + n < i2 else None,
-                "right": b[j1 + n] if j1 + n < j2 else None,
-                "tag": "changed" if tag == "replace" else ("removed" if tag == "delete" else "added"),
-            })  # fmt: skip
+            left, right = (a[i1 + n] if i1 + n < i2 else None), (b[j1 + n] if j1 + n < j2 else None)
+            # a line on one side only is added or removed, even inside a replaced block of unequal lengths
+            rows.append({"left": left, "right": right, "tag": "changed" if left is not None and right is not None
+                         else ("removed" if right is None else "added")})  # fmt: skip
     return rows
 
 

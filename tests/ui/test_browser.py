@@ -204,26 +204,33 @@ def test_create_and_delete_with_the_secret_flag(browser, server):
 
 
 def test_history_diff_and_rollback(browser, server, shots):
-    for value in ("v1", "v2", "v3"):
-        server.api.put("/config/app.title", json={"value": value})
+    v1 = ["eu-west-1", "us-east-1", "ap-south-1"]
+    versions = [v1, [*v1, "sa-east-1"], ["eu-west-1", "us-east-2", "ap-south-1", "sa-east-1"]]
+    for value in versions:
+        assert server.api.put("/config/app.regions", json={"value": value}).status_code in (200, 201)
     as_root(browser, server)
-    browser.get(server.url + "/ui/history/app.title")
-    versions = [r.get_attribute("data-version") for r in css(browser, "#history tbody tr")]
-    assert versions == ["3", "2", "1"]  # newest first
+    browser.get(server.url + "/ui/history/app.regions")
+    shown = [r.get_attribute("data-version") for r in css(browser, "#history tbody tr")]
+    assert shown == ["3", "2", "1"]  # newest first
     by_id(browser, "a-1").click()
     by_id(browser, "b-3").click()
     submit(browser, "compare", lambda d: css(d, "#version-diff"), "the side-by-side diff")
-    cells = [c.text for c in css(browser, "#version-diff tbody tr.changed td")]
-    assert cells == ['"v1"', '"v3"']
+    rows = [
+        [c.text.strip() for c in r.find_elements("css selector", "td")] + [r.get_attribute("class")]
+        for r in css(browser, "#version-diff tbody tr")
+    ]
+    assert ['"eu-west-1",', '"eu-west-1",', "same"] in rows  # line by line, side by side
+    assert ['"us-east-1",', '"us-east-2",', "changed"] in rows
+    assert ["", '"sa-east-1"', "added"] in rows  # a line only on the right
     browser.save_screenshot(str(shots / "history.png"))
     submit(browser, "rollback-to-1", lambda d: css(d, "#notice"), "the rolled-back notice")
-    body = server.api.get("/config/app.title").json()
-    assert body["value"] == "v1" and body["version"] == 4
+    body = server.api.get("/config/app.regions").json()
+    assert body["value"] == v1 and body["version"] == 4
     # A rollback from a page that missed a change is refused like a stale edit.
-    server.api.put("/config/app.title", json={"value": "v5"})
+    server.api.put("/config/app.regions", json={"value": ["meanwhile"]})
     submit(browser, "rollback-to-2", lambda d: css(d, "#stale-message"), "the stale rollback's refusal")
     assert by_id(browser, "current-version").text == "5"
-    assert server.api.get("/config/app.title").json()["version"] == 5
+    assert server.api.get("/config/app.regions").json()["version"] == 5
 
 
 def test_diff_two_environments(browser, server, shots):

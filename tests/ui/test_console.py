@@ -64,6 +64,10 @@ def test_the_api_never_takes_the_session_cookie(client):
         response = client.request(method, path, headers={"cookie": f"tessera_console={cookie}"}, json={"value": 1})
         assert response.status_code == 401, (path, response.text)
         assert response.json()["error"]["code"] == "unauthenticated"
+    with client.websocket_connect("/ws", headers={"cookie": f"tessera_console={cookie}"}) as socket:  # the API's socket
+        socket.send_json({"type": "subscribe", "keys": ["*"]})  # no auth message: the cookie must not stand in for it
+        refusal = socket.receive_json()
+    assert refusal["type"] == "error" and refusal["code"] == "unauthenticated"
 
 
 def test_a_wrong_token_is_refused_and_recorded(client):
@@ -380,3 +384,18 @@ def test_promote_refuses_a_value_of_from_the_page_did_not_show(client):
     fresh = promote_form(client.get("/ui/envs", params={"from": "staging", "to": "default"}).text)
     assert client.post("/ui/promote", data=fresh, follow_redirects=False).status_code == 303
     assert client.get("/config/a.one", headers=ROOT).json()["value"] == "never-seen"
+
+
+def test_the_version_diff_is_side_by_side_line_by_line():
+    from tessera.handlers.ui.pages import side_by_side
+
+    rows = side_by_side(["a", "b", "c"], ["a", "B", "c", "d"])
+    assert [(r["left"], r["right"], r["tag"]) for r in rows] == [
+        ("[", "[", "same"),
+        ('  "a",', '  "a",', "same"),
+        ('  "b",', '  "B",', "changed"),
+        ('  "c"', '  "c",', "changed"),
+        (None, '  "d"', "added"),  # only on the right, inside the replaced block
+        ("]", "]", "same"),
+    ]
+    assert [r["tag"] for r in side_by_side([1, 2, 3], "text")] == ["changed", "removed", "removed", "removed", "removed"]
