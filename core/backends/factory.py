@@ -58,7 +58,7 @@ def build_access_stores(settings: Settings, store: VersionStore) -> Any:
         from tessera.core.backends.sqlite_access import SQLiteAccessStore
 
         return SQLiteAccessStore(store)
-    if settings.backend == "aws":
+    if settings.backend == "aws" or getattr(store, "backend_name", None) == "aws":  # by the store too: never memory for it
         try:
             from tessera.core.backends.aws_access import DynamoAccessStore  # only when used
         except ImportError as exc:

@@ -329,6 +329,15 @@ def test_the_aws_backend_refuses_to_start_without_its_access_stores(target, monk
     with pytest.raises(Unavailable) as raised:
         build_access_stores(settings, target.store())
     assert "cannot load its token, policy and audit stores" in raised.value.message and "\n" not in raised.value.message
+    with pytest.raises(Unavailable):  # an aws store handed over with settings that name another backend: still refused
+        build_access_stores(Settings(), target.store())
+
+
+def test_an_aws_store_gets_the_table_backed_access_stores_whatever_the_settings_say(target):
+    from tessera.core.backends.factory import build_access_stores
+    from tessera.core.settings import Settings
+
+    assert isinstance(build_access_stores(Settings(), target.store()), DynamoAccessStore)  # never the memory ones
 
 
 # ---------------------------------------------------------------------- through the API

@@ -126,3 +126,34 @@ def test_serve_with_the_aws_backend_end_to_end(tmp_path: Path):
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+
+
+@pytest.mark.slow
+def test_serve_refuses_to_start_when_the_access_stores_cannot_load(tmp_path: Path):
+    """Issue 9 §6: tokens, policies and the audit log in memory would let an aws node run unaudited, so a node
+    whose access stores cannot load does not start: exit status 1, one ``error:`` line naming them, no traceback,
+    no port opened. The module is made unimportable the way a broken install would leave it (a ``sitecustomize``
+    that blocks it), against real resources in a moto server, so nothing but the access stores is missing."""
+    target = shared_server().target()
+    (tmp_path / "sitecustomize.py").write_text(
+        "import sys\nsys.modules['tessera.core.backends.aws_access'] = None  # importing it raises ImportError\n"
+    )
+    port = free_port()
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith(("TESSERA_", "AWS_ENDPOINT"))},
+        **target.env(),
+        "PYTHONPATH": str(tmp_path),
+        "TESSERA_DATA_DIR": str(tmp_path / "data"),
+    }
+    result = subprocess.run(
+        [str(Path(sys.executable).parent / "tessera"), "serve", "--backend", "aws", "--port", str(port), "--root-token", ROOT_TOKEN],
+        env=env, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    lines = [line for line in (result.stdout + result.stderr).splitlines() if line.strip()]
+    assert result.returncode == 1, (result.returncode, lines)
+    errors = [line for line in lines if line.startswith("error:")]
+    assert len(errors) == 1 and "Traceback" not in result.stderr, lines
+    assert "cannot load its token, policy and audit stores" in errors[0] and "not starting" in errors[0]
+    assert all(" INFO " in line for line in lines if line not in errors), lines  # botocore's start-up log line at most
+    with pytest.raises(httpx.TransportError):
+        httpx.get(f"http://127.0.0.1:{port}/health", timeout=1)
