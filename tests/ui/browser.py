@@ -72,6 +72,7 @@ def start_chromium(profile: Path):  # noqa: ANN201 - selenium's WebDriver, impor
     for flag in FLAGS:
         options.add_argument(flag)
     options.add_argument(f"--user-data-dir={profile}")
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})  # the console's messages (CSP reports among them)
     driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
     driver.set_page_load_timeout(120)
     return driver

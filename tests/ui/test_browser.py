@@ -329,6 +329,23 @@ def test_a_secure_cookie_works_on_plain_http_loopback(browser, server):
     assert browser.get_cookie("tessera_console")["secure"]
 
 
+def test_the_content_security_policy_is_enforced_and_no_page_breaks_it(browser, server):
+    as_root(browser, server)
+    browser.get_log("browser")  # drop what earlier tests logged
+    for path in ("/ui", "/ui/keys/app.name", "/ui/history/app.name", "/ui/new", "/ui/envs?from=staging&to=prod",
+                 "/ui/admin/tokens", "/ui/admin/policies", "/ui/admin/audit", "/ui/login"):  # fmt: skip
+        browser.get(server.url + path)
+        violations = [entry["message"] for entry in browser.get_log("browser") if "Content Security Policy" in entry["message"]]
+        assert not violations, (path, violations)
+    # An inline script (what an injected <script> would be) does not run: the policy blocks it.
+    browser.get(server.url + "/ui")
+    browser.execute_script(
+        "var s = document.createElement('script'); s.textContent = 'window.inlineRan = true'; document.body.appendChild(s)"
+    )
+    assert browser.execute_script("return window.inlineRan === undefined")
+    assert any("Content Security Policy" in entry["message"] for entry in browser.get_log("browser"))
+
+
 def test_admin_pages(browser, server, shots):
     as_root(browser, server)
     browser.get(server.url + "/ui/admin/tokens")
