@@ -14,7 +14,6 @@ from tessera.core.errors import TesseraError
 from tessera.handlers import audit, auth, config, envs, health, policies, watch
 from tessera.handlers.asgi import TesseraASGI, log_failure
 from tessera.handlers.render import error_body
-from tessera.handlers.ui import mount_console
 
 logger = logging.getLogger("tessera")
 HTTP_CODES = {404: "no_route", 405: "method_not_allowed", 413: "payload_too_large", 400: "invalid_request"}
@@ -26,7 +25,7 @@ def error_response(request: Request, status: int, code: str, message: str, **ext
     return Response(body, status_code=status, media_type="application/json")
 
 
-def create_api(container: Container) -> FastAPI:
+def create_api(container: Container, *, console: bool = True) -> FastAPI:
     """The FastAPI app alone (routes, error mapping); serve :func:`create_app`, which puts the front before it."""
     api = FastAPI(title="Tessera", version="0.2.0", docs_url="/docs", redoc_url=None)
     api.state.container = container
@@ -61,10 +60,13 @@ def create_api(container: Container) -> FastAPI:
     api.include_router(policies.router)
     api.include_router(audit.router)
     api.include_router(watch.router)
-    mount_console(api)  # /ui, and / redirecting there
+    if console:  # not on Lambda: the aws backend keeps console sessions in one process's memory
+        from tessera.handlers.ui import mount_console
+
+        mount_console(api)  # /ui, and / redirecting there
     return api
 
 
-def create_app(container: Container) -> TesseraASGI:
-    """The application to serve (uvicorn, Mangum, a test client)."""
-    return TesseraASGI(container, create_api(container))
+def create_app(container: Container, *, console: bool = True) -> TesseraASGI:
+    """The application to serve (uvicorn, Mangum, a test client); ``console=False`` leaves out the web console."""
+    return TesseraASGI(container, create_api(container, console=console))

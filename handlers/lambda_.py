@@ -41,7 +41,8 @@ def _build() -> Any:
 
     container = build(_settings())
     # Lambda has no lifespan events to wait for; API Gateway strips its stage prefix itself.
-    return Mangum(create_app(container), lifespan="off")
+    # No web console on Lambda: the aws backend keeps its sessions in one process's memory, and Lambda runs many.
+    return Mangum(create_app(container, console=False), lifespan="off")
 
 
 def _build_live() -> Any:
@@ -138,6 +139,17 @@ def after_restore() -> None:
         _live.sockets.reset()
 
 
+def slim_imports() -> None:
+    """Skip what Lambda never runs but would import at init: pydantic's plugin scan (entry points of every installed
+    distribution) and pydantic.v1, which FastAPI imports only to ask whether a route's types are v1 models (none is:
+    the app uses pydantic 2 throughout; with the module absent FastAPI answers "no" at once)."""
+    import sys
+
+    os.environ.setdefault("PYDANTIC_DISABLE_PLUGINS", "__all__")
+    if "pydantic.v1" not in sys.modules:
+        sys.modules["pydantic.v1"] = None  # type: ignore[assignment]  # import → ImportError, FastAPI's own fallback
+
+
 def init() -> None:
     """Build what this function's handler serves, now (Lambda's init phase); failures wait for a request."""
     global _handler, _live
@@ -164,6 +176,7 @@ get_handler = write_handler = history_handler = rollback_handler = handler
 policy_handler = auth_handler = watch_handler = audit_handler = handler
 
 if os.environ.get("AWS_LAMBDA_FUNCTION_NAME"):
+    slim_imports()
     init()
     try:
         from snapshot_restore_py import register_after_restore  # in Lambda's Python runtimes (3.12+) with SnapStart

@@ -55,10 +55,11 @@ class AwsClients:
     ) -> AwsClients:
         """Clients with botocore's ``standard`` retry mode (exponential backoff with jitter on throttling,
         5xx and connection errors) and short timeouts, so a dead endpoint becomes ``503`` in seconds."""
-        import boto3
+        # botocore directly: boto3 adds nothing used here and its import (s3transfer, resources) costs a cold start.
+        import botocore.session
         from botocore.config import Config
 
-        session = session or boto3.session.Session(region_name=region)
+        session = session or botocore.session.get_session()
         config = Config(
             retries={"mode": "standard", "total_max_attempts": max_attempts},
             connect_timeout=3,
@@ -66,14 +67,19 @@ class AwsClients:
             max_pool_connections=32,
             s3={"addressing_style": "path"} if endpoint_url else None,
         )
-        kwargs: dict[str, Any] = {"config": config, "region_name": region or session.region_name or "us-east-1"}
+        kwargs: dict[str, Any] = {"config": config, "region_name": region or session_region(session) or "us-east-1"}
         if endpoint_url:
             kwargs["endpoint_url"] = endpoint_url
-        return cls(
-            s3=session.client("s3", **kwargs),
-            dynamodb=session.client("dynamodb", **kwargs),
-            kms=session.client("kms", **kwargs),
-        )
+        create = getattr(session, "create_client", None) or session.client  # a botocore or a boto3 session
+        return cls(s3=create("s3", **kwargs), dynamodb=create("dynamodb", **kwargs), kms=create("kms", **kwargs))
+
+
+def session_region(session: Any) -> str | None:
+    """The region a botocore (``get_config_variable``) or boto3 (``region_name``) session is configured with."""
+    region = getattr(session, "region_name", None)
+    if region is None and hasattr(session, "get_config_variable"):
+        region = session.get_config_variable("region")
+    return region  # type: ignore[no-any-return]
 
 
 _shared_clients: dict[tuple[str | None, str | None], AwsClients] = {}

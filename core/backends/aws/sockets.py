@@ -178,14 +178,17 @@ class ConnectionPoster:
 
     @classmethod
     def create(cls, endpoint_url: str, region: str | None, calls: CallCounter | None = None, session: Any = None) -> ConnectionPoster:
-        import boto3
+        import botocore.session
         from botocore.config import Config
 
-        session = session or boto3.session.Session(region_name=region)
+        from tessera.core.backends.aws.calls import session_region
+
+        session = session or botocore.session.get_session()
         config = Config(retries={"mode": "standard", "total_max_attempts": 3}, connect_timeout=3, read_timeout=5,
                         max_pool_connections=32)  # fmt: skip
-        return cls(session.client("apigatewaymanagementapi", endpoint_url=endpoint_url, config=config,
-                                  region_name=region or session.region_name or "us-east-1"), calls)  # fmt: skip
+        create = getattr(session, "create_client", None) or session.client
+        return cls(create("apigatewaymanagementapi", endpoint_url=endpoint_url, config=config,
+                          region_name=region or session_region(session) or "us-east-1"), calls)  # fmt: skip
 
     def post(self, connection: str, data: bytes) -> None:
         try:

@@ -1,0 +1,94 @@
+"""Build the Lambda code bundle (``infra/.build/``, the template's ``CodeUri``): only what Lambda runs.
+
+    .venv/bin/python infra/bundle.py                      # Lambda's platform: manylinux x86_64, CPython 3.12
+    .venv/bin/python infra/bundle.py --python-version 3.11 --native --out /tmp/bundle   # this machine (measuring)
+
+What goes in, and what is left out:
+
+- Tessera's wheel without its SDK dependencies (httpx, websockets, tenacity: the functions never call a server),
+  and without the packages Lambda never imports: ``tessera.client`` (SDK, CLI), ``tessera.local`` (``tessera
+  serve``), ``tessera.handlers.ui`` (the console is not served on Lambda).
+- Its server-side dependencies for Lambda: botocore (not boto3: no s3transfer, no resources), Powertools (the
+  audit line), Mangum, FastAPI, pydantic, cryptography, PyYAML, orjson. No uvicorn, uvloop, typer, rich, pygments,
+  jinja2.
+- botocore's data pruned to the services the functions call (DynamoDB, S3, KMS, the WebSocket Management API):
+  besides the size, a client's creation lists every service directory, so 6 instead of 400 is faster too.
+- Every module compiled ahead (``unchecked-hash`` .pyc: Lambda's file system is read-only, so it could never
+  cache them itself); tests, type stubs and caches removed.
+
+Prints the bundle's size (unzipped and zipped) as JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import compileall
+import io
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+import zipfile
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+# Keep in step with pyproject.toml's [aws] extra (minus boto3: botocore is all the functions use).
+REQUIREMENTS = ["botocore>=1.34", "aws-lambda-powertools>=3.0", "mangum>=0.17", "fastapi>=0.115", "pydantic>=2.7",
+                "cryptography>=42", "pyyaml>=6", "orjson>=3.9"]  # fmt: skip
+BOTOCORE_SERVICES = {"dynamodb", "s3", "kms", "apigatewaymanagementapi", "sts"}
+UNUSED_PACKAGES = ["tessera/client", "tessera/local", "tessera/handlers/ui", "bin"]
+
+
+def build(out: Path, python_version: str, native: bool) -> None:
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
+    pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
+    with tempfile.TemporaryDirectory() as wheels:
+        subprocess.run([*pip, "wheel", str(REPO), "--no-deps", "-w", wheels], check=True)
+        wheel = next(Path(wheels).glob("tessera_config-*.whl"))
+        platform = [] if native else ["--platform", "manylinux2014_x86_64", "--implementation", "cp",
+                                      "--python-version", python_version, "--only-binary=:all:"]  # fmt: skip
+        subprocess.run([*pip, "install", "--target", str(out), "--no-deps", str(wheel)], check=True)
+        subprocess.run([*pip, "install", "--target", str(out), *platform, *REQUIREMENTS], check=True)
+    prune(out)
+    compileall.compile_dir(out, quiet=2, workers=1, invalidation_mode=compileall.py_compile.PycInvalidationMode.UNCHECKED_HASH)
+
+
+def prune(out: Path) -> None:
+    for relative in UNUSED_PACKAGES:
+        shutil.rmtree(out / relative, ignore_errors=True)
+    data = out / "botocore" / "data"
+    for service in data.iterdir():
+        if service.is_dir() and service.name not in BOTOCORE_SERVICES:
+            shutil.rmtree(service)
+    for pattern in ("**/__pycache__", "**/tests", "**/*.pyi"):
+        for path in list(out.glob(pattern)):
+            if path.is_dir():
+                shutil.rmtree(path, ignore_errors=True)
+            elif path.exists():
+                path.unlink()
+
+
+def size(out: Path) -> dict[str, float]:
+    files = [path for path in out.rglob("*") if path.is_file()]
+    unzipped = sum(path.stat().st_size for path in files)
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        for path in files:
+            archive.write(path, path.relative_to(out))
+    return {"files": len(files), "unzipped_mb": round(unzipped / 1e6, 1), "zipped_mb": round(len(buffer.getvalue()) / 1e6, 1)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, default=REPO / "infra" / ".build")
+    parser.add_argument("--python-version", default="3.12")
+    parser.add_argument("--native", action="store_true", help="this machine's interpreter and platform (for measuring)")
+    args = parser.parse_args()
+    build(args.out, args.python_version, args.native)
+    print(json.dumps({"bundle": str(args.out), **size(args.out)}))
+
+
+if __name__ == "__main__":
+    main()
