@@ -33,9 +33,10 @@ import zipfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-# Keep in step with pyproject.toml's [aws] extra (minus boto3: botocore is all the functions use).
-REQUIREMENTS = ["botocore>=1.34", "aws-lambda-powertools>=3.0", "mangum>=0.17", "fastapi>=0.115", "pydantic>=2.7",
-                "cryptography>=42", "pyyaml>=6", "orjson>=3.9"]  # fmt: skip
+# Keep in step with pyproject.toml: cachetools from the base install, then the [aws] extra (minus boto3: botocore is
+# all the functions use).
+REQUIREMENTS = ["cachetools>=5.3", "botocore>=1.34", "aws-lambda-powertools>=3.0", "mangum>=0.17", "fastapi>=0.115",
+                "pydantic>=2.7", "cryptography>=42", "pyyaml>=6", "orjson>=3.9"]  # fmt: skip
 BOTOCORE_SERVICES = {"dynamodb", "s3", "kms", "apigatewaymanagementapi", "sts"}
 UNUSED_PACKAGES = ["tessera/client", "tessera/local", "tessera/handlers/ui", "bin"]
 
