@@ -197,7 +197,8 @@ class AuditQueue:
 
     def __init__(self, audit_log: Any) -> None:
         self.audit_log = audit_log
-        # each item: [entry, future, group it was handed over in (None until then), index in that group]
+        # each item: [entry, future, group it was handed over in (None until then), index in that group,
+        #             the status its request answers if the record is late (None: not amended)]
         self._pending: dict[bool, list[list[Any]]] = {False: [], True: []}
         self._scheduled = False
 
@@ -213,28 +214,23 @@ class AuditQueue:
     async def record(self, entry: AuditEntry, durable: bool, late_status: int | None = None) -> AuditEntry:
         """Wait until ``entry`` is appended (``durable``: durable); ``Unavailable`` or ``TimeoutError`` if not.
 
-        Shielded: a cancelled request (its client went away) still has its record written. ``late_status``: what
-        the caller answers when the record is too slow (``503``); the record is amended to say so (see
-        :meth:`_amend`), so the audit log never shows a request as served that was refused."""
+        A cancelled request (its client went away) still has its record written: the entry is in its batch
+        whatever becomes of its waiter. ``late_status``: what the caller answers when the record is too slow
+        (``503``); the record is amended to say so (see :meth:`_amend`), so the audit log never shows a request
+        as served that was refused. The wait is bounded by one timer per batch, not one per request."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[AuditEntry] = loop.create_future()
-        item: list[Any] = [entry, future, None, 0]
-        self._pending[durable].append(item)
+        self._pending[durable].append([entry, future, None, 0, late_status])
         if not self._scheduled:
             self._scheduled = True
             loop.call_soon(self._ship, loop)
-        try:
-            return await asyncio.wait_for(asyncio.shield(future), AUDIT_WAIT_SECONDS)
-        except TimeoutError:
-            if late_status is not None:
-                self._amend(item, late_status)
-            raise
+        return await future
 
     def _amend(self, item: list[Any], status: int) -> None:
         """The record of a request answered ``status`` because its record was late: replace it while the writer has
         not taken it; once taken (it is being written: a hash chain is never rewritten) a second record with the
         same request id follows it, saying what was answered."""
-        entry, _, group, index = item
+        entry, group, index = item[0], item[2], item[3]
         late = replace(entry, status=status, outcome=outcome_of(status), version=None)
         if group is None:
             item[0] = late  # not handed over yet
@@ -255,17 +251,30 @@ class AuditQueue:
             for index, item in enumerate(items):
                 item[2], item[3] = group, index
             batch = self.audit_log.submit_batch(group, durable)
+            expiry = loop.call_later(AUDIT_WAIT_SECONDS, self._expire, items)
 
-            def resolve(done: Future[list[AuditEntry]], items: list[list[Any]] = items) -> None:
-                loop.call_soon_threadsafe(_settle, items, done)
+            def resolve(done: Future[list[AuditEntry]], items: list[list[Any]] = items, expiry: asyncio.TimerHandle = expiry) -> None:
+                loop.call_soon_threadsafe(_settle, items, done, expiry)
 
             batch.add_done_callback(resolve)
 
+    def _expire(self, items: list[list[Any]]) -> None:
+        """The batch was not taken within ``AUDIT_WAIT_SECONDS``: its waiters fail (fail closed), their records
+        amended to the status they answer."""
+        for item in items:
+            future = item[1]
+            if future.done():
+                continue
+            if item[4] is not None:
+                self._amend(item, item[4])
+            future.set_exception(TimeoutError("the audit log did not take the record in time"))
+            future.add_done_callback(_consume)
 
-def _settle(items: list[list[Any]], done: Future[list[AuditEntry]]) -> None:
+def _settle(items: list[list[Any]], done: Future[list[AuditEntry]], expiry: asyncio.TimerHandle) -> None:
+    expiry.cancel()
     error = done.exception()
     stored: list[AuditEntry] = [] if error is not None else done.result()
-    for index, (_, future, _, _) in enumerate(items):
+    for index, (_, future, _, _, _) in enumerate(items):
         if future.done():
             continue
         if error is not None:

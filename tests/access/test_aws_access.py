@@ -405,4 +405,4 @@ def test_real_node_on_moto_server_and_cli_verify(tmp_path):
     (chain,) = report["chains"]
     raw(target).delete_item(TableName=target.table, Key=item_key(block_holding(target, chain, 2)))
     code, report = verify_cli()
-    assert code == 1 and report["problem"]["kind"] == "removed" and report["problem"]["id"] == f"{chain}:2"
+    assert code == 7 and report["problem"]["kind"] == "removed" and report["problem"]["id"] == f"{chain}:2"
