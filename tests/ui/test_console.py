@@ -399,3 +399,26 @@ def test_the_version_diff_is_side_by_side_line_by_line():
         ("]", "]", "same"),
     ]
     assert [r["tag"] for r in side_by_side([1, 2, 3], "text")] == ["changed", "removed", "removed", "removed", "removed"]
+
+
+def test_every_console_change_needs_the_csrf_token(client):
+    """Every POST route of the console (sign-in aside: it has its own nonce) refuses a form without the session's
+    CSRF token before doing anything, whatever else the form holds."""
+    csrf = sign_in(client)
+    from tessera.handlers.ui.console import router  # every console page registers its routes here
+
+    posts = sorted(route.path for route in router.routes if "POST" in (getattr(route, "methods", None) or ()))
+    assert {"/ui/write", "/ui/delete", "/ui/rollback", "/ui/promote", "/ui/envs", "/ui/logout", "/ui/admin/tokens",
+            "/ui/admin/tokens/revoke", "/ui/admin/policies", "/ui/admin/policies/delete"} <= set(posts)  # fmt: skip
+    form = {"key": "app.name", "value": "x", "type": "string", "expected_version": "0", "creating": "1", "version": "1",
+            "name": "qa", "parent": "default", "service": "svc", "token_id": "tok_x", "rules": "[]", "from": "default",
+            "to": "default", "keys": "app.name"}  # fmt: skip
+    for path in posts:
+        if path in ("/ui/login", "/ui/{rest:path}"):
+            continue
+        for bad in ({}, {"csrf": "forged"}, {"csrf": csrf[:-1] + ("0" if csrf[-1] != "0" else "1")}):
+            response = client.post(path, data={**form, **bad}, headers={"origin": ORIGIN}, follow_redirects=False)
+            assert response.status_code == 403 and "csrf_refused" in response.text, (path, bad, response.status_code)
+    assert client.get("/config/app.name", headers=ROOT).status_code == 404
+    assert "qa" not in [env["name"] for env in client.get("/envs", headers=ROOT).json()["envs"]]
+    assert client.get("/ui").status_code == 200  # still signed in: the sign-out was refused too
