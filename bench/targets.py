@@ -124,7 +124,9 @@ def start_tessera(procs: Processes, tmp: Path, name: str, workers: int = 1, env:
             "--root-token", ROOT_TOKEN]  # fmt: skip
     if workers > 1:
         args += ["--workers", str(workers)]
-    child = procs.start(name, args, log=tmp / f"{name}.log", env=env)
+    # The benchmarks park 10,000 watchers on one token: above the per-token caps a production server keeps.
+    caps = {"TESSERA_MAX_LONG_POLLS": "1000000", "TESSERA_MAX_WEBSOCKETS": "1000000", "TESSERA_MAX_SUBSCRIPTIONS": "1000000"}
+    child = procs.start(name, args, log=tmp / f"{name}.log", env={**caps, **(env or {})})
     url = f"http://127.0.0.1:{port}"
     wait_http(url + "/health", timeout, child)
     return TesseraServer(name, url, child, data_dir, workers)

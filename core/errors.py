@@ -96,6 +96,16 @@ class RateLimited(TesseraError):
     code, status = "rate_limited", 429
 
 
+class TooManyRequests(TesseraError):
+    """One token (or address) holds as many long polls, WebSockets or subscriptions as it may; ``Retry-After``."""
+
+    code, status = "too_many_requests", 429
+
+    def __init__(self, message: str, retry_after: int) -> None:
+        super().__init__(message, retry_after=retry_after)
+        self.retry_after = retry_after
+
+
 class IntegrityError(TesseraError):
     """A stored envelope failed authentication: tampered, swapped between keys/versions, or corrupt."""
 
@@ -106,3 +116,9 @@ class Unavailable(TesseraError):
     """The store (or the audit log, which fails closed) cannot be reached; nothing was half-applied."""
 
     code, status = "unavailable", 503
+
+
+class DeadlineExceeded(TesseraError):
+    """The request passed the server's deadline before its commit point: nothing changed."""
+
+    code, status = "deadline_exceeded", 503

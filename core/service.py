@@ -22,6 +22,7 @@ from cachetools import LRUCache
 
 from tessera.core import crypto
 from tessera.core.access import Authorizer, RootOnly
+from tessera.core.deadline import check as check_deadline
 from tessera.core.errors import (
     Forbidden,
     InvalidRequest,
@@ -529,6 +530,7 @@ class ConfigService:
             # (a set lookup per segment) or a descendant (a bisection), never by a scan of all of them.
             nearer = sorted(chosen)
             for version in self.store.list_latest(scope.with_env(env), prefix):
+                check_deadline()
                 if version.key in chosen or _collides(version.key, chosen, nearer):
                     continue
                 chosen[version.key] = ResolvedLeaf(version, env)
@@ -540,6 +542,7 @@ class ConfigService:
         readable: list[ResolvedLeaf] = []
         redacted: list[str] = []
         for leaf in self.resolved_leaves(scope, key, chain):
+            check_deadline()
             if leaf.version.key == key:
                 continue
             if self.can(principal, "read", scope, leaf.version.key):
@@ -565,6 +568,7 @@ class ConfigService:
         page: builtins.list[ResolvedLeaf] = []
         for index in range(start, len(leaves)):
             leaf = leaves[index]
+            check_deadline()
             if not self.can(principal, "list", scope, leaf.version.key):
                 continue
             if limit is not None and len(page) == limit:
@@ -727,6 +731,7 @@ class ConfigService:
             extras["audit"] = entry
         if guard is not None:
             extras["guard"] = guard
+        check_deadline()  # the commit point: past it, the request's outcome is the commit's
         committed = self.store.commit(pending, **extras)
         if entry is not None and audit is not None:
             audit.recorded(entry)
@@ -813,11 +818,12 @@ class ConfigService:
     def export(self, principal: Principal, scope: Scope, prefix: str | None) -> dict[str, Any]:
         """Flat ``{key: value}`` of the resolved tree the caller may read."""
         prefix = parse_prefix(prefix)
-        return {
-            leaf.version.key: self.value_of(leaf.version)
-            for leaf in self.resolved_leaves(scope, prefix)
-            if self.can(principal, "read", scope, leaf.version.key)
-        }
+        flat: dict[str, Any] = {}
+        for leaf in self.resolved_leaves(scope, prefix):
+            check_deadline()
+            if self.can(principal, "read", scope, leaf.version.key):
+                flat[leaf.version.key] = self.value_of(leaf.version)
+        return flat
 
     def diff(self, principal: Principal, namespace: str, from_env: str, to_env: str, prefix: str | None) -> dict[str, builtins.list[dict[str, Any]]]:
         prefix = parse_prefix(prefix)
@@ -827,6 +833,7 @@ class ConfigService:
         after = {leaf.version.key: leaf for leaf in self.resolved_leaves(target, prefix)}
         added, removed, changed = [], [], []
         for key in sorted(set(before) | set(after)):
+            check_deadline()
             if not (self.can(principal, "read", source, key) and self.can(principal, "read", target, key)):
                 continue
             old, new = before.get(key), after.get(key)
@@ -929,6 +936,7 @@ class ConfigService:
     def _commit_together(
         self, pendings: builtins.list[Version], entries: builtins.list[Any], expected: dict[str, int], target: Scope
     ) -> builtins.list[Version]:
+        check_deadline()  # the commit point of all of them (never between two: it is all or nothing)
         commit_many = getattr(self.store, "commit_many", None)
         if commit_many is not None:
             try:

@@ -37,6 +37,14 @@ class Settings(BaseModel):
     value_cache_entries: int = 10_000
     max_watch_seconds: float = 60.0  # the contract's clamp; 25 on Lambda, where API Gateway ends requests at 30 s
     change_log_retention: int = 100_000
+    # Application limits (issue 13 §3; the table is in docs/reliability.md). Per token; per client address before
+    # a token is known (a WebSocket not yet authenticated). 429 too_many_requests with Retry-After when reached.
+    max_long_polls: int = Field(default=256, ge=1)  # TESSERA_MAX_LONG_POLLS: /watch requests held at once
+    max_websockets: int = Field(default=256, ge=1)  # TESSERA_MAX_WEBSOCKETS: open /ws sockets
+    max_subscriptions: int = Field(default=2048, ge=1)  # TESSERA_MAX_SUBSCRIPTIONS: over all of a token's sockets
+    # TESSERA_REQUEST_DEADLINE: seconds a request may run before its commit point (503 deadline_exceeded); watches
+    # and imports keep their own bounds (max_watch_seconds; per-key commits and the body limit)
+    request_deadline: float = Field(default=30.0, gt=0)
     # Retention, by time: the aws backend's TTL (ChangeLogRetentionDays / AuditRetentionDays in the template);
     # the embedded store removes audit records older than audit_retention_days, leaving a checkpoint that
     # `tessera audit verify` starts from.
@@ -98,6 +106,10 @@ class Settings(BaseModel):
             ("auth_failure_limit", "TESSERA_AUTH_FAILURE_LIMIT"),
             ("auth_failure_window", "TESSERA_AUTH_FAILURE_WINDOW"),
             ("auth_penalty", "TESSERA_AUTH_PENALTY"),
+            ("max_long_polls", "TESSERA_MAX_LONG_POLLS"),
+            ("max_websockets", "TESSERA_MAX_WEBSOCKETS"),
+            ("max_subscriptions", "TESSERA_MAX_SUBSCRIPTIONS"),
+            ("request_deadline", "TESSERA_REQUEST_DEADLINE"),
         ):
             if env.get(variable):
                 values[field_name] = env[variable]

@@ -22,7 +22,9 @@ HTTP_CODES = {404: "no_route", 405: "method_not_allowed", 413: "payload_too_larg
 def error_response(request: Request, status: int, code: str, message: str, **extra: object) -> Response:
     request_id = request.scope.get("state", {}).get("request_id", "")
     status, headers, body = error_body(status, code, message, request_id, **extra)
-    return Response(body, status_code=status, media_type="application/json")
+    retry_after = extra.get("retry_after")  # 429 too_many_requests: also as the header
+    return Response(body, status_code=status, media_type="application/json",
+                    headers={"Retry-After": str(retry_after)} if retry_after is not None else None)
 
 
 def create_api(container: Container, *, console: bool = True) -> FastAPI:

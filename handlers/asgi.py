@@ -21,6 +21,7 @@ from typing import Any
 from urllib.parse import parse_qsl
 
 from tessera import __version__
+from tessera.core.deadline import start as start_deadline
 from tessera.core.errors import TesseraError
 from tessera.core.idempotency import LEASE, IdempotencyGuard, parse_idempotency_key
 from tessera.core.model import parse_scope
@@ -43,6 +44,7 @@ MAX_REQUEST_ID = 200
 NO_STORE_PREFIXES = ("/config", "/watch", "/auth", "/audit", "/ui")  # answers that may hold values or token metadata
 RESERVED = ("export", "import", "history", "rollback", "promote")
 IDEMPOTENT_METHODS = frozenset({"PUT", "DELETE", "POST"})
+OWN_BOUNDS = frozenset({"/watch", "/config/import"})  # no request deadline: bounded by their timeout, per-key commits
 _ids = itertools.count(1)
 _ID_PREFIX = os.urandom(6).hex()  # unique per process: ids from different workers and nodes never collide
 
@@ -83,6 +85,7 @@ class TesseraASGI:
         self.access = container.access
         self.audit = AuditQueue(self.access.audit_log)
         self.damper = self.access.damper
+        self.request_deadline: float = container.settings.request_deadline
         api.state.audit_queue = self.audit  # the WebSocket handler records through the same queue
         self.sentinel = TokenSentinel(container)
         api.state.token_sentinel = self.sentinel  # re-checks the tokens of held watches, once per token
@@ -109,6 +112,9 @@ class TesseraASGI:
         if method == "GET" and path == "/ready":
             await self._respond(send, request_id, path, *await self._ready(request_id))
             return
+        # The request's deadline (core/deadline.py), checked before its commit point; watches and imports keep their
+        # own bounds. Each request runs in its own task, whose context this is: nothing to reset.
+        start_deadline(None if path in OWN_BOUNDS else self.request_deadline)
         if not audited(path):
             await self.api(scope, receive, self._with_headers(send, request_id, path))
             return

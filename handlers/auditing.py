@@ -34,6 +34,7 @@ logger = logging.getLogger("tessera.audit")
 AUDITED_PREFIXES = ("/config", "/watch", "/ws", "/policies", "/auth", "/envs", "/diff", "/audit", "/ui")
 MAX_FIELD = 256  # facts taken from a refused request are not validated: they are cut here
 AUDIT_WAIT_SECONDS = 10.0  # longest wait for a record before answering 503
+UNDOTTED_ACTIONS = frozenset({"watch", "diff"})  # audited routes whose action has no area prefix
 READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 COMMIT = "commit"
 _AREAS = {"/policies": "policy", "/envs": "env", "/config": "config", "/auth": "auth"}  # phase of the per-key records an import writes inside each key's commit
@@ -70,6 +71,7 @@ class Auditor:
     __slots__ = (
         "action", "key", "version", "target", "namespace", "env", "principal", "refused_token",
         "request_id", "started", "method", "path", "client", "in_commit", "many_commits", "idempotency_guard",
+        "throttled",
     )  # fmt: skip
 
     def __init__(self, request_id: str, method: str, path: str, client: str, started: datetime | None = None) -> None:
@@ -89,6 +91,7 @@ class Auditor:
         self.in_commit = False  # the request's record was written inside its commit: nothing more to write
         self.many_commits = False  # an import: each key's commit gets its own record, the request one more
         self.idempotency_guard: IdempotencyGuard | None = None  # the request's Idempotency-Key claim
+        self.throttled = False  # refused by a concurrency cap (its 429 is an error, not damping's unauthenticated)
 
     @classmethod
     def begin(cls, scope: Mapping[str, Any], request_id: str) -> Auditor:
@@ -147,7 +150,7 @@ class Auditor:
             ts=self.started,
             request_id=self.request_id,
             action=self.action or "unknown",
-            outcome=outcome_of(status),
+            outcome="error" if status == 429 and self.throttled else outcome_of(status),
             status=status,
             service=service,
             token_id=token_id,
@@ -174,7 +177,7 @@ def facts_from_route(auditor: Auditor, scope: Mapping[str, Any]) -> None:
         return
     route = scope.get("route")
     name = getattr(route, "name", None)
-    if isinstance(name, str) and "." in name:
+    if isinstance(name, str) and ("." in name or name in UNDOTTED_ACTIONS):
         auditor.action = name
     else:  # no route matched: "<area>.unknown", the area being one of the fixed audited prefixes
         path = scope.get("path", "")

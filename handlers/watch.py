@@ -19,6 +19,7 @@ from tessera.core.policy import compile_path
 from tessera.core.watch import MAX_SUBSCRIPTIONS_PER_SOCKET, Watcher, clamp_timeout, parse_patterns
 from tessera.handlers.auditing import Auditor
 from tessera.handlers.deps import AuditorDep, ContainerDep, PrincipalDep, ScopeDep, bearer_token, int_param
+from tessera.handlers.limits import LongPollSlot, SocketSlots
 from tessera.handlers.render import dumps
 
 logger = logging.getLogger("tessera")
@@ -176,6 +177,7 @@ async def watch(
     scope: ScopeDep,
     container: ContainerDep,
     auditor: AuditorDep,
+    _slot: LongPollSlot,  # at most Settings.max_long_polls held per token (handlers/limits.py)
     keys: str | None = None,
     since: str | None = None,
     timeout: str | None = None,
@@ -204,6 +206,7 @@ class Socket:
         self.principal: Principal | None = None
         self.token: str | None = None
         self.subscriptions = 0
+        self.slots = SocketSlots(self)  # per-token caps on sockets and subscriptions (handlers/limits.py)
 
     async def send(self, message: dict[str, Any]) -> None:
         async with self.send_lock:
@@ -275,6 +278,8 @@ class Socket:
             if await self.record("ws.connect", exc.status):
                 await self.error(exc.code, exc.message)
             return False
+        if not await self.slots.authenticated(self.principal):
+            return False
         if not await self.record("ws.connect", 101):
             return False
         self.token = token
@@ -314,6 +319,8 @@ class Socket:
                 return False
             await self.error(exc.code, exc.message, **exc.extra)
             return True
+        if not await self.slots.subscription(target=target):
+            return True
         if not await self.record("ws.subscribe", 200, target=target):
             return False
         self.subscriptions += 1
@@ -336,6 +343,7 @@ class Socket:
                 await service.notifier.wait(None, seen, watcher.interest)
 
     def close(self) -> None:
+        self.slots.close()
         if self.token is not None:
             self.sentinel.release(self.token, self.refused)
         for task in self.tasks:
@@ -347,9 +355,13 @@ async def websocket_endpoint(websocket: WebSocket) -> None:
     await websocket.accept()
     socket = Socket(websocket)
     try:
+        if not await socket.slots.connect():
+            with contextlib.suppress(Exception):
+                await websocket.close(code=1013)
+            return
         if not await socket.authenticate():
             with contextlib.suppress(Exception):
-                await websocket.close(code=1008)
+                await websocket.close(code=1013 if socket.slots.refused else 1008)
             return
         socket.watch_token()
         while True:

@@ -8,6 +8,7 @@ open stores through :func:`build` (or its parts: :func:`build_store`, :func:`bui
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import functools
 import logging
 from collections.abc import Callable
@@ -139,11 +140,13 @@ class Container:
         """Run a read: inline on the event loop for the embedded store, in a thread otherwise."""
         if self.inline_reads:
             return fn(*args)
-        return await asyncio.get_running_loop().run_in_executor(self.executor, functools.partial(fn, *args))
+        return await self.blocking(fn, *args)
 
     async def blocking(self, fn: Callable[..., T], *args: Any) -> T:
-        """Run what may wait on a disk flush or the network (a commit, an import) in a thread."""
-        return await asyncio.get_running_loop().run_in_executor(self.executor, functools.partial(fn, *args))
+        """Run what may wait on a disk flush or the network (a commit, an import) in a thread, in the caller's
+        context (the request's deadline, ``core/deadline.py``, goes with it)."""
+        context = contextvars.copy_context()
+        return await asyncio.get_running_loop().run_in_executor(self.executor, functools.partial(context.run, fn, *args))
 
     def not_ready_reason(self) -> str | None:
         """Why this node cannot serve right now (the audit log or the store cannot take writes), or None."""
