@@ -28,6 +28,7 @@ from tessera.core.model import parse_scope
 from tessera.handlers import idempotency
 from tessera.handlers.auditing import READ_METHODS, Auditor, AuditQueue, audited, facts_from_route
 from tessera.handlers.deps import parse_bearer
+from tessera.handlers.limits import LONG_POLL, caller, limits_of
 from tessera.handlers.reads import read_response
 from tessera.handlers.render import JSON, dumps, error_body
 from tessera.handlers.watch import TokenSentinel, long_poll
@@ -251,13 +252,16 @@ class TesseraASGI:
             auditor.principal = principal
             where = parse_scope(params.get("namespace"), params.get("env"))
             auditor.note(scope=where)
-            body = await long_poll(
-                self.container, self.sentinel, principal, token, where, keys, params.get("since"), params.get("timeout"), receive
-            )
+            with limits_of(self.api).hold(LONG_POLL, caller(principal, auditor.client), auditor):  # handlers/limits.py
+                body = await long_poll(
+                    self.container, self.sentinel, principal, token, where, keys, params.get("since"), params.get("timeout"), receive
+                )
             status, headers = 200, [JSON]
         except TesseraError as exc:
             log_failure(exc)
             status, headers, body = error_body(exc.status, exc.code, exc.message, auditor.request_id, **exc.extra)
+            if "retry_after" in exc.extra:  # 429 too_many_requests
+                headers.append((b"retry-after", str(exc.extra["retry_after"]).encode()))
         await self._finish(scope, send, auditor, status, headers, body, token)
 
     # ------------------------------------------------------------------ requests routed by FastAPI
