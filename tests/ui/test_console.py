@@ -119,6 +119,10 @@ def test_values_holding_markup_are_shown_as_text(client):
         page = client.get(path).text
         assert "<script>document" not in page, path
         assert "&lt;script&gt;document.title=" in page, path
+    # What anyone can put in the audit log (a refused request's path) is text on the audit page as well.
+    assert client.get("/config/<script>document.title='pwned'</script>").status_code == 401
+    page = client.get("/ui/admin/audit?limit=1000").text
+    assert "<script>document" not in page and "&lt;script&gt;document.title=" in page
 
 
 def test_secrets_are_masked_until_revealed_and_the_reveal_is_a_read(client):
