@@ -311,7 +311,9 @@ def test_the_api_refuses_the_session_cookie(browser, server):
     cookie = browser.get_cookie("tessera_console")
     assert cookie["httpOnly"] and cookie["secure"] and cookie["sameSite"] == "Strict" and cookie["path"] == "/ui"
     assert browser.execute_script("return document.cookie") == ""  # no script can read it
-    response = httpx.get(server.url + "/config/database.host", headers={"Cookie": f"tessera_console={cookie['value']}"})
+    response = httpx.get(
+        server.url + "/config/database.host", headers={"Cookie": f"tessera_console={cookie['value']}"}, timeout=60
+    )
     assert response.status_code == 401 and response.json()["error"]["code"] == "unauthenticated"
     browser.get(server.url + "/config/database.host")  # the browser does not even send it there (Path=/ui)
     assert "unauthenticated" in browser.page_source
@@ -354,7 +356,7 @@ def test_admin_pages(browser, server, shots):
     token = submit(browser, "token-create", text_of("new-token"), "the new token, shown once")
     assert (
         token.startswith("tsr_")
-        and httpx.get(server.url + "/auth/self", headers={"Authorization": f"Bearer {token}"}).status_code == 200
+        and httpx.get(server.url + "/auth/self", headers={"Authorization": f"Bearer {token}"}, timeout=60).status_code == 200
     )
     browser.save_screenshot(str(shots / "tokens.png"))
     browser.get(server.url + "/ui/admin/tokens")

@@ -86,10 +86,10 @@ def test_a_session_works_on_every_worker_and_ends_on_all(tmp_path):
         def sign_in_over_http(token: str) -> str:
             # By hand: the server is plain http and the cookie Secure, which httpx's jar (unlike a browser on
             # 127.0.0.1) would not send back.
-            login = httpx.get(server.url + "/ui/login", timeout=30)
+            login = httpx.get(server.url + "/ui/login", timeout=60)
             nonce = login.cookies["tessera_console_login"]
             done = httpx.post(server.url + "/ui/login", data={"token": token, "login_nonce": hidden(login.text, "login_nonce")},
-                              headers={**origin, "cookie": f"tessera_console_login={nonce}"}, timeout=30)  # fmt: skip
+                              headers={**origin, "cookie": f"tessera_console_login={nonce}"}, timeout=60)  # fmt: skip
             assert done.status_code == 303, done.text
             found = re.search(r"tessera_console=([^;]+)", done.headers["set-cookie"])
             assert found
@@ -99,7 +99,7 @@ def test_a_session_works_on_every_worker_and_ends_on_all(tmp_path):
             """GET /ui on fresh connections until both workers have answered; every answer must be ``status``."""
             seen: dict[str, str] = {}
             for _ in range(200):
-                page = httpx.get(server.url + "/ui", headers={"cookie": cookie}, timeout=30)  # a new connection each
+                page = httpx.get(server.url + "/ui", headers={"cookie": cookie}, timeout=60)  # a new connection each
                 assert page.status_code == status, (worker_of(page), page.status_code)
                 seen[worker_of(page)] = page.text
                 if len(seen) == 2:
@@ -110,7 +110,7 @@ def test_a_session_works_on_every_worker_and_ends_on_all(tmp_path):
         page = on_every_worker(cookie, 200)
         assert 'id="who">root<' in page
         signed_out = httpx.post(server.url + "/ui/logout", data={"csrf": hidden(page, "csrf")}, headers={**origin, "cookie": cookie},
-                                timeout=30)  # fmt: skip
+                                timeout=60)  # fmt: skip
         assert signed_out.status_code == 303
         on_every_worker(cookie, 401)
 
