@@ -426,3 +426,17 @@ def test_every_console_change_needs_the_csrf_token(client):
     assert client.get("/config/app.name", headers=ROOT).status_code == 404
     assert "qa" not in [env["name"] for env in client.get("/envs", headers=ROOT).json()["envs"]]
     assert client.get("/ui").status_code == 200  # still signed in: the sign-out was refused too
+
+
+def test_live_socket_closes_when_the_token_is_revoked(client):
+    token = make_token(client, "watcher", [{"path": "*", "capabilities": ["list", "read"]}])
+    token_id = client.get("/auth/self", headers={"Authorization": f"Bearer {token}"}).json()["id"]
+    sign_in(client, token)
+    cookie = f"tessera_console={client.cookies.get('tessera_console')}"
+    with client.websocket_connect("/ui/ws", headers={"origin": ORIGIN, "cookie": cookie}) as socket:
+        socket.send_json({"type": "subscribe", "keys": ["*"], "since": client.get("/health").json()["revision"]})
+        assert client.delete(f"/auth/tokens/{token_id}", headers=ROOT).status_code == 204
+        ended = socket.receive_json()  # the session is re-checked every second
+        assert ended == {"type": "error", "code": "unauthenticated", "message": "the session has ended"}
+        with pytest.raises(WebSocketDisconnect):
+            socket.receive_json()
