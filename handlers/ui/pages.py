@@ -454,9 +454,9 @@ async def promote(ui: Console) -> Response:
     keys = [value for name, value in ui.pairs if name == "keys"]
     if not keys:
         raise InvalidRequest("tick at least one key to promote")
-    expected: dict[str, int] = {}
+    expected: dict[str, int] = {}  # for the ticked keys only: a key left unticked may move without stopping this
     for name, value in ui.pairs:
-        if name.startswith(EXPECTED_FIELD):
+        if name.startswith(EXPECTED_FIELD) and name[len(EXPECTED_FIELD) :] in keys:
             number = int_param(value, name, minimum=0)
             if number is not None:
                 expected[name[len(EXPECTED_FIELD) :]] = number

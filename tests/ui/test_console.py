@@ -296,13 +296,14 @@ def test_promote_copies_the_ticked_keys_with_compare_and_set(client):
     assert sorted(form["keys"]) == ["db.host", "db.pass", "db.port"]  # only.prod (only in to) stays
     assert form["expected:db.host"] == ["1"] and form["expected:db.port"] == ["0"]
     form["keys"] = ["db.host", "db.pass"]  # db.port unticked
+    client.put("/config/db.port?env=prod", json={"value": 1}, headers=ROOT)  # an unticked key moves: no matter
     done = client.post("/ui/promote", data=form, follow_redirects=False)
     assert done.status_code == 303 and "notice=promoted" in done.headers["location"]
     assert "Promoted 2 keys" in client.get(done.headers["location"]).text
     prod = {key: client.get(f"/config/{key}?env=prod", headers=ROOT).json() for key in ("db.host", "db.pass")}
     assert prod["db.host"]["value"] == "staging-db" and prod["db.host"]["version"] == 2
     assert prod["db.pass"]["value"] == "s3cr3t-pass" and prod["db.pass"]["secret"] is True
-    assert client.get("/config/db.port?env=prod", headers=ROOT).status_code == 404  # not ticked: not promoted
+    assert client.get("/config/db.port?env=prod", headers=ROOT).json()["value"] == 1  # not ticked: not promoted
     promotes = [e for e in audit_entries(client, phase="all") if e["action"] == "config.promote"]
     assert promotes and all(e["service"] == "root" for e in promotes)
     assert any(e["key"] == "db.host" and e["version"] == 2 for e in promotes)  # each key's commit holds its record
