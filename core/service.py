@@ -218,6 +218,10 @@ class ReadCache:
     Entries made by a reader that validated an older stamp are refused (``generation``), so a slow reader can
     never put something stale back after a newer stamp cleared the cache. Stores without a read stamp (aws,
     where the head read is the consistent read) get no cache: ``enabled`` is False.
+
+    Deliberately not a cachetools cache like the others: it is emptied whole (a stamp change, or full), never
+    evicted entry by entry, and a hit is one lock-free ``dict.get`` on the hottest path; an LRU's bookkeeping
+    per hit would buy nothing here.
     """
 
     def __init__(self, store: Any, max_entries: int = 50_000) -> None:
