@@ -62,7 +62,7 @@ def create_api(container: Container, *, console: bool = True) -> FastAPI:
     api.include_router(policies.router)
     api.include_router(audit.router)
     api.include_router(watch.router)
-    if console:  # not on Lambda: the aws backend keeps console sessions in one process's memory
+    if console:  # not on Lambda: no WebSocket for /ui/ws there, and its roles grant nothing on UISESSION# items
         from tessera.handlers.ui import mount_console
 
         mount_console(api)  # /ui, and / redirecting there

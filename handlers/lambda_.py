@@ -41,7 +41,7 @@ def _build() -> Any:
 
     container = build(_settings())
     # Lambda has no lifespan events to wait for; API Gateway strips its stage prefix itself.
-    # No web console on Lambda: the aws backend keeps its sessions in one process's memory, and Lambda runs many.
+    # No web console on Lambda (a slimmer bundle; no WebSocket for /ui/ws; the roles grant nothing on UISESSION#).
     return Mangum(create_app(container, console=False), lifespan="off")
 
 
