@@ -160,3 +160,91 @@ def test_a_revocation_reaches_another_node_through_the_stamp(target):
         for container, client, _ in nodes:
             client.__exit__(None, None, None)
             container.close()
+
+
+# ---------------------------------------------------------------------- the call-and-cost table (docs/aws.md)
+def fresh_node(target):
+    """A new container (a Lambda cold start): nothing cached, no audit shard yet."""
+    container = build(Settings(backend="aws", bucket=target.bucket, table=target.table, root_token=ROOT_TOKEN),
+                      store=target.store(CallCounter()), keys=CachingKeyService(target.kms()))  # fmt: skip
+    return container, TestClient(create_app(container)).__enter__()
+
+
+def test_a_cold_get_reads_the_token_its_policy_the_head_the_value_and_takes_an_audit_shard(node, target):
+    _, client, _ = node
+    client.put("/config/database.host", json={"value": "db.internal"}, headers=ROOT).raise_for_status()
+    headers = service_token(client, [{"path": "database.*", "capabilities": ["read"]}])
+    cold, cold_client = fresh_node(target)
+    try:
+        with recording(target) as recorder:
+            assert cold_client.get("/config/database.host", headers=headers).status_code == 200
+            assert recorder.take() == {("GetItem", "TOKENHASH"): 1, ("Query", "POLICY"): 1, ("GetItem", "H"): 1,
+                                       ("GetObject", ""): 1, ("Decrypt", ""): 1, ("UpdateItem", "AUDITSHARD"): 1,
+                                       ("PutItem", "AUDITCKPT"): 1, ("PutItem", "AUDITLOG"): 1}  # fmt: skip
+    finally:
+        cold_client.__exit__(None, None, None)
+        cold.close()
+
+
+def test_a_put_writes_the_object_one_transaction_and_two_records(node, target):
+    container, client, clock = node
+    headers = service_token(client, [{"path": "database.*", "capabilities": ["read", "write"]}])
+    client.put("/config/database.host", json={"value": "db1"}, headers=headers).raise_for_status()
+    with recording(target) as recorder:
+        assert client.put("/config/database.host", json={"value": "db2"}, headers=headers).status_code == 200
+        # The record of the attempt before the commit and of its outcome after it: two plain items (this store does
+        # not put a change's record in the commit's transaction; the embedded store does).
+        assert recorder.take() == {("GetItem", "H"): 1, ("GetItem", "COUNTER"): 1, ("PutObject", ""): 1,
+                                   ("GenerateDataKey", ""): 1, ("TransactWriteItems", "CHANGES+COUNTER+H+V"): 1,
+                                   ("PutItem", "AUDITLOG"): 2}  # fmt: skip
+
+
+def test_an_import_costs_per_key_what_a_put_does_and_two_records_in_all(node, target):
+    """Measured on 20 keys (moto's transactions slow down as the table grows); per key it is constant."""
+    _, client, _ = node
+    keys = 20
+    client.put("/config/warm", json={"value": 1}, headers=ROOT).raise_for_status()  # the node holds its audit shard
+    with recording(target) as recorder:
+        body = {"values": {"imp": {f"k{i:03d}": i for i in range(keys)}}}
+        assert client.post("/config/import", json=body, headers=ROOT).status_code == 200
+        calls = recorder.take()
+    assert calls == {("GetItem", "H"): keys, ("GetItem", "COUNTER"): keys, ("PutObject", ""): keys,
+                     ("GenerateDataKey", ""): keys, ("TransactWriteItems", "CHANGES+COUNTER+H+V"): keys,
+                     ("PutItem", "AUDITLOG"): 2}  # fmt: skip
+
+
+def test_an_idle_sdk_poll_is_one_counter_read_and_its_record(node, target):
+    """``GET /watch?since=N&timeout=0`` every 30-60 s: the cheap "anything new?" an SDK polls with."""
+    container, client, clock = node
+    headers = service_token(client, [{"path": "*", "capabilities": ["read"]}])
+    container.authenticator.cache_seconds = 0
+    container.access.authorizer.refresh_seconds = 0
+    revision = client.get("/health").json()["revision"]
+    clock.now += 1
+    client.get(f"/watch?since={revision}&timeout=0", headers=headers)  # the stamp moved with the token: reloaded once
+    with recording(target) as recorder:
+        for _ in range(3):
+            clock.now += 30  # polls are far apart: the auth stamp is read each time
+            assert client.get(f"/watch?since={revision}&timeout=0", headers=headers).json() == {"revision": revision, "events": []}
+            assert recorder.take() == {("GetItem", "AUTHSTAMP"): 1, ("GetItem", "COUNTER"): 1, ("PutItem", "AUDITLOG"): 1}
+        client.put("/config/k", json={"value": 1}, headers=ROOT).raise_for_status()
+        recorder.take()
+        events = client.get(f"/watch?since={revision}&timeout=0", headers=headers).json()["events"]
+        assert [event["key"] for event in events] == ["k"]
+
+
+def test_a_held_long_poll_reads_the_counter_twice_a_second(node, target):
+    """What one idle long-poll costs while held (on Lambda: 25 s at a time, holding the function too)."""
+    container, client, clock = node
+    headers = service_token(client, [{"path": "*", "capabilities": ["read"]}])
+    revision = client.get("/health").json()["revision"]
+    clock.now += 1
+    client.get(f"/watch?since={revision}&timeout=0", headers=headers)  # the stamp moved with the token: reloaded once
+    with recording(target) as recorder:
+        started = time.monotonic()
+        assert client.get(f"/watch?since={revision}&timeout=2", headers=headers).json()["events"] == []
+        held = time.monotonic() - started
+        calls = recorder.take()
+    counter_reads = calls.pop(("GetItem", "COUNTER"))
+    assert counter_reads <= 2 * held / 0.5 + 2  # the feed poller: one read per 0.5 s while anyone waits
+    assert calls[("PutItem", "AUDITLOG")] == 1 and sum(calls.values()) <= 4  # + its record, a stamp, the log's head

@@ -242,3 +242,28 @@ def test_an_idle_subscriber_costs_nothing_and_a_change_costs_its_subscribers_onl
     # One change, one interested subscriber: lease + release (2 writes), its post, and the reads of the change log.
     assert node.calls["dynamodb:UpdateItem"] == 2 and node.calls["execute-api:PostToConnection"] == 1
     assert node.calls["dynamodb:PutItem"] == 0 and node.calls["dynamodb:Query"] <= 4
+
+
+def test_what_a_socket_costs_from_connect_to_disconnect(node):
+    """The calls behind one socket's life (API Gateway ends every socket within 2 hours: a client reconnects)."""
+    node.connect("warm")  # the container holds its audit shard already
+    node.calls.clear()
+    node.event("c1", "CONNECT", route="$connect")
+    assert sum(node.calls.values()) == 0
+    node.event("c1", "MESSAGE", {"type": "auth", "token": ROOT_TOKEN}, route="auth")
+    auth = dict(node.calls)
+    node.calls.clear()
+    node.subscribe("c1", keys=["app.*"])
+    subscribe = dict(node.calls)
+    node.calls.clear()
+    node.event("c1", "MESSAGE", {"type": "ping"})
+    ping = dict(node.calls)
+    node.calls.clear()
+    node.event("c1", "DISCONNECT", route="$disconnect")
+    disconnect = dict(node.calls)
+    assert auth == {"dynamodb:GetItem": 1, "dynamodb:PutItem": 2}  # is it open already; its record; the connection
+    # The connection, the revision and the log's start (as /ws validates), its record, the subscription and its count,
+    # and one look at the change log for a backlog (none: since defaults to now).
+    assert subscribe == {"dynamodb:GetItem": 4, "dynamodb:Query": 2, "dynamodb:PutItem": 2, "dynamodb:UpdateItem": 1}
+    assert ping == {"execute-api:PostToConnection": 1}
+    assert disconnect == {"dynamodb:DeleteItem": 2, "dynamodb:Query": 1}
