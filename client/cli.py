@@ -78,6 +78,7 @@ def serve(
 ) -> None:
     """Run the Tessera server."""
     try:
+        from tessera.local.server import StartError
         from tessera.local.server import serve as run_server
     except ImportError as exc:  # the base install and [cli] alone have no server stack
         fail(f"tessera serve needs the server extra: pip install 'tessera-config[server]' ({exc.name} is missing)")
@@ -89,6 +90,8 @@ def serve(
             host=host, port=port, data_dir=data_dir, config_file=config_file, root_token=root_token, dev=dev, backend=backend,
             tls_cert=tls_cert, tls_key=tls_key, workers=workers,
         )  # fmt: skip
+    except StartError as exc:  # a setting, file, port or data directory to fix
+        fail(str(exc), USAGE)
     except TesseraError as exc:  # a store that cannot be reached or loaded: one clear line, not a trace
         fail(f"cannot start: {exc.message}")
 
@@ -125,8 +128,11 @@ def main(argv: list[str] | None = None) -> None:
         code = 130
     except Exit as exc:
         code = exc.exit_code
-    except SystemExit:
-        raise
+    except SystemExit as exc:
+        if not isinstance(exc.code, str):
+            raise
+        typer.echo(f"error: {_one_line(exc.code)}", err=True)  # a refusal with its one line (tessera serve's checks)
+        code = USAGE
     except BaseException as exc:  # noqa: BLE001 - the one place that turns any failure into one line
         if debug:
             traceback.print_exc()

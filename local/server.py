@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
+import socket
 import sys
+import time
 from pathlib import Path
+from typing import Any
 
 import uvicorn
 
@@ -46,13 +50,144 @@ def settle_root_token(container: Container, settings: Settings) -> tuple[str | N
     return None, "the root token was shown at first start and is not stored (pass --root-token to replace it)"
 
 
-def import_config_file(container: Container, path: Path) -> str:
-    fmt = {".yaml": "yaml", ".yml": "yaml", ".json": "json", ".env": "dotenv"}.get(path.suffix.lower(), "yaml")
-    values = parse_content(fmt, path.read_text())
+class StartError(Exception):
+    """``tessera serve`` cannot start: the message names what to fix (one line, exit status 2)."""
+
+
+CONFIG_FORMATS = {".yaml": "yaml", ".yml": "yaml", ".json": "json", ".env": "dotenv"}
+SETTING_NAMES = {
+    "root_token": "--root-token / TESSERA_ROOT_TOKEN", "backend": "--backend / TESSERA_BACKEND",
+    "data_dir": "--data-dir / TESSERA_DATA_DIR", "root_token_sha256": "TESSERA_ROOT_TOKEN_SHA256",
+}
+
+
+def settings_problem(exc: Exception) -> str:
+    """A refused setting as one line naming the flag or variable (never the value: it may be a token)."""
+    parts = []
+    for error in getattr(exc, "errors", lambda: [])():
+        field = ".".join(str(part) for part in error.get("loc", ()))
+        message = str(error.get("msg", "invalid")).removeprefix("Value error, ")
+        if field == "backend":
+            message = "must be local or aws"
+        name = SETTING_NAMES.get(field) or (f"TESSERA_{field.upper()}" if field else "")
+        if not name and "root token" in message:
+            name = SETTING_NAMES["root_token"]
+        parts.append(f"{name}: {message}" if name else message)
+    return "; ".join(parts) or str(exc)
+
+
+def config_format(path: Path) -> str:
+    fmt = CONFIG_FORMATS.get(path.suffix.lower())
+    if fmt is None and path.name.startswith(".env"):
+        fmt = "dotenv"
+    if fmt is None:
+        raise StartError(f"--config-file {path}: name it .json, .yaml, .yml or .env (the name says the format)")
+    return fmt
+
+
+def read_config_file(path: Path) -> dict[str, Any]:
+    """The config file parsed (refused in one line when missing, unreadable or malformed), before anything starts."""
+    from tessera.core.errors import TesseraError
+
+    fmt = config_format(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise StartError(f"--config-file {path}: no such file") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise StartError(f"--config-file {path}: cannot read it: {getattr(exc, 'strerror', None) or exc}") from None
+    try:
+        return parse_content(fmt, text)
+    except TesseraError as exc:
+        cause = exc.__cause__
+        mark = getattr(cause, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+        if where == "" and isinstance(cause, ValueError) and getattr(cause, "lineno", None):
+            where = f" (line {cause.lineno}, column {cause.colno})"  # type: ignore[attr-defined]
+        raise StartError(f"--config-file {path}: {exc.message}{where}") from None
+
+
+def import_config_file(container: Container, path: Path, values: dict[str, Any] | None = None) -> str:
+    values = read_config_file(path) if values is None else values
     result = container.service.import_values(CONFIG_FILE, Scope(), values)
     for error in result.errors:
         print(f"  config file: {error['key']}: {error['code']}: {error['message']}", file=sys.stderr)
     return f"{result.created} created, {result.updated} updated, {result.unchanged} unchanged, {len(result.errors)} errors"
+
+
+LOCK_FILE = "serve.lock"
+_held_locks: list[Any] = []  # open lock files, held for the process's lifetime
+
+
+def lock_data_dir(data_dir: Path) -> None:
+    """One ``tessera serve`` per data directory: an exclusive ``flock`` on ``serve.lock``, held until the process
+    ends (the kernel releases it on any exit, ``kill -9`` included). The workers of one serve do not take it: their
+    parent holds it for them. ``tessera keys`` and ``tessera audit verify`` run beside a live server and do not
+    take it either."""
+    import fcntl
+
+    path = Path(data_dir) / LOCK_FILE
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        holder = os.pread(fd, 64, 0).decode(errors="replace").strip()
+        os.close(fd)
+        by = f" (pid {holder})" if holder.isdigit() else ""
+        raise StartError(f"the data directory {data_dir} is in use by another tessera serve{by}: stop it, or give this "
+                         "one another --data-dir") from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    _held_locks.append(fd)
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """The listening socket, bound before anything says "listening" (a taken port is one clear line)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+        sock.listen(2048)
+    except OSError as exc:
+        sock.close()
+        reason = exc.strerror or str(exc)
+        hint = " (another server on that port? pick another --port)" if exc.errno == errno.EADDRINUSE else ""
+        raise StartError(f"cannot listen on {host}:{port}: {reason}{hint}") from None
+    sock.set_inheritable(True)
+    return sock
+
+
+class RequestLines:
+    """The dev console's request log: one short line per request (the audit log keeps the full records)."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] not in ("http", "websocket"):
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status: list[int] = []
+
+        async def watch_send(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                status.append(message["status"])
+            elif message["type"] == "websocket.accept":
+                status.append(101)
+            await send(message)
+
+        try:
+            await self.app(scope, receive, watch_send)
+        finally:
+            path = scope.get("path", "")
+            query = scope.get("query_string", b"").decode("latin-1")
+            target = (path + ("?" + query if query else ""))[:120]
+            method = scope.get("method", "WS")
+            shown = status[0] if status else "-"
+            took = (time.perf_counter() - started) * 1000
+            print(f"{time.strftime('%H:%M:%S')} {method} {target} {shown} {took:.1f}ms", flush=True)
 
 
 def worker_app() -> object:
@@ -64,10 +199,11 @@ def worker_app() -> object:
     """
     from tessera.handlers.app import create_app
 
-    container = build(Settings.from_env())
+    settings = Settings.from_env()
+    container = build(settings)
     app = create_app(container)
     app.api.router.on_shutdown.append(container.close)
-    return app
+    return RequestLines(app) if settings.dev else app
 
 
 def serve(
@@ -82,42 +218,71 @@ def serve(
     tls_key: str | None = None,
     workers: int = 1,
 ) -> None:
+    """Start the server. Every setting is checked before anything is opened; a bad one raises :class:`StartError`
+    (or ``SystemExit`` with one line). "listening" is printed once the port is bound."""
+    from pydantic import ValidationError
+
     if dev:
         host = "127.0.0.1"
         if config_file is None:
             config_file = SAMPLE_CONFIG
-    settings = Settings.from_env(data_dir=data_dir, root_token=root_token, dev=dev or None, backend=backend)
+    if not 1 <= port <= 65535:
+        raise StartError(f"--port {port}: a port is 1-65535")
+    try:
+        settings = Settings.from_env(data_dir=data_dir, root_token=root_token, dev=dev or None, backend=backend)
+    except ValidationError as exc:
+        raise StartError(settings_problem(exc)) from None
+    values = read_config_file(Path(config_file)) if config_file is not None else None
     prepare_data_dir(settings.data_dir)  # 0700, files 0600: tightens an older release's, refuses if it cannot
     http_options = server_options(os.environ, tls_cert, tls_key)  # limits, TLS: a bad one refused before anything
+    if settings.backend == "local":
+        lock_data_dir(Path(settings.data_dir))
+    sock = bind(host, port)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     container = build(settings)
     token, note = settle_root_token(container, settings)
     if config_file is not None:
-        summary = import_config_file(container, Path(config_file))
+        summary = import_config_file(container, Path(config_file), values)
         print(f"Imported {config_file}: {summary}", flush=True)
     url = f"{'https' if tls_cert else 'http'}://{host}:{port}"
     print(f"Tessera ({settings.backend} backend, data in {settings.data_dir}) listening on {url}", flush=True)
     if token is not None:
         print(f"Root token: {token}", flush=True)
     print(f"  ({note})", flush=True)
-    print(f'Try: curl -H "Authorization: Bearer $TOKEN" {url}/config/database.host', flush=True)
+    print("In another terminal:", flush=True)
+    print(f"  export TESSERA_ADDR={url}", flush=True)
+    if token is not None:
+        print(f"  export TESSERA_TOKEN={token}", flush=True)
+    print('  tessera get database.host    # or: curl -H "Authorization: Bearer $TESSERA_TOKEN" '
+          "$TESSERA_ADDR/config/database.host", flush=True)
     print(f"Web console: {url}/ui (sign in with a token)", flush=True)
     if workers > 1:
         container.close()  # each worker opens its own
         # The workers read their settings from the environment (never the root token: its digest is in the store).
         os.environ["TESSERA_DATA_DIR"] = str(Path(settings.data_dir).resolve())
         os.environ["TESSERA_BACKEND"] = settings.backend
+        if settings.dev:
+            os.environ["TESSERA_DEV"] = "1"
+        from uvicorn.supervisors import Multiprocess
+
         from tessera.local.http_limits import EnvironmentHttpProtocol
 
-        uvicorn.run(
+        config = uvicorn.Config(
             "tessera.local.server:worker_app", factory=True, workers=workers, host=host, port=port,
             log_level="warning", ws="auto", access_log=False, **{**http_options, "http": EnvironmentHttpProtocol},
         )  # fmt: skip
+        try:
+            supervisor = Multiprocess(config, sockets=[sock])
+        except TypeError:  # uvicorn before 0.36 also took the target
+            supervisor = Multiprocess(config, target=uvicorn.Server(config).run, sockets=[sock])  # type: ignore[call-arg]
+        supervisor.run()
         return
-    app = create_app(container)
+    app: Any = create_app(container)
+    if settings.dev:
+        app = RequestLines(app)
     config = uvicorn.Config(app, host=host, port=port, log_level="warning", ws="auto", access_log=False,
                             **http_options)
     try:
-        uvicorn.Server(config).run()
+        uvicorn.Server(config).run(sockets=[sock])
     finally:
         container.close()

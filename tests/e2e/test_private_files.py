@@ -189,6 +189,6 @@ def test_serve_refuses_in_one_line_when_it_cannot_tighten(tmp_path):
     assert "exit=0" not in result.stdout, result.stdout
     lines = [line for line in err.read_text().splitlines() if line.strip()]
     assert len(lines) == 1, lines
-    assert lines[0].startswith("tessera serve: refusing to start:") and "Read-only file system" in lines[0], lines
+    assert lines[0].startswith("error: tessera serve: refusing to start:") and "Read-only file system" in lines[0], lines
     assert f"{data} 755" in result.stdout and f"{data}/tessera.db 644" in result.stdout, result.stdout
     assert result.stdout.strip().splitlines()[-1] == "tessera.db", result.stdout  # nothing opened or created

@@ -117,7 +117,7 @@ def refusal(tmp_path: Path, *tls_args: str) -> str:
     assert result.returncode != 0, result
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("tessera serve: refusing to start:"), lines
+    assert lines[0].startswith("error: tessera serve: refusing to start:"), lines
     assert "listening" not in result.stdout, result.stdout
     return lines[0]
 
