@@ -70,6 +70,32 @@ class ServerProcess:
         self.stop()
         raise RuntimeError(f"tessera serve did not become healthy:\n{self.log()}")
 
+    def worker(self, timeout: float = 30.0) -> ServerProcess:
+        """Another process over this server's data directory, on a port of its own: a worker as ``tessera serve
+        --workers`` starts them (a second ``tessera serve`` on the directory is refused; the serve holding its lock
+        shares it with its workers). Same environment; its output goes to its own log."""
+        worker = ServerProcess(self.data_dir, root_token=self.root_token, env=self.env, port=free_port())
+        worker.log_path = self.data_dir.parent / f"worker-{worker.port}.log"
+        environment = {**os.environ, "PYTHONUNBUFFERED": "1", **self.env,
+                       "TESSERA_DATA_DIR": str(Path(self.data_dir).resolve()), "TESSERA_BACKEND": "local"}
+        log = open(worker.log_path, "ab")  # noqa: SIM115 - the process owns it until it ends
+        worker.process = subprocess.Popen(
+            [sys.executable, "-m", "uvicorn", "--factory", "tessera.local.server:worker_app", "--host", "127.0.0.1",
+             "--port", str(worker.port), "--log-level", "warning"],
+            cwd=REPO, stdout=log, stderr=subprocess.STDOUT, env=environment)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if worker.process.poll() is not None:
+                raise RuntimeError(f"the worker exited early:\n{worker.log()}")
+            try:
+                if httpx.get(worker.url + "/health", timeout=1).status_code == 200:
+                    return worker
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+        worker.stop()
+        raise RuntimeError(f"the worker did not become healthy:\n{worker.log()}")
+
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path and self.log_path.exists() else ""
 

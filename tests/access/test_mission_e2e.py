@@ -23,7 +23,7 @@ def nodes(tmp_path):
     data_dir = tmp_path / "data"
     # Audit records also as JSON lines on stdout (off by default outside Lambda): the logs are checked below.
     first = ServerProcess(data_dir, root_token=ROOT_TOKEN, env={"TESSERA_AUDIT_STDOUT": "1"}).start()
-    second = ServerProcess(data_dir, root_token=ROOT_TOKEN, env={"TESSERA_AUDIT_STDOUT": "1"}).start()
+    second = first.worker()  # a second node on the directory: a worker, as tessera serve --workers starts them
     yield first, second
     first.stop()
     second.stop()

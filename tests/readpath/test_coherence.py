@@ -5,44 +5,21 @@ from __future__ import annotations
 
 import concurrent.futures
 import json
-import os
-import subprocess
-import sys
-import time
 
 import httpx
 import pytest
 
-from tests.servers import REPO, ServerProcess, free_port
+from tests.servers import ServerProcess
 
 ROOT_TOKEN = "tsr_coherence-root-token-0123456789ab"
 pytestmark = pytest.mark.slow
-
-
-def worker_of(first: ServerProcess) -> ServerProcess:
-    """A second process over ``first``'s data directory on a port of its own, started as ``tessera serve --workers``
-    starts its workers (a second ``tessera serve`` is refused: the serve holds the directory's lock for its workers)."""
-    worker = ServerProcess(first.data_dir, root_token=ROOT_TOKEN, port=free_port())
-    env = {**os.environ, "TESSERA_DATA_DIR": str(first.data_dir.resolve()), "TESSERA_BACKEND": "local"}
-    worker.process = subprocess.Popen(
-        [sys.executable, "-m", "uvicorn", "--factory", "tessera.local.server:worker_app", "--host", "127.0.0.1",
-         "--port", str(worker.port), "--log-level", "warning"], cwd=REPO, env=env)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(worker.url + "/health", timeout=1).status_code == 200:
-                return worker
-        except httpx.HTTPError:
-            time.sleep(0.1)
-    worker.stop()
-    raise RuntimeError("the worker process did not become healthy")
 
 
 @pytest.fixture
 def two_processes(tmp_path):
     data = tmp_path / "data"
     first = ServerProcess(data, root_token=ROOT_TOKEN).start()
-    second = worker_of(first)
+    second = first.worker()  # a second process over the directory, as --workers starts them
     yield first, second
     first.stop()
     second.stop()
