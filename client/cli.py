@@ -68,7 +68,9 @@ def serve(
     host: str = typer.Option("127.0.0.1", help="address to listen on"),
     port: int = typer.Option(8200, min=1, max=65535, help="port to listen on (1-65535)"),
     data_dir: Path = typer.Option(Path(".tessera"), envvar="TESSERA_DATA_DIR", help="where the embedded store keeps its files"),
-    config_file: Path | None = typer.Option(None, help="JSON, YAML or .env file imported at start (namespace/env default)"),
+    config_file: Path | None = typer.Option(None, help="JSON, YAML or .env file imported at start (namespace/env default); "
+                                            "a key changed through the API is never reverted by it (docs/cli.md)"),
+    watch_config: bool = typer.Option(False, "--watch-config", help="apply edits of --config-file while running"),
     root_token: str | None = typer.Option(None, envvar="TESSERA_ROOT_TOKEN", help="the root token to accept"),
     dev: bool = typer.Option(False, "--dev", help="dev mode: 127.0.0.1, sample config, root token shown on every start"),
     backend: str | None = typer.Option(None, envvar="TESSERA_BACKEND", help="local (default) or aws"),
@@ -88,7 +90,7 @@ def serve(
     try:
         run_server(
             host=host, port=port, data_dir=data_dir, config_file=config_file, root_token=root_token, dev=dev, backend=backend,
-            tls_cert=tls_cert, tls_key=tls_key, workers=workers,
+            tls_cert=tls_cert, tls_key=tls_key, workers=workers, watch_config=watch_config,
         )  # fmt: skip
     except StartError as exc:  # a setting, file, port or data directory to fix
         fail(str(exc), USAGE)

@@ -6,7 +6,6 @@ import errno
 import logging
 import os
 import socket
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -15,7 +14,6 @@ import uvicorn
 
 from tessera.core.backends.factory import Container, build
 from tessera.core.formats import parse_content
-from tessera.core.model import CONFIG_FILE, Scope
 from tessera.core.settings import Settings
 from tessera.handlers.app import create_app
 from tessera.local.files import prepare_data_dir
@@ -108,11 +106,10 @@ def read_config_file(path: Path) -> dict[str, Any]:
 
 
 def import_config_file(container: Container, path: Path, values: dict[str, Any] | None = None) -> str:
-    values = read_config_file(path) if values is None else values
-    result = container.service.import_values(CONFIG_FILE, Scope(), values)
-    for error in result.errors:
-        print(f"  config file: {error['key']}: {error['code']}: {error['message']}", file=sys.stderr)
-    return f"{result.created} created, {result.updated} updated, {result.unchanged} unchanged, {len(result.errors)} errors"
+    """Apply the config file by the rule of :mod:`tessera.local.config_file` (never reverting an API change)."""
+    from tessera.local.config_file import apply_file
+
+    return apply_file(container, read_config_file(path) if values is None else values).summary()
 
 
 LOCK_FILE = "serve.lock"
@@ -217,6 +214,7 @@ def serve(
     tls_cert: str | None = None,
     tls_key: str | None = None,
     workers: int = 1,
+    watch_config: bool = False,
 ) -> None:
     """Start the server. Every setting is checked before anything is opened; a bad one raises :class:`StartError`
     (or ``SystemExit`` with one line). "listening" is printed once the port is bound."""
@@ -232,6 +230,8 @@ def serve(
         settings = Settings.from_env(data_dir=data_dir, root_token=root_token, dev=dev or None, backend=backend)
     except ValidationError as exc:
         raise StartError(settings_problem(exc)) from None
+    if watch_config and config_file is None:
+        raise StartError("--watch-config watches the --config-file: give one")
     values = read_config_file(Path(config_file)) if config_file is not None else None
     prepare_data_dir(settings.data_dir)  # 0700, files 0600: tightens an older release's, refuses if it cannot
     http_options = server_options(os.environ, tls_cert, tls_key)  # limits, TLS: a bad one refused before anything
@@ -256,8 +256,15 @@ def serve(
     print('  tessera get database.host    # or: curl -H "Authorization: Bearer $TESSERA_TOKEN" '
           "$TESSERA_ADDR/config/database.host", flush=True)
     print(f"Web console: {url}/ui (sign in with a token)", flush=True)
+    watcher = None
+    if watch_config and config_file is not None:
+        from tessera.local.config_file import ConfigWatcher
+
+        watcher = ConfigWatcher(container, Path(config_file), read_config_file).start()
+        print(f"Watching {config_file}: edits are applied while running (same rule as at start)", flush=True)
     if workers > 1:
-        container.close()  # each worker opens its own
+        if watcher is None:
+            container.close()  # each worker opens its own (the watcher keeps this one to write the file's changes)
         # The workers read their settings from the environment (never the root token: its digest is in the store).
         os.environ["TESSERA_DATA_DIR"] = str(Path(settings.data_dir).resolve())
         os.environ["TESSERA_BACKEND"] = settings.backend
@@ -275,7 +282,12 @@ def serve(
             supervisor = Multiprocess(config, sockets=[sock])
         except TypeError:  # uvicorn before 0.36 also took the target
             supervisor = Multiprocess(config, target=uvicorn.Server(config).run, sockets=[sock])  # type: ignore[call-arg]
-        supervisor.run()
+        try:
+            supervisor.run()
+        finally:
+            if watcher is not None:
+                watcher.stop()
+                container.close()
         return
     app: Any = create_app(container)
     if settings.dev:
@@ -285,4 +297,6 @@ def serve(
     try:
         uvicorn.Server(config).run(sockets=[sock])
     finally:
+        if watcher is not None:
+            watcher.stop()
         container.close()
