@@ -186,7 +186,7 @@ def test_cli_fails_over_and_reports_every_node_when_all_are_down(nodes, server):
     for node in nodes:
         node.mode = "refuse"
     down = tessera("get", key)
-    assert down.returncode == 1
+    assert down.returncode == 6  # unavailable
     (line,) = down.stderr.strip().splitlines()
     assert line.startswith("error: unavailable:") and all(node.url in line for node in nodes)
 
