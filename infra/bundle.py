@@ -8,9 +8,9 @@ What goes in, and what is left out:
 - Tessera's wheel without its SDK dependencies (httpx, websockets, tenacity: the functions never call a server),
   and without the packages Lambda never imports: ``tessera.client`` (SDK, CLI), ``tessera.local`` (``tessera
   serve``), ``tessera.handlers.ui`` (the console is not served on Lambda).
-- Its server-side dependencies for Lambda: botocore (not boto3: no s3transfer, no resources), Powertools (the
-  audit line), Mangum, FastAPI, pydantic, cryptography, PyYAML, orjson. No uvicorn, uvloop, typer, rich, pygments,
-  jinja2.
+- Its dependencies for Lambda, read from pyproject.toml (the base install and the ``[aws]`` extra): botocore (not
+  boto3: no s3transfer, no resources), Powertools (the audit line), Mangum, FastAPI, pydantic, cryptography, PyYAML,
+  orjson, cachetools, python-dotenv. No uvicorn, uvloop, typer, rich, pygments, jinja2.
 - botocore's data pruned to the services the functions call (DynamoDB, S3, KMS, the WebSocket Management API):
   besides the size, a client's creation lists every service directory, so 6 instead of 400 is faster too.
 - Every module compiled ahead (``unchecked-hash`` .pyc: Lambda's file system is read-only, so it could never
@@ -25,20 +25,28 @@ import argparse
 import compileall
 import io
 import json
+import re
 import shutil
 import subprocess
 import sys
 import tempfile
+import tomllib
 import zipfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-# Keep in step with pyproject.toml: cachetools from the base install, then the [aws] extra (minus boto3: botocore is
-# all the functions use).
-REQUIREMENTS = ["cachetools>=5.3", "botocore>=1.34", "aws-lambda-powertools>=3.0", "mangum>=0.17", "fastapi>=0.115",
-                "pydantic>=2.7", "cryptography>=42", "pyyaml>=6", "orjson>=3.9"]  # fmt: skip
+# From pyproject.toml: the base install and the [aws] extra, less the SDK's client libraries (the functions never
+# call a server) and boto3 (botocore is all they use).
+LEFT_OUT = {"httpx", "websockets", "tenacity", "boto3"}
 BOTOCORE_SERVICES = {"dynamodb", "s3", "kms", "apigatewaymanagementapi", "sts"}
 UNUSED_PACKAGES = ["tessera/client", "tessera/local", "tessera/handlers/ui", "bin"]
+
+
+def requirements() -> list[str]:
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    wanted = [*project["dependencies"], *project["optional-dependencies"]["aws"]]
+    kept = [spec for spec in wanted if re.split(r"[<>=!~\[ ;]", spec, maxsplit=1)[0].lower() not in LEFT_OUT]
+    return [*dict.fromkeys(kept), "botocore>=1.34"]
 
 
 def build(out: Path, python_version: str, native: bool) -> None:
@@ -51,7 +59,7 @@ def build(out: Path, python_version: str, native: bool) -> None:
         platform = [] if native else ["--platform", "manylinux2014_x86_64", "--implementation", "cp",
                                       "--python-version", python_version, "--only-binary=:all:"]  # fmt: skip
         subprocess.run([*pip, "install", "--target", str(out), "--no-deps", str(wheel)], check=True)
-        subprocess.run([*pip, "install", "--target", str(out), *platform, *REQUIREMENTS], check=True)
+        subprocess.run([*pip, "install", "--target", str(out), *platform, *requirements()], check=True)
     prune(out)
     compileall.compile_dir(out, quiet=2, workers=1, invalidation_mode=compileall.py_compile.PycInvalidationMode.UNCHECKED_HASH)
 
@@ -88,7 +96,23 @@ def main() -> None:
     parser.add_argument("--native", action="store_true", help="this machine's interpreter and platform (for measuring)")
     args = parser.parse_args()
     build(args.out, args.python_version, args.native)
+    if args.native:
+        check(args.out)
     print(json.dumps({"bundle": str(args.out), **size(args.out)}))
+
+
+def check(out: Path) -> None:
+    """This machine's build, alone on the path: the Lambda entry builds at import and answers an unmatched route."""
+    probe = (
+        "import json, tessera.handlers.lambda_ as entry\n"
+        "event = {'version': '2.0', 'rawPath': '/nope', 'rawQueryString': '', 'headers': {},\n"
+        "         'requestContext': {'http': {'method': 'GET', 'path': '/nope', 'sourceIp': '127.0.0.1'}}}\n"
+        "assert entry.handler(event, None)['statusCode'] == 404\n"
+    )
+    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(out), "AWS_LAMBDA_FUNCTION_NAME": "bundle-check",
+           "AWS_REGION": "us-east-1", "AWS_ACCESS_KEY_ID": "x", "AWS_SECRET_ACCESS_KEY": "x", "TESSERA_BACKEND": "aws",
+           "TESSERA_BUCKET": "b", "TESSERA_TABLE": "t", "TESSERA_ROOT_TOKEN_SHA256": "0" * 64}  # fmt: skip
+    subprocess.run([sys.executable, "-S", "-c", probe], env=env, cwd=out, check=True, timeout=120)
 
 
 if __name__ == "__main__":
