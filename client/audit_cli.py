@@ -66,7 +66,7 @@ def verify(
         if as_json:
             print(json.dumps({"ok": False, "error": message}))
         else:
-            console.print(f"[red]cannot read the audit log:[/red] {message}")
+            typer.echo(f"error: cannot read the audit log: {' '.join(str(message).split())}", err=True)
         raise typer.Exit(2) from exc
     if as_json:
         print(json.dumps(report.to_dict(), indent=2))

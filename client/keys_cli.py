@@ -50,6 +50,9 @@ def open_tools(data_dir: Path, backend: str | None) -> Iterator[KeyTools]:
     from tessera.core.backends import factory as bootstrap
 
     settings = Settings.from_env(data_dir=data_dir, backend=backend)
+    if settings.backend == "local" and not (Path(settings.data_dir) / "tessera.db").exists():
+        # Never create a store (and a new master key) where the user meant to tend an existing one.
+        raise TesseraError(f"no store in {settings.data_dir}: give the --data-dir of a tessera serve (or TESSERA_DATA_DIR)")
     store = bootstrap.build_store(settings)
     try:
         if settings.backend == "aws":
@@ -72,7 +75,7 @@ def _fail(exc: TesseraError, as_json: bool) -> None:
     if as_json:
         typer.echo(json.dumps({"error": {"code": exc.code, "message": exc.message, **exc.extra}}))
     else:
-        console.print(f"[red]error[/red] {exc.code}: {exc.message}")
+        typer.echo(f"error: {' '.join(exc.message.split())}", err=True)
     raise typer.Exit(1)
 
 

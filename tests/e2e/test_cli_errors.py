@@ -150,3 +150,11 @@ def test_run_over_ten_thousand_keys(tmp_path):
         assert value == "value-9999" and int(count) >= 10_000
     finally:
         server.stop()
+
+
+def test_store_tools_on_a_directory_without_a_store(tmp_path):
+    missing = tmp_path / "nowhere"
+    for args in (["keys", "status"], ["keys", "rotate"], ["audit", "verify"]):
+        result = run(*args, "--data-dir", str(missing), cwd=tmp_path)
+        assert result.returncode in (1, 2) and f"no store in {missing}" in one_line(result, result.returncode), args
+    assert not missing.exists()  # nothing created where the user meant an existing store

@@ -269,8 +269,11 @@ def test_cli_refuses_rotating_an_environment_keyring(tmp_path, monkeypatch):
     import os
 
     from tessera.client.cli import app
+    from tessera.core.backends.factory import build
+    from tessera.core.settings import Settings
 
     monkeypatch.setenv("TESSERA_MASTER_KEY", base64.b64encode(os.urandom(32)).decode())
+    build(Settings.from_env(data_dir=tmp_path / "d")).close()  # a store to tend (keys never creates one)
     result = CliRunner().invoke(app, ["keys", "rotate", "--data-dir", str(tmp_path / "d"), "--json"])
     assert result.exit_code == 1 and "TESSERA_MASTER_KEY" in json.loads(result.stdout)["error"]["message"]
 
