@@ -19,13 +19,19 @@ import pytest
 
 from tessera import (
     AsyncClient,
+    AuditRecord,
     Client,
     ConfigurationError,
+    Diff,
     Entry,
+    EnvInfo,
+    Explanation,
     Forbidden,
     InvalidRequest,
     KeyInfo,
     NotFound,
+    Policy,
+    TokenInfo,
     Unauthenticated,
     Version,
     VersionConflict,
@@ -144,6 +150,47 @@ def test_envs_and_namespaces(api, make, server):
     assert api.get(key, namespace="other-team").value == "theirs"
     with pytest.raises(NotFound):
         api.get(key, env="no-such-env")
+
+
+def test_diff_promote_explain_and_envs(api):
+    staging, prod, edge = unique("stg"), unique("prd"), unique("edg")
+    assert api.put_env(staging).parent == "default"
+    assert api.put_env(prod) == EnvInfo(prod, "default")
+    assert api.put_env(edge, parent=staging) == EnvInfo(edge, staging)
+    assert EnvInfo(edge, staging) in api.envs()
+    prefix = unique("dp")
+    api.put(f"{prefix}.a", "base")
+    api.put(f"{prefix}.a", "in-prod", env=prod)
+    api.put(f"{prefix}.s", "pw", secret=True, env=staging)
+    diff = api.diff(prod, staging, prefix=prefix)
+    assert isinstance(diff, Diff) and diff.keys == [f"{prefix}.a", f"{prefix}.s"]
+    changed = diff.changed[0]
+    assert (changed.from_value, changed.to_value, changed.to_version) == ("in-prod", "base", 0)
+    assert diff.added[0].secret and not diff.added[0].has_values
+    assert diff.expected() == {f"{prefix}.a": 0, f"{prefix}.s": 1}
+    explained = api.explain(f"{prefix}.s", env=edge)
+    assert isinstance(explained, Explanation) and explained.entry is not None and explained.entry.secret
+    assert [(layer.env, layer.state) for layer in explained.chain] == [(edge, "absent"), (staging, "value"), ("default", "absent")]
+    missing = api.explain(f"{prefix}.none", env=edge)
+    assert missing.entry is None and [layer.state for layer in missing.chain] == ["absent", "absent", "absent"]
+
+
+def test_tokens_policies_and_audit(api):
+    name = unique("pol")
+    policy = api.put_policy(name, [{"path": f"{name}.*", "capabilities": ["read"]}])
+    assert isinstance(policy, Policy) and policy.rules[0]["path"] == f"{name}.*"
+    assert api.policy(name).name == name and name in [p.name for p in api.policies()]
+    created = api.create_token("svc-" + name, [name], ttl_seconds=600)
+    assert isinstance(created, TokenInfo) and created.token and "tsr_" not in repr(created)
+    assert created.id in [t.id for t in api.tokens()] and all(t.token is None for t in api.tokens())
+    assert api.token_self().service == "root"
+    api.revoke_token(created.id)
+    api.delete_policy(name)
+    with pytest.raises(NotFound):
+        api.policy(name)
+    records = api.audit(service="root", limit=5)
+    assert records and all(isinstance(r, AuditRecord) and r.service == "root" for r in records)
+    assert api.health().version
 
 
 def test_refusals_are_typed(api, make, server):
