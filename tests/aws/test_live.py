@@ -261,9 +261,11 @@ def test_what_a_socket_costs_from_connect_to_disconnect(node):
     node.calls.clear()
     node.event("c1", "DISCONNECT", route="$disconnect")
     disconnect = dict(node.calls)
-    assert auth == {"dynamodb:GetItem": 1, "dynamodb:PutItem": 2}  # is it open already; its record; the connection
+    # Is it open already; its record; the connection (+ the auth stamp and the root digest when their half second is up).
+    assert auth.pop("dynamodb:GetItem") - 1 <= 2 and auth == {"dynamodb:PutItem": 2}
     # The connection, the revision and the log's start (as /ws validates), its record, the subscription and its count,
     # and one look at the change log for a backlog (none: since defaults to now).
-    assert subscribe == {"dynamodb:GetItem": 4, "dynamodb:Query": 2, "dynamodb:PutItem": 2, "dynamodb:UpdateItem": 1}
+    assert subscribe.pop("dynamodb:GetItem") - 4 <= 2  # (+ the stamp and the root digest, when due)
+    assert subscribe == {"dynamodb:Query": 2, "dynamodb:PutItem": 2, "dynamodb:UpdateItem": 1}
     assert ping == {"execute-api:PostToConnection": 1}
     assert disconnect == {"dynamodb:DeleteItem": 2, "dynamodb:Query": 1}
