@@ -1,0 +1,87 @@
+"""Outside probe of 2026-12-02: discrepancies found by attacking a real ``tessera serve`` line by line against
+API.md (the recently added or rebuilt parts: ``no_route``, ``Idempotency-Key``, paging, explain, promote, the depth
+limit, the audit rule, the ``/watch`` fast path, ``/ws``). Black-box over HTTP, like the other files here."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+
+from tests.acceptance.conftest import assert_error, uid
+
+pytestmark = pytest.mark.slow
+
+
+def audit_entries(root, key: str) -> list[dict]:
+    response = root.get("/audit", params={"key": key, "limit": 1000})
+    assert response.status_code == 200, response.text
+    return response.json()["entries"]
+
+
+# --- Conventions: a path that is no route ------------------------------------------------------------------------
+
+@pytest.mark.parametrize("path", ["/policies/", "/envs/", "/health/", "/watch/", "/diff/", "/auth/self/", "/audit/"])
+def test_a_trailing_slash_is_no_route_not_a_redirect(root, anon, path):
+    """``/policies/`` is no route of this API: ``404 no_route`` in the one error shape, never a bare ``307`` to an
+    absolute ``http://`` URL (which loses the scheme behind a TLS proxy and has no error body)."""
+    for client in (root, anon):
+        response = client.get(path)
+        assert_error(response, 404, "no_route")
+        assert "location" not in response.headers
+
+
+def test_plain_http_get_on_ws_is_not_no_route(root, anon):
+    """``/ws`` is a route of this API (a WebSocket): a plain HTTP request to it must not tell the client its base
+    URL is wrong (``no_route``); it is a bad request (no upgrade)."""
+    for client in (root, anon):
+        error = assert_error(client.get("/ws"), 400, "invalid_request")
+        assert "websocket" in error["message"].lower()
+
+
+# --- Values: nested at most 64 levels deep, else 400 invalid_value -----------------------------------------------
+
+@pytest.mark.parametrize("depth", [65, 1_000, 5_000, 100_000])
+def test_a_value_nested_far_past_64_is_400_invalid_value(root, depth):
+    """However deep: a value nested past 64 levels is ``invalid_value`` (the body is valid JSON), not
+    ``invalid_request`` "not valid JSON" once it passes the JSON parser's own recursion limit."""
+    k = uid()
+    body = '{"value": ' + "[" * depth + "1" + "]" * depth + "}"
+    response = root.put(f"/config/{k}.deep", content=body, headers={"Content-Type": "application/json"})
+    assert_error(response, 400, "invalid_value")
+    assert root.get(f"/config/{k}.deep").status_code == 404
+
+
+# --- Idempotency-Key ---------------------------------------------------------------------------------------------
+
+def test_a_replayed_error_keeps_the_one_error_shape_with_this_requests_id(root):
+    """A retry gets the first response again, but every response's ``X-Request-Id`` echoes the client's and the
+    error's ``request_id`` is that id (the one error shape): a replayed refusal must not carry the first request's id."""
+    k = uid()
+    idem = uuid.uuid4().hex
+    first = root.put(f"/config/{k}.obj", json={"value": {"a": 1}}, headers={"Idempotency-Key": idem, "X-Request-Id": f"first-{idem}"})
+    assert_error(first, 400, "invalid_value")
+    retry = root.put(f"/config/{k}.obj", json={"value": {"a": 1}}, headers={"Idempotency-Key": idem, "X-Request-Id": f"retry-{idem}"})
+    assert retry.headers.get("idempotent-replayed") == "true"
+    error = assert_error(retry, 400, "invalid_value")
+    assert error["request_id"] == f"retry-{idem}"
+    assert error["message"] == first.json()["error"]["message"]
+
+
+def test_a_replayed_write_is_audited_under_its_key(root):
+    """Every request is recorded: the retry answered from the claim too, and its record names the key it wrote
+    (an audit search by key finds it), as the first one's does."""
+    k = uid()
+    idem = uuid.uuid4().hex
+    ids = [f"w{i}-{idem}" for i in range(3)]
+    assert root.put(f"/config/{k}.a", json={"value": 1}, headers={"Idempotency-Key": idem, "X-Request-Id": ids[0]}).status_code == 201
+    replay = root.put(f"/config/{k}.a", json={"value": 1}, headers={"Idempotency-Key": idem, "X-Request-Id": ids[1]})
+    assert replay.status_code == 201 and replay.headers.get("idempotent-replayed") == "true"
+    reused = root.put(f"/config/{k}.a", json={"value": 2}, headers={"Idempotency-Key": idem, "X-Request-Id": ids[2]})
+    assert_error(reused, 422, "idempotency_key_reused")
+    entries = {entry["request_id"]: entry for entry in audit_entries(root, f"{k}.a")}
+    assert set(ids) <= set(entries), sorted(entries)
+    for request_id in ids:
+        assert entries[request_id]["key"] == f"{k}.a"
+    assert entries[ids[0]]["action"] == entries[ids[1]]["action"] == entries[ids[2]]["action"]
+    assert entries[ids[1]]["status"] == 201 and entries[ids[2]]["status"] == 422
