@@ -29,7 +29,8 @@ def error_response(request: Request, status: int, code: str, message: str, **ext
 
 def create_api(container: Container, *, console: bool = True) -> FastAPI:
     """The FastAPI app alone (routes, error mapping); serve :func:`create_app`, which puts the front before it."""
-    api = FastAPI(title="Tessera", version="0.2.0", docs_url="/docs", redoc_url=None)
+    # No trailing-slash redirects: ``/policies/`` is no route of the API (``404 no_route``), not a bare 307.
+    api = FastAPI(title="Tessera", version="0.2.0", docs_url="/docs", redoc_url=None, redirect_slashes=False)
     api.state.container = container
 
     @api.exception_handler(TesseraError)

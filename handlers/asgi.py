@@ -79,6 +79,24 @@ def response_headers(request_id: str, path: str, extra: list[tuple[bytes, bytes]
     return headers
 
 
+def _full_match(routes: Any, scope: AsgiScope) -> dict[str, Any] | None:
+    """The child scope of the route that takes ``scope`` (its ``route``, ``path_params``), or None. Looks inside
+    included routers: newer FastAPI keeps each ``include_router`` as one wrapper whose match names no route."""
+    from starlette.routing import Match
+
+    for route in routes:
+        match, child = route.matches(scope)
+        if match is not Match.FULL:
+            continue
+        inner = getattr(route, "original_router", None)
+        if "route" not in child and inner is not None:
+            found = _full_match(inner.routes, scope)
+            if found is not None:
+                return found
+        return dict(child)
+    return None
+
+
 class TesseraASGI:
     def __init__(self, container: Any, api: Any) -> None:
         self.container = container
@@ -191,15 +209,9 @@ class TesseraASGI:
     def _route_facts(self, scope: AsgiScope, auditor: Auditor) -> bool:
         """Which route a request is for, before it runs (an answer from its claim never reaches the router);
         False when no route takes it."""
-        from starlette.routing import Match
-
-        for route in self.api.router.routes:
-            match, child = route.matches(scope)
-            if match is Match.FULL:
-                facts_from_route(auditor, {**scope, **child})
-                return True
-        facts_from_route(auditor, scope)
-        return False
+        child = _full_match(self.api.router.routes, scope)
+        facts_from_route(auditor, scope if child is None else {**scope, **child})
+        return child is not None
 
     @staticmethod
     def _headers(scope: AsgiScope) -> tuple[str, bytes | None, bytes | None, bytes | None]:

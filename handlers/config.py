@@ -20,9 +20,9 @@ from tessera.handlers.auditing import Auditor
 from tessera.handlers.deps import (
     AuditorDep,
     ContainerDep,
-    JsonBody,
     PrincipalDep,
     ScopeDep,
+    ValueBody,
     before_change,
     int_param,
     json_body,
@@ -277,7 +277,7 @@ def explain_item(layer: ExplainLayer) -> dict[str, Any]:
 
 @router.put("/{key:anykey}", name="config.write")
 async def write(
-    key: str, request: Request, principal: PrincipalDep, scope: ScopeDep, body: JsonBody, container: ContainerDep, auditor: AuditorDep
+    key: str, request: Request, principal: PrincipalDep, scope: ScopeDep, body: ValueBody, container: ContainerDep, auditor: AuditorDep
 ) -> Response:
     auditor.note("config.write", key=key)
     await before_change(request, auditor, container.service.audit_in_commit)

@@ -12,7 +12,8 @@ from typing import Annotated, Any
 from fastapi import Depends, Request
 
 from tessera.core.backends.factory import Container
-from tessera.core.errors import InvalidRequest, PayloadTooLarge
+from tessera.core.errors import InvalidRequest, InvalidValue, PayloadTooLarge
+from tessera.core.formats import MAX_VALUE_DEPTH
 from tessera.core.model import Principal, Scope, parse_scope
 from tessera.core.service import ConfigService
 from tessera.handlers.auditing import Auditor, client_address
@@ -99,6 +100,17 @@ async def json_body(request: Request) -> dict[str, Any]:
     return body
 
 
+async def value_body(request: Request) -> dict[str, Any]:
+    """:func:`json_body` of a config write: a body nested past the parser's own limit holds a value nested far
+    past the contract's 64 levels, which is ``400 invalid_value`` however deep (the body is valid JSON)."""
+    try:
+        return await json_body(request)
+    except InvalidRequest as exc:
+        if isinstance(exc.__cause__, RecursionError):
+            raise InvalidValue(f"a value may nest at most {MAX_VALUE_DEPTH} levels deep") from None
+        raise
+
+
 def _reject_constant(name: str) -> None:
     """``NaN`` and ``Infinity`` are not JSON, whatever Python's parser allows."""
     raise ValueError(f"{name} is not valid JSON")
@@ -123,3 +135,4 @@ PrincipalDep = Annotated[Principal, Depends(get_principal)]
 ScopeDep = Annotated[Scope, Depends(get_scope)]
 AuditorDep = Annotated[Auditor, Depends(get_auditor)]
 JsonBody = Annotated[dict[str, Any], Depends(json_body)]
+ValueBody = Annotated[dict[str, Any], Depends(value_body)]

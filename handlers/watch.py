@@ -350,6 +350,13 @@ class Socket:
             task.cancel()
 
 
+@router.get("/ws", name="ws.connect", include_in_schema=False)
+async def websocket_over_plain_http(auditor: AuditorDep) -> Response:
+    """``/ws`` is a route of this API: a plain HTTP request to it is a bad request, not ``no_route``."""
+    auditor.note("ws.connect")
+    raise InvalidRequest("/ws is a WebSocket: connect with an Upgrade: websocket request, then send {\"type\": \"auth\", ...}")
+
+
 @router.websocket("/ws", name="ws.connect")
 async def websocket_endpoint(websocket: WebSocket) -> None:
     await websocket.accept()

@@ -54,6 +54,10 @@ def test_a_value_nested_far_past_64_is_400_invalid_value(root, depth):
 
 # --- Idempotency-Key ---------------------------------------------------------------------------------------------
 
+@pytest.mark.xfail(strict=True, reason=(
+    "ambiguous, left for the contract's owner: API.md says a retry 'gets the first response again' (and "
+    "tests/api/test_idempotency.py holds a replayed refusal byte-identical), while every other error's "
+    "request_id equals the response's X-Request-Id (the client's, when sent); a replayed 4xx breaks the latter"))
 def test_a_replayed_error_keeps_the_one_error_shape_with_this_requests_id(root):
     """A retry gets the first response again, but every response's ``X-Request-Id`` echoes the client's and the
     error's ``request_id`` is that id (the one error shape): a replayed refusal must not carry the first request's id."""
