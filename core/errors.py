@@ -119,6 +119,7 @@ class Unavailable(TesseraError):
 
 
 class DeadlineExceeded(TesseraError):
-    """The request passed the server's deadline before its commit point: nothing changed."""
+    """The request passed the server's deadline before its commit point: nothing changed (for an import on a batching
+    store: nothing for the keys named)."""
 
     code, status = "deadline_exceeded", 503

@@ -14,6 +14,7 @@ import json
 import threading
 import time
 from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -29,6 +30,7 @@ from tessera.core.errors import (
     InvalidRollback,
     InvalidValue,
     NotFound,
+    PayloadTooLarge,
     SecretFlagImmutable,
     TesseraError,
     ValueTooLarge,
@@ -57,6 +59,8 @@ MAX_HISTORY_LIMIT = 1000
 MAX_LIST_LIMIT = 10_000
 DEFAULT_LIST_LIMIT = 1000
 COMMIT_ATTEMPTS = 20
+IMPORT_WORKERS = 32  # an import on a batching store (aws): reads, decryptions and seals in flight at once
+IMPORT_SECONDS = 24.0  # ... and no new transaction starts after this (API Gateway answers 503 at 29 s)
 ENV_CACHE_SECONDS = 1.0  # stores without a read stamp (aws): how long a node trusts its copy of the environments
 
 
@@ -286,6 +290,7 @@ class ConfigService:
         self.feed = ChangeFeed(self)
         self._env_cache: tuple[object, dict[str, Environment]] | None = None
         self._env_lock = threading.Lock()
+        self.import_seconds = IMPORT_SECONDS  # a batched import's time budget (tests on a slow emulator raise it)
         # Set by the composition root when the store records a change's audit entry in its commit.
         self.audit_in_commit = bool(getattr(store, "audit_in_commit", False))
 
@@ -797,9 +802,12 @@ class ConfigService:
     ) -> ImportResult:
         self.require_env(scope.env)
         secret_keys = set(secrets)
+        leaves = flatten(values)
+        if getattr(self.store, "commit_batch", None) is not None:
+            return self._import_batched(principal, scope, leaves, secret_keys, audit)
         created = updated = unchanged = 0
         errors: list[dict[str, str]] = []
-        for key, value in flatten(values):
+        for key, value in leaves:
             try:
                 # Authorization before the value is examined: a caller refused a key costs no value check.
                 self.require(principal, "write", scope, parse_key(key))
@@ -818,6 +826,105 @@ class ConfigService:
             else:
                 updated += 1
         return ImportResult(created, updated, unchanged, errors)
+
+    def _import_batched(
+        self, principal: Principal, scope: Scope, leaves: builtins.list[tuple[str, Any]], secret_keys: set[str], audit: ChangeAuditor | None
+    ) -> ImportResult:
+        """An import on a store that commits many keys per transaction (aws, ``commit_batch``), same outcome as one
+        ``put`` per key: heads read in batches, values compared and sealed in parallel, then the whole plan checked
+        against what the store can write in one request (refused up front, ``413``, with nothing written, when it
+        cannot), then batched commits. A key whose commit lost a race is put on its own (re-read, as ``put`` does);
+        keys the time budget left out are named in ``errors`` (``deadline_exceeded``), never dropped silently."""
+        deadline = time.monotonic() + self.import_seconds
+        errors: dict[int, dict[str, str]] = {}
+        wanted: builtins.list[tuple[int, str, Any]] = []
+        for index, (raw, value) in enumerate(leaves):
+            try:  # the order of the per-key path: syntax, permission, then the value
+                key = parse_key(raw)
+                self.require(principal, "write", scope, key)
+                check_value(value)
+            except TesseraError as exc:
+                errors[index] = {"key": raw, "code": exc.code, "message": exc.message}
+                continue
+            wanted.append((index, key, value))
+        latest_many = getattr(self.store, "latest_many", None)
+        keys = [key for _, key, _ in wanted]
+        heads = latest_many(scope, keys) if latest_many is not None else {key: self.store.latest(scope, key) for key in keys}
+
+        def decide(key: str, value: Any) -> tuple[Version, bool] | None:
+            """The version to write (unsealed) and whether it creates the key; None when the value is unchanged."""
+            latest = heads[key]
+            secret = True if key in secret_keys else None
+            if latest is not None and secret is not None and secret != latest.secret:
+                raise SecretFlagImmutable("key exists and is not secret")
+            is_secret = latest.secret if latest is not None else secret if secret is not None else self._inherited_secret_flag(scope, key)
+            live = latest is not None and not latest.deleted
+            if live and encode_value(self.value_of(latest)) == encode_value(value):  # type: ignore[arg-type]
+                return None
+            action = Action.UPDATE if live else Action.CREATE
+            number = (latest.version if latest is not None else 0) + 1
+            return Version(scope=scope, key=key, version=number, action=action, secret=is_secret, updated_at=self.clock(),
+                           updated_by=principal.service), action is Action.CREATE  # fmt: skip
+
+        unchanged = 0
+        planned: builtins.list[tuple[int, str, Any, Version, bool]] = []
+        with ThreadPoolExecutor(IMPORT_WORKERS, thread_name_prefix="tessera-import") as pool:
+            decided = [(index, key, value, pool.submit(decide, key, value)) for index, key, value in wanted]
+            for index, key, value, future in decided:
+                try:
+                    outcome = future.result()
+                except TesseraError as exc:
+                    errors[index] = {"key": key, "code": exc.code, "message": exc.message}
+                    continue
+                if outcome is None:
+                    unchanged += 1
+                else:
+                    planned.append((index, key, value, *outcome))
+            limit = getattr(self.store, "max_import_transactions", None)
+            needed = self.store.transactions_for([stub for *_, stub, _ in planned]) if limit is not None else 0  # type: ignore[attr-defined]
+            if limit is not None and needed > limit:
+                raise PayloadTooLarge(
+                    f"this import needs {needed} transactions; this backend writes at most {limit} in one request "
+                    f"(API Gateway's 29 s): nothing was written, split it (e.g. by prefix)"
+                )
+            sealed = [pool.submit(self._seal, principal, scope, key, stub.version, stub.action, stub.secret, value)
+                      for _, key, value, stub, _ in planned]  # fmt: skip
+            pendings: builtins.list[tuple[Version, bytes | None] | None] = []
+            for (index, key, *_), seal in zip(planned, sealed, strict=True):
+                try:
+                    pendings.append(seal.result())
+                except TesseraError as exc:
+                    errors[index] = {"key": key, "code": exc.code, "message": exc.message}
+                    pendings.append(None)
+        keep = [number for number, pending in enumerate(pendings) if pending is not None]
+        versions = [sealed_version(pendings[number])[0] for number in keep]
+        entries = [audit.entry_for(version) if audit is not None and self.audit_in_commit else None for version in versions]
+        outcomes = self.store.commit_batch(versions, entries, deadline) if versions else []  # type: ignore[attr-defined]
+        created = updated = 0
+        done: builtins.list[tuple[Version, bytes | None]] = []
+        for number, outcome, entry in zip(keep, outcomes, entries, strict=True):
+            index, key, value, _, creates = planned[number]
+            if isinstance(outcome, VersionConflict) and time.monotonic() < deadline:
+                try:  # lost a race with another writer: re-read and decide again, as a put does
+                    result = self.put(principal, scope, key, value, secret=True if key in secret_keys else None, audit=audit)
+                except TesseraError as exc:
+                    errors[index] = {"key": key, "code": exc.code, "message": exc.message}
+                    continue
+                unchanged += not result.changed
+                created += result.changed and result.created
+                updated += result.changed and not result.created
+                continue
+            if isinstance(outcome, TesseraError):
+                errors[index] = {"key": key, "code": outcome.code, "message": outcome.message}
+                continue
+            if entry is not None and audit is not None:
+                audit.recorded(entry)
+            done.append((outcome, sealed_version(pendings[number])[1]))
+            created += creates
+            updated += not creates
+        if done:
+            self._committed(done)
+        return ImportResult(created, updated, unchanged, [errors[index] for index in sorted(errors)])
 
     def export(self, principal: Principal, scope: Scope, prefix: str | None) -> dict[str, Any]:
         """Flat ``{key: value}`` of the resolved tree the caller may read."""
@@ -964,6 +1071,11 @@ class ConfigService:
                     {pending.key: exc.current_version},
                 ) from None
         return committed
+
+
+def sealed_version(sealed: tuple[Version, bytes | None] | None) -> tuple[Version, bytes | None]:
+    assert sealed is not None
+    return sealed
 
 
 def _diff_item(key: str, secret: bool, field_name: str, value: Any, to_version: int) -> dict[str, Any]:

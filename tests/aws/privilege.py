@@ -158,6 +158,9 @@ class Enforcer:
                     (kind, body), = item.items()
                     out.append((f"dynamodb:{TRANSACTION_ACTIONS[kind]}", "table", _pk(body), {}))
                 return out
+            if operation == "BatchGetItem":  # one request per key read, as IAM evaluates LeadingKeys
+                return [(f"dynamodb:{operation}", "table", key["PK"]["S"], {})
+                        for table in params["RequestItems"].values() for key in table["Keys"]]  # fmt: skip
             if operation == "Query":
                 return [(f"dynamodb:{operation}", "table", params["ExpressionAttributeValues"][":pk"]["S"], {})]
             if operation in ("GetItem", "PutItem", "UpdateItem", "DeleteItem"):

@@ -26,9 +26,9 @@ from tessera.core.backends.aws.items import (
     version_attributes,
     version_pk,
 )
-from tessera.core.errors import KeyConflict, Unavailable, VersionConflict
+from tessera.core.errors import KeyConflict, TesseraError, Unavailable, VersionConflict
 from tessera.core.idempotency import IdempotencyInProgress
-from tessera.core.model import Version, ancestors
+from tessera.core.model import Scope, Version, ancestors
 
 MAX_TRANSACTION_ITEMS = 100  # DynamoDB's limit per TransactWriteItems
 # Error codes that mean "try later": botocore already retried them with backoff before we see them.
@@ -66,6 +66,35 @@ class Pending:
         return 3 + (len(ancestors(self.version.key)) if self.changes_ancestors else 0)
 
 
+def batch_items(pendings: list[tuple[int, Pending]], fixed: int, limit: int = MAX_TRANSACTION_ITEMS) -> list[list[tuple[int, Pending]]]:
+    """Pack pending versions (with their caller's indexes) into transactions of at most ``limit`` items, ``fixed``
+    of them taken by each transaction's own items (the counter, the audit block), keeping list order. Shared ancestors
+    count once per transaction; a version whose head is another's ancestor in the same transaction, or a key twice,
+    starts the next one (one operation per item)."""
+    batches: list[list[tuple[int, Pending]]] = []
+    batch: list[tuple[int, Pending]] = []
+    heads: set[tuple[Scope, str]] = set()
+    above: set[tuple[Scope, str]] = set()
+    used = fixed
+    for entry in pendings:
+        pending = entry[1]
+        scope, key = pending.version.scope, pending.version.key
+        parents = [(scope, name) for name in ancestors(key)] if pending.changes_ancestors else []
+        clash = (scope, key) in heads or (scope, key) in above or any(parent in heads for parent in parents)
+        need = 3 + sum(1 for parent in parents if parent not in above)
+        if batch and (clash or used + need > limit):
+            batches.append(batch)
+            batch, heads, above, used = [], set(), set(), fixed
+            need = 3 + len(parents)
+        batch.append(entry)
+        heads.add((scope, key))
+        above.update(parents)
+        used += need
+    if batch:
+        batches.append(batch)
+    return batches
+
+
 @dataclass
 class TransactionPlan:
     """The items of one transaction and, index by index, what each one is: (role, pending index, detail)."""
@@ -98,6 +127,43 @@ class TransactionPlan:
 
     def version(self, index: int, pending: Pending, revision: int, change_expires: int) -> None:
         """Head, version item, change-log entry and ancestors of one pending version."""
+        self._own_items(index, pending, revision, change_expires)
+        # A key turning live needs every ancestor not live, and counts itself below each; a live key going
+        # away uncounts itself. (Updates of a live key change neither.)
+        if pending.changes_ancestors:
+            delta = 1 if pending.becomes_live else -1
+            for ancestor in ancestors(pending.version.key):
+                self._ancestor(index, pending.version.scope, ancestor, delta, pending.becomes_live)
+
+    def versions(self, pendings: list[Pending], first_revision: int, change_expires: int) -> None:
+        """Several pending versions of different keys (an import's batch), revisions ``first_revision`` onwards in
+        list order: each one's head, version item and change-log entry, and one update per ancestor they share
+        (DynamoDB allows one operation per item in a transaction), its delta summed. See ``batch_items``."""
+        shared: dict[tuple[Scope, str], list[Any]] = {}
+        for index, pending in enumerate(pendings):
+            self._own_items(index, pending, first_revision + index, change_expires)
+            if pending.changes_ancestors:
+                for ancestor in ancestors(pending.version.key):
+                    entry = shared.setdefault((pending.version.scope, ancestor), [0, False])
+                    entry[0] += 1 if pending.becomes_live else -1
+                    entry[1] = entry[1] or pending.becomes_live
+        for (scope, ancestor), (delta, guarded) in shared.items():
+            self._ancestor(-1, scope, ancestor, delta, guarded)
+
+    def _ancestor(self, index: int, scope: Scope, ancestor: str, delta: int, guarded: bool) -> None:
+        update: dict[str, Any] = {
+            "TableName": self.table,
+            "Key": {"PK": s(head_pk(scope)), "SK": s(ancestor)},
+            "UpdateExpression": "ADD below :delta",
+            "ExpressionAttributeValues": {":delta": n(delta)},
+        }
+        if guarded:  # a key turns live below it: it must not hold a value
+            update["ConditionExpression"] = "attribute_not_exists(live) OR live = :false"
+            update["ExpressionAttributeValues"][":false"] = b(False)
+            update["ReturnValuesOnConditionCheckFailure"] = "ALL_OLD"
+        self.add(ANCESTOR, index, {"Update": update}, ancestor)
+
+    def _own_items(self, index: int, pending: Pending, revision: int, change_expires: int) -> None:
         version = pending.version
         scope, key = version.scope, version.key
         attributes = version_attributes(version, revision, pending.obj, pending.sha)
@@ -144,26 +210,45 @@ class TransactionPlan:
                 "ConditionExpression": "attribute_not_exists(PK)",
             }
         })  # fmt: skip
-        # A key turning live needs every ancestor not live, and counts itself below each; a live key going
-        # away uncounts itself. (Updates of a live key change neither.)
-        if pending.changes_ancestors:
-            delta = 1 if pending.becomes_live else -1
-            for ancestor in ancestors(key):
-                update: dict[str, Any] = {
-                    "TableName": self.table,
-                    "Key": {"PK": s(head_pk(scope)), "SK": s(ancestor)},
-                    "UpdateExpression": "ADD below :delta",
-                    "ExpressionAttributeValues": {":delta": n(delta)},
-                }
-                if pending.becomes_live:
-                    update["ConditionExpression"] = "attribute_not_exists(live) OR live = :false"
-                    update["ExpressionAttributeValues"][":false"] = b(False)
-                    update["ReturnValuesOnConditionCheckFailure"] = "ALL_OLD"
-                self.add(ANCESTOR, index, {"Update": update}, ancestor)
 
     def put(self, role: str, item: dict[str, Any], condition: str = "attribute_not_exists(PK)") -> None:
         """A plain conditional put (the audit record of the request that commits)."""
         self.add(role, -1, {"Put": {"TableName": self.table, "Item": item, "ConditionExpression": condition}})
+
+    def batch_failures(
+        self,
+        reasons: list[Mapping[str, Any]],
+        pending: list[Pending],
+        read_head: Callable[[Version], Mapping[str, Any] | None],
+    ) -> dict[int, TesseraError]:
+        """A cancelled batch (``versions``): which of its pending versions failed their own checks, and why. Those
+        leave the batch and the rest go again; an empty answer means only the counter lost (or a transient conflict)."""
+        failed: dict[int, TesseraError] = {}
+        for position, reason in enumerate(reasons):
+            if reason.get("Code") != "ConditionalCheckFailed" or position >= len(self.roles):
+                continue
+            role, index, detail = self.roles[position]
+            if role == HEAD:
+                item = pending[index]
+                old = reason.get("Item") or read_head(item.version) or {}
+                current = get_n(old, "ver") or 0
+                failed[index] = (VersionConflict("the key changed since it was read", current) if current != item.previous
+                                 else KeyConflict("keys exist below this key, so it cannot hold a value"))  # fmt: skip
+            elif role == VERSION:
+                failed[index] = VersionConflict("the key changed since it was read", pending[index].version.version)
+            elif role == ANCESTOR:
+                for number, item in enumerate(pending):
+                    if item.becomes_live and detail in ancestors(item.version.key):
+                        failed[number] = KeyConflict(f"'{detail}' holds a value, so no key can be below it")
+            elif role == AUDIT:
+                raise Unavailable("the audit log moved under this writer; nothing was changed")
+            elif role == IDEM:
+                raise IdempotencyInProgress("this request's Idempotency-Key was taken over by a retry; nothing was changed")
+        retryable = {"ConditionalCheckFailed", "None", *RETRYABLE_ITEM_CODES}
+        unexpected = [reason.get("Code", "None") for reason in reasons if reason.get("Code", "None") not in retryable]
+        if unexpected and not failed:
+            raise Unavailable(f"dynamodb refused the commit ({unexpected[0]}); nothing was changed")
+        return failed
 
     def raise_for_cancellation(
         self,

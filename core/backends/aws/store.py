@@ -8,11 +8,13 @@ anything else that persists after botocore's retries ``Unavailable``.
 
 from __future__ import annotations
 
+import contextlib
 import random
 import threading
 import time
 import uuid
 from collections.abc import Callable, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -24,7 +26,7 @@ from tessera.core.auth import ROOT_HASH_META
 from tessera.core.backends.aws import maintenance
 from tessera.core.backends.aws.audit import DEFAULT_RETENTION, ShardWriter
 from tessera.core.backends.aws.calls import AwsClients, CallCounter, ClientFailure, Table, call_aws, shared_clients
-from tessera.core.backends.aws.commit import AUDIT, IDEM, Pending, TransactionPlan
+from tessera.core.backends.aws.commit import AUDIT, IDEM, Pending, TransactionPlan, batch_items
 from tessera.core.backends.aws.idempotency import mark_item
 from tessera.core.backends.aws.items import (
     CHANGES_PK,
@@ -46,7 +48,7 @@ from tessera.core.backends.aws.items import (
     version_pk,
 )
 from tessera.core.backends.aws.stamp import AuthStamp
-from tessera.core.errors import KeyConflict, RevisionCompacted, Unavailable, VersionConflict
+from tessera.core.errors import DeadlineExceeded, KeyConflict, RevisionCompacted, TesseraError, Unavailable, VersionConflict
 from tessera.core.idempotency import RETENTION, IdempotencyGuard, IdempotencyInProgress, change_of
 from tessera.core.model import Change, Environment, Scope, Version, is_under
 
@@ -57,6 +59,13 @@ if TYPE_CHECKING:  # the settings module is light, but keep the adapter's import
 # giving up with 503: each loss means someone else made progress, so this bounds latency, not correctness.
 COUNTER_ATTEMPTS = 60
 DEFAULT_CHANGE_LOG_TTL = timedelta(days=30)
+BATCH_GET_KEYS = 100  # DynamoDB's limit per BatchGetItem
+UNPROCESSED_ATTEMPTS = 8
+# Transactions one import may write: at the ~40-60 ms a 100-item TransactWriteItems takes on DynamoDB, about 20 s,
+# leaving the rest of API Gateway's 29 s for the reads, KMS and S3 (docs/aws.md, "Imports"). 10,000 keys of a
+# usual tree (a few ancestors shared) take about 300-350.
+MAX_IMPORT_TRANSACTIONS = 400
+PARALLEL_CALLS = 32  # an import's S3 puts in flight at once (the clients pool 32 connections)
 DEFAULT_RECORD_CACHE = 20_000
 
 
@@ -185,6 +194,29 @@ class AwsStore:
         record = item_to_version(item)
         self.records.put(record)
         return record
+
+    def latest_many(self, scope: Scope, keys: list[str]) -> dict[str, Version | None]:
+        """``latest`` of many keys of one scope: strongly consistent ``BatchGetItem`` calls of 100 keys (an import
+        reads 10,000 heads in 100 calls, not 10,000)."""
+        found: dict[str, Version | None] = dict.fromkeys(keys)
+        wanted = list(dict.fromkeys(keys))
+        for start in range(0, len(wanted), BATCH_GET_KEYS):
+            request = {self.table: {"Keys": [self.db.key(head_pk(scope), key) for key in wanted[start : start + BATCH_GET_KEYS]],
+                                    "ConsistentRead": True}}  # fmt: skip
+            for attempt in range(UNPROCESSED_ATTEMPTS):
+                response = self.db.call("BatchGetItem", RequestItems=request)
+                for item in response.get("Responses", {}).get(self.table, []):
+                    if "ver" in item:  # a head with only the live-descendant count is no key
+                        record = item_to_version(item)
+                        self.records.put(record)
+                        found[record.key] = record
+                request = response.get("UnprocessedKeys") or {}
+                if not request:
+                    break
+                self._sleep(random.uniform(0, min(0.5, 0.01 * 2**attempt)))  # throttled: back off, ask for the rest
+            else:
+                raise Unavailable("dynamodb kept refusing to read the heads of this import; nothing was changed")
+        return found
 
     def get_version(self, scope: Scope, key: str, version: int) -> Version | None:
         cached = self.records.get(scope, key, version)
@@ -361,6 +393,144 @@ class AwsStore:
             # Lost the revision counter (another key committed) or a transient conflict: go again.
             self._sleep(random.uniform(0, min(0.25, 0.004 * 2**attempt)))
         raise Unavailable("too much write contention; nothing was changed")
+
+    # ------------------------------------------------------------------ batched commits (imports)
+    max_import_transactions = MAX_IMPORT_TRANSACTIONS
+
+    def transactions_for(self, versions: list[Version]) -> int:
+        """How many transactions ``commit_batch`` would write for these versions (their previous versions read
+        just before, so the record cache answers): what an import checks before it writes anything."""
+        pendings = [(index, Pending(version, self._liveness_of(version.scope, version.key, version.version - 1)))
+                    for index, version in enumerate(versions)]  # fmt: skip
+        return len(batch_items(pendings, 1))
+
+    def commit_batch(self, versions: list[Version], audits: list[AuditEntry | None], deadline: float | None = None) -> list[Version | TesseraError]:
+        """Versions of different keys, each committed on its own terms but many per ``TransactWriteItems`` (up to
+        100 items: an import of 10,000 keys in a few hundred transactions, not 10,000). ``audits[i]`` is
+        ``versions[i]``'s record, in the same transaction. Returns, per version, the committed version or the error
+        that kept it out (``VersionConflict``, ``KeyConflict``; the other versions of its batch commit without it).
+        Batches not started by ``deadline`` (``time.monotonic()``) are not written: their slots hold
+        ``DeadlineExceeded``, so a caller can say exactly what was left out.
+
+        Objects go to S3 first, in parallel; each batch then commits like ``commit`` (revision counter, retries,
+        an ambiguous failure read back), taking consecutive revisions in list order."""
+        outcomes: list[Version | TesseraError | None] = [None] * len(versions)
+        pendings: list[tuple[int, Pending]] = []
+        for index, version in enumerate(versions):
+            try:
+                pending = Pending(version, self._liveness_of(version.scope, version.key, version.version - 1))
+            except VersionConflict as exc:
+                outcomes[index] = exc
+                continue
+            if pending.live:
+                if version.envelope is None:
+                    raise Unavailable("a live version needs an envelope")
+                pending = replace(pending, obj=object_key(version.scope, version.key, version.version), sha=sha256(version.envelope))
+            pendings.append((index, pending))
+        fixed = 1 + (1 if any(entry is not None for entry in audits) else 0)  # the counter, the audit block
+
+        def put(pending: Pending) -> None:
+            self.s3_call("PutObject", Bucket=self.bucket, Key=pending.obj, Body=pending.version.envelope, IfNoneMatch="*",
+                         ContentType="application/octet-stream")  # fmt: skip
+
+        # Every object is sent at once (PARALLEL_CALLS in flight); each batch commits as soon as its own are in S3,
+        # so the uploads of the next batches overlap this one's transaction.
+        with ThreadPoolExecutor(PARALLEL_CALLS, thread_name_prefix="tessera-put") as pool:
+            uploads = {index: pool.submit(put, pending) for index, pending in pendings if pending.live}
+            for batch in batch_items(pendings, fixed):
+                if deadline is not None and time.monotonic() > deadline:
+                    for index, pending in batch:
+                        outcomes[index] = DeadlineExceeded("the import ran out of time before this key; it was not written")
+                        self._discard_upload(uploads.get(index), pending)
+                    continue
+                ready: list[tuple[int, Pending]] = []
+                for index, pending in batch:
+                    try:
+                        if index in uploads:
+                            uploads[index].result()
+                        ready.append((index, pending))
+                    except TesseraError as exc:
+                        outcomes[index] = exc
+                if ready:
+                    self._commit_batch(ready, audits, outcomes)
+        return [outcome if outcome is not None else Unavailable("not committed") for outcome in outcomes]
+
+    def _discard_upload(self, upload: Future[None] | None, pending: Pending) -> None:
+        if upload is not None:
+            with contextlib.suppress(TesseraError):
+                upload.result()
+        self.discard_object(pending.obj)
+
+    def _commit_batch(self, batch: list[tuple[int, Pending]], audits: list[AuditEntry | None], outcomes: list[Version | TesseraError | None]) -> None:
+        remaining = list(batch)
+        lost = 0
+        while remaining and lost < COUNTER_ATTEMPTS:
+            pendings = [pending for _, pending in remaining]
+            entries = [audits[index] for index, _ in remaining if audits[index] is not None]
+            current = self.current_revision()
+            plan = TransactionPlan(self.table)
+            plan.versions(pendings, current + 1, self._change_expires())
+            plan.counter(current, current + len(pendings))
+            try:
+                failed = self._transact_batch(plan, pendings, [entry for entry in entries if entry is not None])
+            except TesseraError as exc:  # unavailable, or the audit log moved: none of these was written
+                for index, pending in remaining:
+                    outcomes[index] = exc
+                    self.discard_object(pending.obj)
+                return
+            if failed is None:  # committed
+                for number, (index, pending) in enumerate(remaining):
+                    committed = replace(pending.version, revision=current + 1 + number, envelope_ref=pending.obj)
+                    self.records.put(committed)
+                    outcomes[index] = committed
+                return
+            if failed:  # these leave the batch; the others go again at once
+                for number in sorted(failed):
+                    index, pending = remaining[number]
+                    outcomes[index] = failed[number]
+                    self.discard_object(pending.obj)
+                remaining = [entry for number, entry in enumerate(remaining) if number not in failed]
+                continue
+            lost += 1  # only the revision counter (another commit first) or a transient conflict
+            self._sleep(random.uniform(0, min(0.25, 0.004 * 2**lost)))
+        for index, pending in remaining:
+            outcomes[index] = Unavailable("too much write contention; nothing was changed for this key")
+            self.discard_object(pending.obj)
+
+    def _transact_batch(self, plan: TransactionPlan, pendings: list[Pending], entries: list[AuditEntry]) -> dict[int, TesseraError] | None:
+        """One attempt: None when it committed, else the versions that failed their own checks (empty: go again)."""
+        first = pendings[0]
+        writer = self.audit_writer() if entries else None
+        with writer.lock if writer is not None else contextlib.nullcontext():
+            block = writer.reserve(entries) if writer is not None else None
+            if block is not None:
+                plan.put(AUDIT, block.item)
+            written: bool | None = False
+            try:
+                self.db.transact(
+                    plan.items,
+                    frozenset({"TransactionCanceledException", "TransactionConflictException",
+                               "IdempotentParameterMismatchException"}),
+                    ClientRequestToken=uuid.uuid4().hex,
+                )  # fmt: skip
+                written = True
+                return None
+            except ClientFailure as failure:
+                reasons = failure.response.get("CancellationReasons") or []
+                head_now = reasons[0].get("Item") if reasons and reasons[0].get("Code") == "ConditionalCheckFailed" else None
+                if head_now is not None and is_this_commit(head_now, first.version, first.obj):
+                    written = True  # a botocore retry of an attempt that had landed met its own heads
+                    return None
+                return plan.batch_failures(reasons, pendings, self._head_item)
+            except Unavailable:
+                written = None
+                if self._landed(first.version, first.obj) is not None:
+                    written = True
+                    return None
+                raise
+            finally:
+                if writer is not None and block is not None:
+                    writer.settle(block, written)
 
     def _head_item(self, version: Version) -> Mapping[str, Any] | None:
         return self.db.get(head_pk(version.scope), version.key)
