@@ -17,6 +17,7 @@ import itertools
 import logging
 import os
 from collections.abc import Awaitable, Callable, MutableMapping
+from dataclasses import replace
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -122,6 +123,9 @@ class TesseraASGI:
         if kind == "websocket":
             if audited(path):
                 state["auditor"] = Auditor.begin(scope, request_id)
+            if _full_match(self.api.router.routes, scope) is None:
+                await self._no_websocket_route(scope, send, state.get("auditor"), request_id)
+                return
             await self.api(scope, receive, send)
             return
         method = scope["method"]
@@ -359,6 +363,24 @@ class TesseraASGI:
         await send({"type": "http.response.start", "status": status, "headers": response_headers(request_id, path, headers)})
         await send({"type": "http.response.body", "body": body, "more_body": more_body})
         return replaced
+
+    async def _no_websocket_route(self, scope: AsgiScope, send: Send, auditor: Auditor | None, request_id: str) -> None:
+        """A WebSocket upgrade to a path that is no WebSocket route: ``404 no_route`` like any request (recorded
+        first when its path is audited; nothing is served if it cannot be), not a bare ``403``."""
+        path = scope["path"]
+        status, headers, body = error_body(404, "no_route", "no such route in the Tessera API (check the base URL)", request_id)
+        if auditor is not None:
+            facts_from_route(auditor, scope)
+            try:
+                await self.audit.record(replace(auditor.entry(404), method="WS"), durable=False, late_status=503)
+            except Exception:  # noqa: BLE001 - fail closed
+                logger.error("audit write failed; refusing a websocket upgrade %s", request_id)
+                status, headers, body = error_body(503, "unavailable", "the audit log cannot be written", request_id)
+        if "websocket.http.response" in (scope.get("extensions") or {}):
+            await send({"type": "websocket.http.response.start", "status": status, "headers": response_headers(request_id, path, headers)})
+            await send({"type": "websocket.http.response.body", "body": body})
+        else:  # a server without the denial-response extension: a close before accepting (its 403)
+            await send({"type": "websocket.close", "code": 1008})
 
     # ------------------------------------------------------------------ health and readiness
     async def _health(self) -> tuple[int, list[tuple[bytes, bytes]], bytes]:

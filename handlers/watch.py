@@ -359,7 +359,8 @@ async def websocket_over_plain_http(auditor: AuditorDep) -> Response:
 
 @router.websocket("/ws", name="ws.connect")
 async def websocket_endpoint(websocket: WebSocket) -> None:
-    await websocket.accept()
+    request_id = str(websocket.scope.get("state", {}).get("request_id", ""))
+    await websocket.accept(headers=[(b"x-request-id", request_id.encode())] if request_id else None)
     socket = Socket(websocket)
     try:
         if not await socket.slots.connect():

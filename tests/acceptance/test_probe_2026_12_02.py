@@ -4,6 +4,7 @@ limit, the audit rule, the ``/watch`` fast path, ``/ws``). Black-box over HTTP, 
 
 from __future__ import annotations
 
+import json
 import uuid
 
 import pytest
@@ -89,3 +90,36 @@ def test_a_replayed_write_is_audited_under_its_key(root):
         assert entries[request_id]["key"] == f"{k}.a"
     assert entries[ids[0]]["action"] == entries[ids[1]]["action"] == entries[ids[2]]["action"]
     assert entries[ids[1]]["status"] == 201 and entries[ids[2]]["status"] == 422
+
+
+# --- WebSocket upgrades ------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("path", ["/ws/", "/ws/extra", "/wsx", "/config/a.b", "/watch"])
+def test_a_websocket_upgrade_to_a_path_that_is_no_websocket_route_is_404_no_route(server, root, path):
+    """A WebSocket client with a wrong URL gets the same answer as an HTTP one: ``404 no_route`` in the one error
+    shape with ``X-Request-Id`` (not a bare ``403`` with no body), and the request is recorded."""
+    from websockets.exceptions import InvalidStatus
+    from websockets.sync.client import connect
+
+    request_id = f"ws-{uuid.uuid4().hex}"
+    url = server.url.replace("http://", "ws://") + path
+    with pytest.raises(InvalidStatus) as refused:
+        with connect(url, additional_headers={"X-Request-Id": request_id}, open_timeout=30):
+            pass
+    response = refused.value.response
+    assert response.status_code == 404
+    assert response.headers.get("x-request-id") == request_id
+    body = json.loads(response.body)
+    assert body == {"error": {"code": "no_route", "message": body["error"]["message"], "request_id": request_id}}
+    if path != "/wsx":  # /ws, /config and /watch requests are recorded, refused ones included
+        entries = root.get("/audit", params={"limit": 200}).json()["entries"]
+        assert [e["status"] for e in entries if e["request_id"] == request_id] == [404]
+
+
+def test_the_websocket_handshake_carries_the_request_id(server):
+    """Every response carries ``X-Request-Id`` (the client's, when it sent one): the ``101`` of ``/ws`` too."""
+    from websockets.sync.client import connect
+
+    request_id = f"ws-{uuid.uuid4().hex}"
+    with connect(server.url.replace("http://", "ws://") + "/ws", additional_headers={"X-Request-Id": request_id}, open_timeout=30) as ws:
+        assert ws.response.headers.get("x-request-id") == request_id
