@@ -316,7 +316,9 @@ class Bench:
             self.parked_rows("fastapi", f"plain FastAPI long-poll, {count:,} clients", result)
         finally:
             self.procs.stop(fast.child)
-        server = t.start_tessera(self.procs, self.tmp, "tessera-parked")
+        # One token holds every watcher here: the per-token cap on held long-polls (TESSERA_MAX_LONG_POLLS, a guard
+        # against one token taking the node) is raised past the count, as a deployment expecting such a fleet would.
+        server = t.start_tessera(self.procs, self.tmp, "tessera-parked", env={"TESSERA_MAX_LONG_POLLS": str(2 * count)})
         try:
             token = t.create_service_token(server)
             with server.client() as root:

@@ -100,8 +100,9 @@ def utcnow() -> datetime:
 
 def format_time(moment: datetime) -> str:
     """RFC 3339 in UTC with a ``Z``, to the microsecond when there is one."""
-    text = moment.astimezone(UTC).isoformat()
-    return text.replace("+00:00", "Z")
+    if moment.tzinfo is not UTC:
+        moment = moment.astimezone(UTC)
+    return moment.isoformat().replace("+00:00", "Z")
 
 
 @dataclass(frozen=True)
