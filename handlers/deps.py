@@ -7,6 +7,7 @@ run inline for the embedded store and in a thread for remote ones (``Container.r
 from __future__ import annotations
 
 import json
+import re
 from typing import Annotated, Any
 
 from fastapi import Depends, Request
@@ -116,14 +117,16 @@ def _reject_constant(name: str) -> None:
     raise ValueError(f"{name} is not valid JSON")
 
 
+_INTEGER = re.compile(r"-?[0-9]+")
+
+
 def int_param(raw: str | None, name: str, *, minimum: int = 0, maximum: int = 2**62) -> int | None:
     """Parse an integer query parameter strictly: bad or out-of-range values are ``400 invalid_request``."""
     if raw is None or raw == "":
         return None
-    try:
-        value = int(raw, 10)
-    except ValueError as exc:
-        raise InvalidRequest(f"{name} must be an integer") from exc
+    if not _INTEGER.fullmatch(raw):  # int() also takes "1_0", " 5", "+5" and non-ASCII digits
+        raise InvalidRequest(f"{name} must be an integer")
+    value = int(raw, 10)
     if value < minimum or value > maximum:
         raise InvalidRequest(f"{name} must be between {minimum} and {maximum}")
     return value

@@ -123,3 +123,19 @@ def test_the_websocket_handshake_carries_the_request_id(server):
     request_id = f"ws-{uuid.uuid4().hex}"
     with connect(server.url.replace("http://", "ws://") + "/ws", additional_headers={"X-Request-Id": request_id}, open_timeout=30) as ws:
         assert ws.response.headers.get("x-request-id") == request_id
+
+
+# --- Bad query values: 400 invalid_request -----------------------------------------------------------------------
+
+@pytest.mark.parametrize("raw", ["1_0", "٣", " 5", "+5"])
+@pytest.mark.parametrize("path,name", [("/config", "limit"), ("/watch", "since"), ("/config/history/{k}.a", "limit"),
+                                        ("/config/{k}.a", "version"), ("/audit", "limit")])
+def test_integer_query_values_are_plain_decimal_digits(root, path, name, raw):
+    """``1_0`` (Python's digit grouping), ``٣`` (an Arabic-Indic three), a space or a plus sign are not integers a
+    client meant: ``400 invalid_request``, not read as 10, 3 or 5."""
+    k = uid()
+    assert root.put(f"/config/{k}.a", json={"value": 1}).status_code == 201
+    params = {name: raw}
+    if path == "/watch":
+        params["timeout"] = "0"
+    assert_error(root.get(path.format(k=k), params=params), 400, "invalid_request")
