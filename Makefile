@@ -7,7 +7,7 @@ RUN_STAMP := $(VENV)/.installed-run
 WHEELHOUSE := $(VENV)/wheelhouse
 BENCH_STAMP := $(VENV)/.bench-installed
 
-.PHONY: run test test-fast lint chaos bench bench-quick bench-tools profile clean
+.PHONY: run test test-fast lint chaos fuzz bench bench-quick bench-tools profile clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -53,6 +53,12 @@ $(BENCH_STAMP): $(STAMP) pyproject.toml
 ## root); `make test` runs the short forms. Figures go to docs/reliability.md by hand.
 chaos: $(STAMP)
 	TESSERA_CHAOS=long $(BIN)/python -m pytest tests/chaos -q -s -p no:cacheprovider --timeout=3600
+
+## make fuzz: schemathesis against a real server, every phase (coverage, fuzzing, stateful), the root token and a
+## restricted one, bounded by FUZZ_SECONDS per token (default 120); prints the figures docs/reliability.md records
+FUZZ_SECONDS ?= 120
+fuzz: $(STAMP)
+	$(BIN)/python -m tests.api.fuzz_long --seconds $(FUZZ_SECONDS)
 
 ## make bench-tools: Debian's etcd-server (3.4) and wrk, when absent (needs root; rows say "absent" without them)
 bench-tools:

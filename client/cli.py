@@ -77,6 +77,7 @@ def serve(
     tls_cert: str | None = typer.Option(None, envvar="TESSERA_TLS_CERT", help="PEM certificate (chain): serve HTTPS"),
     tls_key: str | None = typer.Option(None, envvar="TESSERA_TLS_KEY", help="PEM private key of --tls-cert"),
     workers: int = typer.Option(1, min=1, max=64, envvar="TESSERA_WORKERS", help="server processes sharing the data directory"),
+    no_docs: bool = typer.Option(False, "--no-docs", help="do not serve /docs and /openapi.json (public otherwise)"),
 ) -> None:
     """Run the Tessera server."""
     try:
@@ -90,7 +91,7 @@ def serve(
     try:
         run_server(
             host=host, port=port, data_dir=data_dir, config_file=config_file, root_token=root_token, dev=dev, backend=backend,
-            tls_cert=tls_cert, tls_key=tls_key, workers=workers, watch_config=watch_config,
+            tls_cert=tls_cert, tls_key=tls_key, workers=workers, watch_config=watch_config, docs=not no_docs,
         )  # fmt: skip
     except StartError as exc:  # a setting, file, port or data directory to fix
         fail(str(exc), USAGE)

@@ -45,6 +45,7 @@ class Settings(BaseModel):
     # TESSERA_REQUEST_DEADLINE: seconds a request may run before its commit point (503 deadline_exceeded); watches
     # and imports keep their own bounds (max_watch_seconds; per-key commits and the body limit)
     request_deadline: float = Field(default=30.0, gt=0)
+    docs: bool = True  # /docs and /openapi.json (public: the schema is no secret); `tessera serve --no-docs`, TESSERA_DOCS=off
     # Retention, by time: the aws backend's TTL (ChangeLogRetentionDays / AuditRetentionDays in the template);
     # the embedded store removes audit records older than audit_retention_days, leaving a checkpoint that
     # `tessera audit verify` starts from.
@@ -98,6 +99,8 @@ class Settings(BaseModel):
             values["max_watch_seconds"] = env["TESSERA_MAX_WATCH_SECONDS"]
         if env.get("TESSERA_DEV") in ("1", "true", "yes"):
             values["dev"] = True
+        if env.get("TESSERA_DOCS"):
+            values["docs"] = env["TESSERA_DOCS"].lower() not in ("off", "0", "false", "no")
         if env.get("TESSERA_AUDIT"):
             values["audit_enabled"] = env["TESSERA_AUDIT"].lower() not in ("off", "0", "false", "no")
         stdout = env.get("TESSERA_AUDIT_STDOUT") or ("on" if env.get("AWS_LAMBDA_FUNCTION_NAME") else "off")

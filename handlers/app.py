@@ -11,7 +11,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from tessera.core.backends.factory import Container
 from tessera.core.errors import TesseraError
-from tessera.handlers import audit, auth, config, envs, health, policies, watch
+from tessera.handlers import audit, auth, config, envs, health, openapi, policies, watch
 from tessera.handlers.asgi import TesseraASGI, log_failure
 from tessera.handlers.render import error_body
 
@@ -30,7 +30,10 @@ def error_response(request: Request, status: int, code: str, message: str, **ext
 def create_api(container: Container, *, console: bool = True) -> FastAPI:
     """The FastAPI app alone (routes, error mapping); serve :func:`create_app`, which puts the front before it."""
     # No trailing-slash redirects: ``/policies/`` is no route of the API (``404 no_route``), not a bare 307.
-    api = FastAPI(title="Tessera", version="0.2.0", docs_url="/docs", redoc_url=None, redirect_slashes=False)
+    docs = container.settings.docs  # public unless `tessera serve --no-docs`
+    api = FastAPI(title="Tessera", version="0.2.0", docs_url="/docs" if docs else None, redoc_url=None,
+                  openapi_url="/openapi.json" if docs else None, redirect_slashes=False)  # fmt: skip
+    openapi.install(api)  # the declared document (handlers/openapi.py)
     api.state.container = container
 
     @api.exception_handler(TesseraError)

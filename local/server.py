@@ -215,6 +215,7 @@ def serve(
     tls_key: str | None = None,
     workers: int = 1,
     watch_config: bool = False,
+    docs: bool = True,
 ) -> None:
     """Start the server. Every setting is checked before anything is opened; a bad one raises :class:`StartError`
     (or ``SystemExit`` with one line). "listening" is printed once the port is bound."""
@@ -227,7 +228,8 @@ def serve(
     if not 1 <= port <= 65535:
         raise StartError(f"--port {port}: a port is 1-65535")
     try:
-        settings = Settings.from_env(data_dir=data_dir, root_token=root_token, dev=dev or None, backend=backend)
+        settings = Settings.from_env(data_dir=data_dir, root_token=root_token, dev=dev or None, backend=backend,
+                                     docs=None if docs else False)  # fmt: skip
     except ValidationError as exc:
         raise StartError(settings_problem(exc)) from None
     if watch_config and config_file is None:
@@ -268,6 +270,7 @@ def serve(
         # The workers read their settings from the environment (never the root token: its digest is in the store).
         os.environ["TESSERA_DATA_DIR"] = str(Path(settings.data_dir).resolve())
         os.environ["TESSERA_BACKEND"] = settings.backend
+        os.environ["TESSERA_DOCS"] = "on" if settings.docs else "off"
         if settings.dev:
             os.environ["TESSERA_DEV"] = "1"
         from uvicorn.supervisors import Multiprocess
