@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 import schemathesis
-from hypothesis import HealthCheck, settings
+from hypothesis import HealthCheck, given, settings
 from schemathesis.checks import not_a_server_error
 from schemathesis.config import SchemathesisConfig
 from schemathesis.specs.openapi.checks import (
@@ -29,6 +29,7 @@ from schemathesis.specs.openapi.checks import (
 
 from tessera.core.settings import Settings
 from tessera.handlers.app import create_api
+from tessera.handlers.openapi import OPERATIONS
 from tests.servers import ServerProcess
 
 ROOT_TOKEN = "tsr_fuzz-root-token-0123456789abcdef"
@@ -72,14 +73,22 @@ def declared_document() -> dict:
 schema = schemathesis.openapi.from_dict(declared_document(), config=SchemathesisConfig.from_dict(CONFIG))
 
 
-@schema.parametrize()
-@settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck), database=None)
-def test_every_operation_conforms_for_root_and_a_restricted_token(case, world):
+# One pytest item per operation (schemathesis' own parametrize gives its items one node id, which pytest-xdist
+# collapses to the first operation).
+@pytest.mark.parametrize(("method", "path"), sorted(OPERATIONS), ids=[f"{m.upper()} {p}" for m, p in sorted(OPERATIONS)])
+def test_every_operation_conforms_for_root_and_a_restricted_token(method, path, world):
     server, token = world
-    for bearer in (ROOT_TOKEN, token):
-        response = case.call_and_validate(base_url=server.url, headers={"Authorization": f"Bearer {bearer}"}, checks=CHECKS,
-                                          timeout=70)  # fmt: skip
-        ANSWERED.setdefault(f"{case.method.upper()} {case.path}", set()).add(response.status_code)
+    operation = schema[path][method.upper()]
+
+    @given(case=operation.as_strategy())
+    @settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck), database=None)
+    def fuzz(case):
+        for bearer in (ROOT_TOKEN, token):
+            response = case.call_and_validate(base_url=server.url, headers={"Authorization": f"Bearer {bearer}"},
+                                              checks=CHECKS, timeout=70)  # fmt: skip
+            ANSWERED.setdefault(f"{method.upper()} {path}", set()).add(response.status_code)
+
+    fuzz()
 
 
 def run_schemathesis(server: ServerProcess, token: str, phases: str, examples: int, report: Path, *extra: str,
