@@ -67,7 +67,7 @@ def world(tmp_path_factory):
 
 def declared_document() -> dict:
     """The document alone (it depends on the routes, not on data): collected without opening a store."""
-    return create_api(SimpleNamespace(settings=Settings(root_token=ROOT_TOKEN), sessions=None, authenticator=None)).openapi()
+    return create_api(SimpleNamespace(settings=Settings(root_token=ROOT_TOKEN)), console=False).openapi()
 
 
 schema = schemathesis.openapi.from_dict(declared_document(), config=SchemathesisConfig.from_dict(CONFIG))
