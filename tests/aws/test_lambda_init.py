@@ -76,3 +76,43 @@ def _entry():
     from tessera.core.access_model import AuditEntry
 
     return AuditEntry(ts=datetime.now(UTC), request_id="r", action="config.read", outcome="allowed", status=200)
+
+
+SERVE = """
+import json, sys
+import tessera.handlers.lambda_ as entry
+events, token = sys.argv[1], sys.argv[2]
+
+def event(name, path=None, body=None):
+    e = json.loads(open(f"{events}/{name}").read().replace("REPLACE_WITH_ROOT_TOKEN", token))
+    if path:
+        e["rawPath"] = e["requestContext"]["http"]["path"] = path
+    if body is not None:
+        e["body"] = body
+    return e
+
+out = {}
+out["put"] = entry.handler(event("put.json"), None)["statusCode"]
+got = entry.handler(event("get.json"), None)
+out["get"] = [got["statusCode"], json.loads(got["body"])["value"]]
+bad = entry.handler(event("put.json", body="{\\"valu\\": 1}"), None)
+out["bad"] = [bad["statusCode"], json.loads(bad["body"])["error"]["code"]]
+out["nope"] = entry.handler(event("get.json", path="/nope"), None)["statusCode"]
+doc = entry.handler(event("get.json", path="/openapi.json"), None)
+out["openapi"] = [doc["statusCode"], "/config/{key}" in json.loads(doc["body"])["paths"]]
+print(json.dumps(out))
+"""
+
+
+def test_a_lambda_container_with_slim_imports_serves_requests(server_target):
+    """In a Lambda container (deferred pydantic builds, no pydantic.v1, botocore only) every path still works:
+    a write, a read, a validation error, an unmatched route, and the OpenAPI document (its models built on demand)."""
+    env = {"PATH": "/usr/bin:/bin", "AWS_LAMBDA_FUNCTION_NAME": "tessera-read",
+           "_HANDLER": "tessera.handlers.lambda_.handler", **server_target.env(),
+           "TESSERA_ROOT_TOKEN_SHA256": hash_token(ROOT_TOKEN)}  # fmt: skip
+    out = subprocess.run([sys.executable, "-c", SERVE, str(REPO / "infra" / "events"), ROOT_TOKEN], env=env,
+                         capture_output=True, text=True, timeout=120, cwd=REPO)  # fmt: skip
+    assert out.returncode == 0, out.stderr[-2000:]
+    # (stdout also carries the audit lines, as CloudWatch Logs would: the report is the last line)
+    assert json.loads(out.stdout.splitlines()[-1]) == {"put": 201, "get": [200, "db.internal"], "bad": [400, "invalid_request"],
+                                      "nope": 404, "openapi": [200, True]}  # fmt: skip
