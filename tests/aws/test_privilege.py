@@ -123,6 +123,9 @@ def test_every_route_runs_within_its_functions_role_and_every_grant_is_needed(ta
         call("GET", "/diff?from=default&to=prod", 200)
         call("GET", "/envs", 200)
         call("POST", "/config/rollback/db.host?version=1", 200)
+        diff = call("GET", "/diff?from=default&to=prod", 200).json()
+        call("POST", "/config/promote?from=default&to=prod", 200, headers={**ROOT, "Idempotency-Key": "p-1"},
+             json={"expected": {item["key"]: item["to_version"] for group in diff.values() for item in group}})
         call("POST", "/config/import", (200, 201), json={"values": {"feature": {"a": True, "b": 2}}})
         call("DELETE", "/config/feature.b", (200, 204))
         call("PUT", "/policies/reader", (200, 201), json={"rules": [{"path": "*", "capabilities": ["read", "write", "rollback", "list"]}]})
