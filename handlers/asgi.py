@@ -98,6 +98,14 @@ def _full_match(routes: Any, scope: AsgiScope) -> dict[str, Any] | None:
     return None
 
 
+def sized(status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> list[tuple[bytes, bytes]]:
+    """``headers`` with the body's ``Content-Length`` (a whole body is known): without it the server chunks the
+    body, which an HTTP/1.0 client (many health checks) cannot read."""
+    if status in (204, 304) or any(name.lower() == b"content-length" for name, _ in headers):
+        return headers
+    return [*headers, (b"content-length", str(len(body)).encode())]
+
+
 class TesseraASGI:
     def __init__(self, container: Any, api: Any) -> None:
         self.container = container
@@ -360,6 +368,8 @@ class TesseraASGI:
                 )
                 status, headers, body = error_body(503, "unavailable", text, request_id)
                 replaced, more_body = True, False
+        if not more_body:
+            headers = sized(status, headers, body)
         await send({"type": "http.response.start", "status": status, "headers": response_headers(request_id, path, headers)})
         await send({"type": "http.response.body", "body": body, "more_body": more_body})
         return replaced
@@ -405,7 +415,7 @@ class TesseraASGI:
 
     @staticmethod
     async def _respond(send: Send, request_id: str, path: str, status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> None:
-        await send({"type": "http.response.start", "status": status, "headers": response_headers(request_id, path, headers)})
+        await send({"type": "http.response.start", "status": status, "headers": response_headers(request_id, path, sized(status, headers, body))})
         await send({"type": "http.response.body", "body": body})
 
     @staticmethod

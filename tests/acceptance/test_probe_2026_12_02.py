@@ -139,3 +139,28 @@ def test_integer_query_values_are_plain_decimal_digits(root, path, name, raw):
     if path == "/watch":
         params["timeout"] = "0"
     assert_error(root.get(path.format(k=k), params=params), 400, "invalid_request")
+
+
+# --- HTTP/1.0 clients (load balancers' health checks) ------------------------------------------------------------
+
+@pytest.mark.parametrize("path", ["/health", "/ready", "/config/{k}.a", "/watch?timeout=0", "/nope"])
+def test_an_http_1_0_client_never_gets_a_chunked_body(server, root, path):
+    """HTTP/1.0 has no chunked transfer coding: a response to an HTTP/1.0 request (many load balancers probe
+    ``/health`` so) carries ``Content-Length`` (or ends with the connection), never ``Transfer-Encoding: chunked``."""
+    import socket
+
+    k = uid()
+    assert root.put(f"/config/{k}.a", json={"value": 1}).status_code == 201
+    host, port = server.url.removeprefix("http://").split(":")
+    request = f"GET {path.format(k=k)} HTTP/1.0\r\nAuthorization: Bearer {root.headers['authorization'].split()[1]}\r\n\r\n"
+    with socket.create_connection((host, int(port)), timeout=30) as sock:
+        sock.sendall(request.encode())
+        raw = b""
+        while chunk := sock.recv(65536):
+            raw += chunk
+    head, _, body = raw.partition(b"\r\n\r\n")
+    headers = {line.split(b":", 1)[0].strip().lower(): line.split(b":", 1)[1].strip() for line in head.split(b"\r\n")[1:]}
+    assert b"transfer-encoding" not in headers, head
+    json.loads(body)  # the body is the JSON document itself, not chunk-framed
+    if b"content-length" in headers:
+        assert int(headers[b"content-length"]) == len(body)
