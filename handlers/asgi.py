@@ -235,8 +235,8 @@ class TesseraASGI:
                 request_id = offered_request_id(value)
             elif name == b"if-none-match":
                 if_none_match = value
-            elif name == b"idempotency-key":
-                idempotency_key = value
+            elif name == b"idempotency-key":  # two fields are one comma-joined value (HTTP): refused as a key
+                idempotency_key = value if idempotency_key is None else idempotency_key + b", " + value
         return request_id or new_request_id(), authorization, if_none_match, idempotency_key
 
     # ------------------------------------------------------------------ the fast read path

@@ -164,3 +164,13 @@ def test_an_http_1_0_client_never_gets_a_chunked_body(server, root, path):
     json.loads(body)  # the body is the JSON document itself, not chunk-framed
     if b"content-length" in headers:
         assert int(headers[b"content-length"]) == len(body)
+
+
+def test_two_idempotency_key_headers_are_400_and_change_nothing(root):
+    """Two ``Idempotency-Key`` fields are one comma-joined value (HTTP), which is not 1–200 visible ASCII: the
+    request is refused, not run under whichever key the server happened to keep."""
+    k = uid()
+    response = root.put(f"/config/{k}.a", json={"value": 1},
+                        headers=[("Idempotency-Key", f"one-{k}"), ("Idempotency-Key", f"two-{k}")])
+    assert_error(response, 400, "invalid_request")
+    assert root.get(f"/config/{k}.a").status_code == 404
