@@ -21,7 +21,7 @@ import signal
 import subprocess
 import threading
 import time
-from typing import Any
+from typing import Any, NoReturn
 
 import typer
 
@@ -73,19 +73,24 @@ def environment_of(values: dict[str, tuple[str, str]]) -> dict[str, str]:
     return environment
 
 
+def cannot_start(exc: OSError, command: list[str], values: dict[str, tuple[str, str]]) -> NoReturn:
+    """One line for a CMD that cannot be started (127: not found, 126: not executable)."""
+    if isinstance(exc, FileNotFoundError):
+        fail(f"command not found: {command[0]}", 127)
+    if isinstance(exc, PermissionError):
+        fail(f"command not executable: {command[0]}", 126)
+    if exc.errno == errno.E2BIG:
+        size = sum(len(k) + len(v) + 2 for k, (_, v) in values.items())
+        fail(f"cannot start {command[0]}: the environment is too large for the system ({len(values)} variables, "
+             f"{size} bytes of config): inject less with --prefix", USAGE)
+    fail(f"cannot start {command[0]}: {exc.strerror or exc}")
+
+
 def start(command: list[str], values: dict[str, tuple[str, str]]) -> subprocess.Popen[bytes]:
     try:
         return subprocess.Popen(command, env=environment_of(values))
-    except FileNotFoundError:
-        fail(f"command not found: {command[0]}", 127)
-    except PermissionError:
-        fail(f"command not executable: {command[0]}", 126)
     except OSError as exc:
-        if exc.errno == errno.E2BIG:
-            size = sum(len(k) + len(v) + 2 for k, (_, v) in values.items())
-            fail(f"cannot start {command[0]}: the environment is too large for the system ({len(values)} variables, "
-                 f"{size} bytes of config): inject less with --prefix", USAGE)
-        fail(f"cannot start {command[0]}: {exc.strerror or exc}")
+        cannot_start(exc, command, values)
 
 
 def run(
@@ -103,21 +108,15 @@ def run(
         command = command[1:]
     if not command:
         fail("give a command after --, e.g. tessera run -- env", USAGE)
+    if command[0].startswith("-"):
+        fail(f"tessera run: no such option: {command[0]} (the command goes after --: tessera run [OPTIONS] -- CMD)", USAGE)
     with cli.client() as client:
         if not watch:
             values = injected(client, prefix)
             try:
                 os.execvpe(command[0], command, environment_of(values))
-            except FileNotFoundError:
-                fail(f"command not found: {command[0]}", 127)
-            except PermissionError:
-                fail(f"command not executable: {command[0]}", 126)
             except OSError as exc:
-                if exc.errno == errno.E2BIG:
-                    size = sum(len(k) + len(v) + 2 for k, (_, v) in values.items())
-                    fail(f"cannot start {command[0]}: the environment is too large for the system ({len(values)} "
-                         f"variables, {size} bytes of config): inject less with --prefix", USAGE)
-                fail(f"cannot start {command[0]}: {exc.strerror or exc}")
+                cannot_start(exc, command, values)
         raise typer.Exit(Supervisor(client, command, prefix, list(no_restart_on or ()), grace).run())
 
 

@@ -350,6 +350,8 @@ def test_export_and_run(server, home):
     assert missing.returncode == 127 and "command not found" in one_error_line(missing)
     nothing = tessera(server, home, "run")
     assert nothing.returncode == 2 and "--" in one_error_line(nothing)
+    unknown = tessera(server, home, "run", "--bogus", "--", "true")
+    assert unknown.returncode == 2 and "no such option: --bogus" in one_error_line(unknown)
 
 
 def test_watch_prints_events(server, home):
