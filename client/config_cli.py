@@ -233,30 +233,29 @@ def promote(
     since, nothing is promoted (exit 5, naming the keys that moved)."""
     with cli.client() as client:
         result = call(client.diff, from_env, to_env, prefix=prefix, namespace=cli.scope_namespace)
-        # Copied: what FROM has that TO lacks or holds differently. Keys only in TO are left alone.
-        items = {item.key: item for item in result.removed + result.changed}
+        # Copied: what FROM has that TO lacks (removed) or holds differently (changed). Keys only in TO are left alone.
+        items = {item.key: (item, item.value) for item in result.removed}
+        items.update({item.key: (item, item.from_value) for item in result.changed})
         if keys:
             unknown = [k for k in keys if k not in items]
             if unknown:
-                equal = ", ".join(unknown)
-                typer.echo(f"nothing to promote for {equal} (equal in both, or only in {to_env})", err=True)
+                typer.echo(f"nothing to promote for {', '.join(unknown)} (equal in both, or only in {to_env})", err=True)
             items = {k: v for k, v in items.items() if k in keys}
         if not items:
             cli.show({"promoted": [], "unchanged": 0}, text=f"nothing to promote: {to_env} already has {from_env}'s values")
             return
-        rows = [row for row in _diff_rows(result.changed, "changed") + _diff_rows(result.removed, "add") if row[1] in items]
         if not cli.machine or not yes:
             out = sys.stdout if not cli.machine else sys.stderr
             print(f"Promote {len(items)} key(s) from {from_env} to {to_env}:", file=out)
-            for change, key, before, after, version in sorted(rows, key=lambda row: row[1]):
-                shown = "<secret>" if items[key].secret else json.dumps(before if change == "add" else after)
-                print(f"  {key} = {shown}  ({to_env} at version {version})", file=out)
+            for key, (item, value) in sorted(items.items()):
+                shown = "<secret>" if item.secret else json.dumps(value, ensure_ascii=False)
+                print(f"  {key} = {shown}  ({to_env} at version {item.to_version})", file=out)
         if not yes:
             if not sys.stdin.isatty():
                 fail("promote asks before it writes: pass --yes to confirm without a terminal", USAGE)
-            if not typer.confirm("Promote?", default=False):
+            if not typer.confirm("Promote?", default=False, err=cli.machine):
                 fail("not promoted", 1)
-        expected = {key: item.to_version for key, item in items.items()}
+        expected = {key: item.to_version for key, (item, _) in items.items()}
         outcome = call(client.promote, from_env, to_env, expected=expected, keys=sorted(items), prefix=prefix,
                        namespace=cli.scope_namespace)
     cli.show({"promoted": [{"key": k, "version": v} for k, v in outcome.promoted], "unchanged": outcome.unchanged},

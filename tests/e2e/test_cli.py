@@ -249,6 +249,7 @@ def test_diff_and_promote(server, home):
     assert [item["key"] for item in as_json["added"]] == [f"{prefix}.only"]
     unconfirmed = tessera(server, home, "promote", staging, prod, "--prefix", prefix)
     assert unconfirmed.returncode == 2 and "--yes" in unconfirmed.stderr
+    assert f"  {prefix}.s = <secret>  ({prod} at version 0)" in unconfirmed.stdout
     promoted = tessera(server, home, "promote", staging, prod, "--prefix", prefix, "--yes", "-o", "json")
     assert promoted.returncode == 0, promoted.stderr
     assert sorted(item["key"] for item in json.loads(promoted.stdout)["promoted"]) == [f"{prefix}.a", f"{prefix}.s"]
@@ -284,7 +285,7 @@ def test_promote_with_a_concurrent_change_promotes_nothing(server, home):
                 if not chunk:
                     break
                 shown += chunk
-        assert b"Promote?" in shown and f"{prefix}.a".encode() in shown, shown
+        assert b"Promote?" in shown and f'{prefix}.a = "new-a"  ({prod} at version 1)'.encode() in shown, shown
         with server.client() as admin:  # the concurrent change, after the diff was shown
             admin.put(f"/config/{prefix}.b?env={prod}", json={"value": "someone-else"}).raise_for_status()
         os.write(master, b"y\n")
