@@ -15,6 +15,7 @@ import typer
 
 from tessera.client.cli_base import (
     CONFLICT,
+    NOT_FOUND,
     USAGE,
     Cli,
     call,
@@ -55,7 +56,8 @@ def get(
             cli.show(data, ["env", "state", "version"],
                      [(layer.env, layer.state, layer.version) for layer in explanation.chain])
             if explanation.entry is None:
-                raise typer.Exit(3)
+                typer.echo(f"error: not_found: no environment of the chain holds {key}", err=True)
+                raise typer.Exit(NOT_FOUND)
             return
         entry = call(client.get, key, version=version)
     cli.show(entry.to_json(), text=value_text(entry.value))
