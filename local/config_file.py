@@ -100,7 +100,11 @@ def apply_file(container: Any, values: dict[str, Any]) -> Outcome:
         else:
             outcome.updated += 1
     if after != before:
-        store.put_meta(STATE_META, json.dumps(after, sort_keys=True, separators=(",", ":")))
+        try:
+            store.put_meta(STATE_META, json.dumps(after, sort_keys=True, separators=(",", ":")))
+        except Exception as exc:  # noqa: BLE001 - the values are applied; only the record of them is missing
+            print(f"warning: could not record the config file's digests ({type(exc).__name__}: {exc}); at the next "
+                  "start its keys changed through the API may be named as conflicts again", file=sys.stderr, flush=True)
     for error in outcome.errors:
         print(f"  config file: {error['key']}: {error['code']}: {error['message']}", file=sys.stderr, flush=True)
     return outcome
