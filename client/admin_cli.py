@@ -9,7 +9,7 @@ from typing import Any
 
 import typer
 
-from tessera.client.cli_base import USAGE, Cli, call, fail, remote, write_token_file
+from tessera.client.cli_base import USAGE, Cli, call, describe, exit_code_for, fail, remote, write_token_file
 
 env_app = typer.Typer(no_args_is_help=True, help="Environments: list, create or re-parent.")
 token_app = typer.Typer(no_args_is_help=True, help="Service tokens: create, list, revoke, inspect your own.")
@@ -205,19 +205,21 @@ def version(cli: Cli) -> None:
     from tessera.client.sdk import TesseraError
 
     server: dict[str, Any] = {"addr": cli.endpoints[0]}
+    failed: TesseraError | None = None
     try:
         with cli.client(token_required=False) as client:
             health = client.health()
         server.update(version=health.version or "unknown (older than 0.3)", backend=health.backend)
     except TesseraError as exc:
-        server["error"] = " ".join(str(exc).split())
+        failed = exc
+        server["error"] = describe(exc)
     data = {"cli": __version__, "server": server}
     if cli.machine:
         cli.dump(data)
-        return
-    typer.echo(f"tessera CLI {__version__}")
-    if "error" in server:
-        typer.echo(f"server at {server['addr']}: not reachable ({server['error']})")
     else:
-        typer.echo(f"server at {server['addr']}: {server['version']} ({server['backend']} backend)")
+        typer.echo(f"tessera CLI {__version__}")
+        if failed is None:
+            typer.echo(f"server at {server['addr']}: {server['version']} ({server['backend']} backend)")
+    if failed is not None:  # as kubectl does: the CLI's version, then the server's failure as the error
+        fail(describe(failed), exit_code_for(failed))
 

@@ -411,8 +411,12 @@ def test_version(server, home):
 
     shown = tessera(server, home, "version")
     assert shown.stdout.splitlines() == [f"tessera CLI {__version__}", f"server at {server.url}: {__version__} (local backend)"]
-    body = json.loads(tessera(server, home, "version", "-o", "json", TESSERA_ADDR=f"http://127.0.0.1:{free_port()}").stdout)
+    down = tessera(server, home, "version", "-o", "json", TESSERA_ADDR=f"http://127.0.0.1:{free_port()}")
+    body = json.loads(down.stdout)
     assert body["cli"] == __version__ and "connection refused" in body["server"]["error"]
+    assert down.returncode == 6 and "connection refused" in one_error_line(down)
+    plain = tessera(server, home, "version", TESSERA_ADDR=f"http://127.0.0.1:{free_port()}")
+    assert plain.stdout == f"tessera CLI {__version__}\n" and plain.returncode == 6
 
 
 def test_the_server_reports_its_version_in_health(server):
