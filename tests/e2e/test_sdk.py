@@ -21,10 +21,11 @@ TOKEN = "tsr_sdk-root-token-abcdefghijklmnop"
 
 @pytest.fixture
 def two_nodes(tmp_path):
-    """Two `tessera serve` processes over one embedded store: any node serves any request."""
+    """Two server processes over one embedded store (a `tessera serve` and a worker of it, as `--workers` starts
+    them; a second serve is refused by the data directory's lock): any node serves any request."""
     data = tmp_path / "data"
     first = ServerProcess(data, root_token=TOKEN, log_path=tmp_path / "a.log").start()
-    second = ServerProcess(data, root_token=TOKEN, log_path=tmp_path / "b.log").start()
+    second = first.worker()
     yield first, second
     first.stop()
     second.stop()
