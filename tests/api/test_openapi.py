@@ -40,6 +40,7 @@ def test_every_route_is_declared_with_its_bodies_statuses_and_security(document)
         responses = op["responses"]
         assert {"400", "401", "403", "404", "429", "503"} <= set(responses) or path in ("/health", "/ready"), where
         for status, response in responses.items():
+            assert response["headers"]["X-Request-Id"]["required"] is True, (where, status)
             if int(status) >= 400:
                 assert response["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/Error"}, where
         if "422" in responses:
