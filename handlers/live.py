@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import replace
@@ -43,6 +44,7 @@ from tessera.handlers.render import dumps
 logger = logging.getLogger("tessera")
 ROUNDS = 5  # re-reads of the change log per invocation after delivering (what arrived meanwhile)
 POLLS = 20  # change-log pages one delivery reads at most (20,000 revisions)
+BUSY_PAUSE_SECONDS = 0.5  # before one more try at subscriptions another delivery held
 CATCH_UP_LAG = 1000  # a subscription this far behind moves its cursor even when nothing in between was for it
 OK = {"statusCode": 200}
 
@@ -110,7 +112,7 @@ class Live:
         feed = self.service.feed
         feed.start_at(after)
         poster = poster or self.poster()
-        delivered, seen = 0, after
+        delivered, seen, busy = 0, after, {}
         for _ in range(ROUNDS):
             feed.refresh()
             changes = self._changes_after(seen)
@@ -122,11 +124,20 @@ class Live:
             else:
                 due = [sub for namespace in sorted({c.scope.namespace for c in changes})
                        for sub in self.sockets.subscriptions(namespace) if self._due(sub, changes, head)]  # fmt: skip
-            failures = [error for error in self.container.executor.map(lambda sub: self._attempt(sub, poster), due) if error]
+            outcomes = list(self.container.executor.map(lambda sub: self._attempt(sub, poster), due))
+            failures = [outcome for outcome in outcomes if isinstance(outcome, Exception)]
             if failures:
                 raise failures[0]  # Lambda retries the batch; what was delivered is not delivered again
+            busy.update({(sub.pk, sub.sk): sub for sub, outcome in zip(due, outcomes, strict=True) if outcome is False})
             delivered += len(due)
             seen = head
+        if busy:
+            # Another delivery held these: it re-reads the change log once it is done, and so does this one, once,
+            # after a pause (in case the other ran out of rounds just as this change came in).
+            time.sleep(BUSY_PAUSE_SECONDS)
+            for sub in busy.values():
+                if self._attempt(sub, poster) is False:
+                    logger.info("a WebSocket subscription stayed busy; its holder delivers what it finds")
         return delivered
 
     def _changes_after(self, revision: int) -> list[Change]:
@@ -149,19 +160,20 @@ class Live:
         return any(change.revision > sub.cursor and change.scope.namespace == sub.namespace and change.scope.env in envs
                    and any(match(change.key) for match in matchers) for change in changes)  # fmt: skip
 
-    def _attempt(self, sub: Subscription, poster: ConnectionPoster) -> Exception | None:
+    def _attempt(self, sub: Subscription, poster: ConnectionPoster) -> Exception | bool:
+        """``deliver``'s answer, or the exception it raised (collected: the batch fails and is retried)."""
         try:
-            self.deliver(sub, poster)
-        except Exception as exc:  # noqa: BLE001 - collected; the batch fails and is retried
+            return self.deliver(sub, poster)
+        except Exception as exc:  # noqa: BLE001
             logger.error("delivery to a WebSocket subscription failed: %s", type(exc).__name__)
             return exc
-        return None
 
-    def deliver(self, sub: Subscription, poster: ConnectionPoster) -> None:
-        """Under the subscription's lease: post its events after its cursor, in order, then store the cursor."""
+    def deliver(self, sub: Subscription, poster: ConnectionPoster) -> bool:
+        """Under the subscription's lease: post its events after its cursor, in order, then store the cursor.
+        False if another delivery holds the lease (or the subscription has gone)."""
         held = self.sockets.acquire(sub)
         if held is None:
-            return  # another delivery holds it; it re-reads the change log after releasing
+            return False  # another delivery holds it; it re-reads the change log after releasing
         cursor = held.cursor
         try:
             principal = self.container.authenticator.authenticate_digest(held.token_hash)
@@ -177,11 +189,11 @@ class Live:
             cursor = max(cursor, watcher.cursor)
         except Gone:
             self.sockets.close(held.connection)
-            return
+            return True
         except Unauthenticated as exc:  # revoked or expired since it subscribed: no more events, the socket closes
             _refuse(poster, held.connection, exc)
             self.sockets.close(held.connection)
-            return
+            return True
         except Unavailable:
             self.sockets.release(held, cursor)
             raise
@@ -191,8 +203,9 @@ class Live:
             except Gone:
                 pass
             self.sockets.drop(held)
-            return
+            return True
         self.sockets.release(held, cursor)
+        return True
 
 
 class _Socket:

@@ -269,3 +269,25 @@ def test_what_a_socket_costs_from_connect_to_disconnect(node):
     assert subscribe == {"dynamodb:Query": 2, "dynamodb:PutItem": 2, "dynamodb:UpdateItem": 1}
     assert ping == {"execute-api:PostToConnection": 1}
     assert disconnect == {"dynamodb:DeleteItem": 2, "dynamodb:Query": 1}
+
+
+def test_a_subscription_another_delivery_holds_is_tried_again_once_it_is_free(node):
+    """Two notifier invocations (stream shards) may reach one subscription at once: only the lease holder posts;
+    the other tries again after a pause, so a change the holder's last look missed still arrives."""
+    import threading
+
+    node.connect("c1")
+    node.subscribe("c1", keys=["*"])
+    node.stream_records()
+    (sub,) = node.live.sockets.subscriptions("default")
+    other = SocketStore(node.container.store.db)  # another invocation's deliverer
+    held = other.acquire(sub)
+    assert held is not None
+    node.http.put("/config/a", json={"value": 1}, headers=ROOT).raise_for_status()
+    releaser = threading.Timer(0.2, other.release, (held, held.cursor))  # it finishes without having seen "a"
+    releaser.start()
+    try:
+        node.live.notify(lambda_event(node.stream_records()))
+    finally:
+        releaser.join()
+    assert [e["key"] for e in node.sockets.events("c1")] == ["a"]
