@@ -39,9 +39,9 @@ class Settings(BaseModel):
     change_log_retention: int = 100_000
     # Application limits (issue 13 §3; the table is in docs/reliability.md). Per token; per client address before
     # a token is known (a WebSocket not yet authenticated). 429 too_many_requests with Retry-After when reached.
-    max_long_polls: int = Field(default=256, ge=1)  # TESSERA_MAX_LONG_POLLS: /watch requests held at once
-    max_websockets: int = Field(default=256, ge=1)  # TESSERA_MAX_WEBSOCKETS: open /ws sockets
-    max_subscriptions: int = Field(default=2048, ge=1)  # TESSERA_MAX_SUBSCRIPTIONS: over all of a token's sockets
+    max_long_polls: int = Field(default=4096, ge=1)  # TESSERA_MAX_LONG_POLLS: /watch requests held at once
+    max_websockets: int = Field(default=1024, ge=1)  # TESSERA_MAX_WEBSOCKETS: open /ws sockets
+    max_subscriptions: int = Field(default=16384, ge=1)  # TESSERA_MAX_SUBSCRIPTIONS: over all of a token's sockets
     # TESSERA_REQUEST_DEADLINE: seconds a request may run before its commit point (503 deadline_exceeded); watches
     # and imports keep their own bounds (max_watch_seconds; per-key commits and the body limit)
     request_deadline: float = Field(default=30.0, gt=0)

@@ -201,10 +201,10 @@ def _responses(op: Op, method: str) -> dict[str, Any]:
                                 "content": {"application/json": {"schema": {"$ref": REF.format(model="Error")}}}}  # fmt: skip
         if status == 429:
             answers["429"]["headers"] = {"Retry-After": {"schema": {"type": "integer"}, "description": "seconds"}}
-    for status, answer in answers.items():  # every response, whatever answered it, carries the request's id
+    for code, answer in answers.items():  # every response, whatever answered it, carries the request's id
         answer.setdefault("headers", {})["X-Request-Id"] = {
             "required": True, "schema": {"type": "string"}, "description": "the client's (when it sent one) or a new one"}
-        if method == "get" and op.ok.get(304, False) is None and status in ("200", "304"):  # a read: its ETag
+        if method == "get" and op.ok.get(304, False) is None and code in ("200", "304"):  # a read: its ETag
             answer["headers"]["ETag"] = {"schema": {"type": "string"}, "description": "send it as If-None-Match: 304"}
     return answers
 

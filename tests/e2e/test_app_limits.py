@@ -60,8 +60,9 @@ def test_one_token_holds_at_most_its_long_polls(server, tokens):
         thread.start()
     with server.client(greedy) as client, server.client(other) as neighbour:
         deadline = time.monotonic() + 10
-        while True:  # until the three are held (a loaded machine may be slow to send them)
-            response = client.get("/watch?keys=nothing.here&timeout=0", headers={"X-Request-Id": "poll-refused"})
+        for attempt in range(1000):  # until the three are held (a loaded machine may be slow to send them)
+            request_id = f"poll-refused-{attempt}"  # the earlier probes were answered 200: only the last is refused
+            response = client.get("/watch?keys=nothing.here&timeout=0", headers={"X-Request-Id": request_id})
             if response.status_code == 429 or time.monotonic() > deadline:
                 break
             time.sleep(0.05)
@@ -74,7 +75,7 @@ def test_one_token_holds_at_most_its_long_polls(server, tokens):
         assert client.get("/watch?keys=nothing.here&timeout=0").status_code == 200  # slots given back
     with server.client() as root:
         entries = root.get("/audit?limit=200").json()["entries"]
-    refused = [e for e in entries if e["request_id"] == "poll-refused"]
+    refused = [e for e in entries if e["request_id"] == request_id]
     assert [(e["action"], e["status"], e["outcome"], e["service"]) for e in refused] == [("watch", 429, "error", "svc0")]
 
 
