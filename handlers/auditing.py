@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from collections.abc import Mapping
 from concurrent.futures import Future
 from dataclasses import replace
@@ -29,9 +30,11 @@ from tessera.core.access_model import AuditEntry
 from tessera.core.audit import ATTEMPT, REQUEST, PendingEntries
 from tessera.core.idempotency import IdempotencyGuard
 from tessera.core.model import Action, Principal, Scope, Version, utcnow
+from tessera.core.tokens import TOKEN_PREFIX
 
 logger = logging.getLogger("tessera.audit")
 AUDITED_PREFIXES = ("/config", "/watch", "/ws", "/policies", "/auth", "/envs", "/diff", "/audit", "/ui")
+_TOKEN_SHAPE = re.compile(re.escape(TOKEN_PREFIX) + r"[A-Za-z0-9_-]{43}")  # core/tokens.py: 256 random bits, base64url
 MAX_FIELD = 256  # facts taken from a refused request are not validated: they are cut here
 AUDIT_WAIT_SECONDS = 10.0  # longest wait for a record before answering 503
 UNDOTTED_ACTIONS = frozenset({"watch", "diff"})  # audited routes whose action has no area prefix
@@ -45,7 +48,14 @@ def audited(path: str) -> bool:
 
 
 def cut(text: str | None) -> str | None:
-    return None if text is None else text[:MAX_FIELD]
+    """A recorded fact taken from the request, bounded, with any token string in it masked (a client that pastes
+    its token where an id or a key goes must not put it in the audit log)."""
+    if text is None:
+        return None
+    text = text[: MAX_FIELD + 64]
+    if TOKEN_PREFIX in text:
+        text = _TOKEN_SHAPE.sub(TOKEN_PREFIX + "[redacted]", text)
+    return text[:MAX_FIELD]
 
 
 def outcome_of(status: int) -> str:

@@ -174,3 +174,20 @@ def test_two_idempotency_key_headers_are_400_and_change_nothing(root):
                         headers=[("Idempotency-Key", f"one-{k}"), ("Idempotency-Key", f"two-{k}")])
     assert_error(response, 400, "invalid_request")
     assert root.get(f"/config/{k}.a").status_code == 404
+
+
+# --- Audit: entries never hold token strings -------------------------------------------------------------------
+
+def test_a_token_string_pasted_into_a_path_is_not_recorded(root):
+    """A client that puts a token string where an id or a key goes (``DELETE /auth/tokens/<token>``, a read of
+    ``/config/<token>``) is refused, and the audit log still never holds the token string."""
+    created = root.post("/auth/tokens", json={"service": uid("svc"), "policies": [], "ttl_seconds": 3600}).json()
+    token = created["token"]
+    ids = [f"tok-{uuid.uuid4().hex}" for _ in range(3)]
+    assert root.delete(f"/auth/tokens/{token}", headers={"X-Request-Id": ids[0]}).status_code == 404
+    assert root.get(f"/config/{token}", headers={"X-Request-Id": ids[1]}).status_code == 404
+    assert root.get(f"/config/history/{token}", headers={"X-Request-Id": ids[2]}).status_code == 404
+    entries = [e for e in root.get("/audit", params={"limit": 1000}).json()["entries"] if e["request_id"] in ids]
+    assert len(entries) == 3
+    assert token not in json.dumps(entries)
+    assert token[4:20] not in json.dumps(entries)
