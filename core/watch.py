@@ -19,12 +19,12 @@ from __future__ import annotations
 import asyncio
 import bisect
 import threading
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from tessera.core.errors import InvalidRequest, RevisionCompacted, TesseraError
-from tessera.core.model import Action, Change, Principal, Scope, Version
+from tessera.core.model import Action, Change, Principal, Scope, Version, parse_scope
 from tessera.core.policy import compile_path
 from tessera.core.ports import VersionStore
 
@@ -267,6 +267,30 @@ def parse_patterns(raw: str | Sequence[str] | None) -> list[str]:
         raise InvalidRequest("keys must be a list of key patterns")
     patterns = [item.strip(" ") for item in items if item.strip(" ")]  # spaces after commas; nothing else
     return patterns or ["*"]
+
+
+@dataclass(frozen=True)
+class Subscription:
+    """A ``{"type": "subscribe", ...}`` message of the ``/ws`` protocol, validated."""
+
+    scope: Scope
+    patterns: list[str]
+    since: int | None
+
+
+def parse_subscription(message: Mapping[str, Any], subscriptions: int) -> Subscription:
+    """Validate a subscribe message for a socket that holds ``subscriptions`` already (the same rules on the
+    server's ``/ws`` and on AWS's WebSocket API); ``InvalidRequest`` names what is wrong."""
+    if subscriptions >= MAX_SUBSCRIPTIONS_PER_SOCKET:
+        raise InvalidRequest(f"at most {MAX_SUBSCRIPTIONS_PER_SOCKET} subscriptions per socket")
+    scope = parse_scope(message.get("namespace"), message.get("env"))
+    since = message.get("since")
+    if since is not None and (isinstance(since, bool) or not isinstance(since, int)):
+        raise InvalidRequest("since must be an integer revision")
+    keys = message.get("keys")
+    if keys is not None and not isinstance(keys, list):
+        raise InvalidRequest("keys must be a list of key patterns")
+    return Subscription(scope, parse_patterns(keys), since)
 
 
 def clamp_timeout(timeout: float | None, maximum: float = MAX_TIMEOUT) -> float:

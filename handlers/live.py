@@ -33,11 +33,11 @@ from typing import Any
 from tessera.core.backends.aws.items import CHANGES_PK
 from tessera.core.backends.aws.sockets import ConnectionPoster, Gone, SocketStore, Subscription
 from tessera.core.backends.factory import Container
-from tessera.core.errors import InvalidRequest, TesseraError, Unauthenticated, Unavailable
-from tessera.core.model import Change, Scope, parse_scope, utcnow
+from tessera.core.errors import TesseraError, Unauthenticated, Unavailable
+from tessera.core.model import Change, Scope, utcnow
 from tessera.core.policy import compile_path
 from tessera.core.tokens import hash_token
-from tessera.core.watch import BATCH, MAX_SUBSCRIPTIONS_PER_SOCKET, Watcher, parse_patterns
+from tessera.core.watch import BATCH, MAX_SUBSCRIPTIONS_PER_SOCKET, Watcher, parse_subscription
 from tessera.handlers.auditing import Auditor
 from tessera.handlers.render import dumps
 
@@ -290,16 +290,9 @@ class _Socket:
         target = ",".join(str(k) for k in keys) if isinstance(keys, list) else None
         self.auditor.note_scope(str(message.get("namespace") or "default"), str(message.get("env") or "default"))
         try:
-            if connection.subscriptions >= MAX_SUBSCRIPTIONS_PER_SOCKET:
-                raise InvalidRequest(f"at most {MAX_SUBSCRIPTIONS_PER_SOCKET} subscriptions per socket")
-            scope = parse_scope(message.get("namespace"), message.get("env"))
-            since = message.get("since")
-            if since is not None and (isinstance(since, bool) or not isinstance(since, int)):
-                raise InvalidRequest("since must be an integer revision")
-            if keys is not None and not isinstance(keys, list):
-                raise InvalidRequest("keys must be a list of key patterns")
-            patterns = parse_patterns(keys)
-            watcher = Watcher(self.live.service, self.auditor.principal, scope, patterns, since)
+            asked = parse_subscription(message, connection.subscriptions)
+            scope, patterns = asked.scope, asked.patterns
+            watcher = Watcher(self.live.service, self.auditor.principal, scope, patterns, asked.since)
         except TesseraError as exc:
             if self.record("ws.subscribe", exc.status, target=target):
                 self.error(exc.code, exc.message, **exc.extra)

@@ -14,9 +14,9 @@ from fastapi import APIRouter, Request, Response, WebSocket, WebSocketDisconnect
 
 from tessera.core.backends.factory import Container
 from tessera.core.errors import InvalidRequest, TesseraError
-from tessera.core.model import Principal, Scope, parse_scope, utcnow
+from tessera.core.model import Principal, Scope, utcnow
 from tessera.core.policy import compile_path
-from tessera.core.watch import MAX_SUBSCRIPTIONS_PER_SOCKET, Watcher, clamp_timeout, parse_patterns
+from tessera.core.watch import Watcher, clamp_timeout, parse_patterns, parse_subscription
 from tessera.handlers.auditing import Auditor
 from tessera.handlers.deps import AuditorDep, ContainerDep, PrincipalDep, ScopeDep, bearer_token, int_param
 from tessera.handlers.limits import LongPollSlot, SocketSlots
@@ -305,15 +305,8 @@ class Socket:
         target = ",".join(str(k) for k in keys) if isinstance(keys, list) else None
         self.auditor.note_scope(str(message.get("namespace") or "default"), str(message.get("env") or "default"))
         try:
-            if self.subscriptions >= MAX_SUBSCRIPTIONS_PER_SOCKET:
-                raise InvalidRequest(f"at most {MAX_SUBSCRIPTIONS_PER_SOCKET} subscriptions per socket")
-            scope = parse_scope(message.get("namespace"), message.get("env"))
-            since = message.get("since")
-            if since is not None and (isinstance(since, bool) or not isinstance(since, int)):
-                raise InvalidRequest("since must be an integer revision")
-            if keys is not None and not isinstance(keys, list):
-                raise InvalidRequest("keys must be a list of key patterns")
-            watcher = await self.container.read(Watcher, service, self.principal, scope, parse_patterns(keys), since)
+            asked = parse_subscription(message, self.subscriptions)
+            watcher = await self.container.read(Watcher, service, self.principal, asked.scope, asked.patterns, asked.since)
         except TesseraError as exc:
             if not await self.record("ws.subscribe", exc.status, target=target):
                 return False
