@@ -69,6 +69,12 @@ PARALLEL_CALLS = 32  # an import's S3 puts in flight at once (the clients pool 3
 DEFAULT_RECORD_CACHE = 20_000
 
 
+def by_path(pendings: list[tuple[int, Pending]]) -> list[tuple[int, Pending]]:
+    """In key order: siblings share their ancestors' items in one transaction (a tree packs about 30 keys into each
+    instead of as few as 19 in document order), so the revisions of one import follow key order."""
+    return sorted(pendings, key=lambda entry: (entry[1].version.scope.namespace, entry[1].version.scope.env, entry[1].version.key))
+
+
 class RecordCache:
     """Bounded LRU of immutable version records by (scope, key, version): a version never changes once
     committed (a rewrap swaps its object, which ``load_envelope`` notices), so entries never go stale.
@@ -402,7 +408,7 @@ class AwsStore:
         just before, so the record cache answers): what an import checks before it writes anything."""
         pendings = [(index, Pending(version, self._liveness_of(version.scope, version.key, version.version - 1)))
                     for index, version in enumerate(versions)]  # fmt: skip
-        return len(batch_items(pendings, 1))
+        return len(batch_items(by_path(pendings), 1))
 
     def commit_batch(self, versions: list[Version], audits: list[AuditEntry | None], deadline: float | None = None) -> list[Version | TesseraError]:
         """Versions of different keys, each committed on its own terms but many per ``TransactWriteItems`` (up to
@@ -437,7 +443,7 @@ class AwsStore:
         # so the uploads of the next batches overlap this one's transaction.
         with ThreadPoolExecutor(PARALLEL_CALLS, thread_name_prefix="tessera-put") as pool:
             uploads = {index: pool.submit(put, pending) for index, pending in pendings if pending.live}
-            for batch in batch_items(pendings, fixed):
+            for batch in batch_items(by_path(pendings), fixed):
                 if deadline is not None and time.monotonic() > deadline:
                     for index, pending in batch:
                         outcomes[index] = DeadlineExceeded("the import ran out of time before this key; it was not written")
