@@ -290,7 +290,7 @@ class ConfigService:
         self.feed = ChangeFeed(self)
         self._env_cache: tuple[object, dict[str, Environment]] | None = None
         self._env_lock = threading.Lock()
-        self.import_seconds = IMPORT_SECONDS  # a batched import's time budget (tests on a slow emulator raise it)
+        self.import_seconds = IMPORT_SECONDS  # a batched import's time budget (Settings.import_deadline)
         # Set by the composition root when the store records a change's audit entry in its commit.
         self.audit_in_commit = bool(getattr(store, "audit_in_commit", False))
 

@@ -45,6 +45,9 @@ class Settings(BaseModel):
     # TESSERA_REQUEST_DEADLINE: seconds a request may run before its commit point (503 deadline_exceeded); watches
     # and imports keep their own bounds (max_watch_seconds; per-key commits and the body limit)
     request_deadline: float = Field(default=30.0, gt=0)
+    # TESSERA_IMPORT_DEADLINE: seconds after which a batched import (aws) starts no new transaction; the keys left
+    # out are named in its errors as deadline_exceeded (24: API Gateway answers 503 at 29 s; raise it for serve)
+    import_deadline: float = Field(default=24.0, gt=0)
     docs: bool = True  # /docs and /openapi.json (public: the schema is no secret); `tessera serve --no-docs`, TESSERA_DOCS=off
     # Retention, by time: the aws backend's TTL (ChangeLogRetentionDays / AuditRetentionDays in the template);
     # the embedded store removes audit records older than audit_retention_days, leaving a checkpoint that
@@ -113,6 +116,7 @@ class Settings(BaseModel):
             ("max_websockets", "TESSERA_MAX_WEBSOCKETS"),
             ("max_subscriptions", "TESSERA_MAX_SUBSCRIPTIONS"),
             ("request_deadline", "TESSERA_REQUEST_DEADLINE"),
+            ("import_deadline", "TESSERA_IMPORT_DEADLINE"),
         ):
             if env.get(variable):
                 values[field_name] = env[variable]

@@ -218,6 +218,7 @@ def build(settings: Settings | None = None, *, store: VersionStore | None = None
     keys = keys or build_keys(settings, store)
     access = build_access(settings, store)
     service = ConfigService(store, keys, authorizer=access.authorizer, value_cache_entries=settings.value_cache_entries)
+    service.import_seconds = settings.import_deadline
     authenticator = Authenticator(store, tokens=access.stores)
     access.bind(authenticator)
     if settings.root_token:

@@ -35,9 +35,10 @@ def target():
 
 @pytest.fixture
 def node(target):
-    container = build(Settings(backend="aws", bucket=target.bucket, table=target.table, root_token=ROOT_TOKEN),
+    # The emulator is far slower than AWS: no time budget in these tests (TESSERA_IMPORT_DEADLINE).
+    container = build(Settings(backend="aws", bucket=target.bucket, table=target.table, root_token=ROOT_TOKEN, import_deadline=600),
                       store=target.store(CallCounter()), keys=CachingKeyService(target.kms()))  # fmt: skip
-    container.service.import_seconds = 600  # in-process moto is far slower than AWS: no budget in these tests
+    assert container.service.import_seconds == 600
     with TestClient(create_app(container), headers=ROOT_HEADERS) as client:
         yield container, client
     container.close()
