@@ -4,6 +4,7 @@ front (``handlers/asgi.py``: request ids, headers, auditing, the fast read path)
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
@@ -11,7 +12,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from tessera.core.backends.factory import Container
 from tessera.core.errors import TesseraError
-from tessera.handlers import audit, auth, config, envs, health, openapi, policies, watch
+from tessera.handlers import audit, auth, config, envs, health, policies, watch
 from tessera.handlers.asgi import TesseraASGI, log_failure
 from tessera.handlers.render import error_body
 
@@ -27,13 +28,27 @@ def error_response(request: Request, status: int, code: str, message: str, **ext
                     headers={"Retry-After": str(retry_after)} if retry_after is not None else None)
 
 
+def install_openapi(api: FastAPI) -> None:
+    """Serve the declared document (``handlers/openapi.py``) at ``/openapi.json``, made on its first request: its
+    pydantic models (a tenth of a Lambda container's import) load only when someone asks for it."""
+
+    def document() -> dict[str, Any]:
+        if api.openapi_schema is None:
+            from tessera.handlers import openapi
+
+            api.openapi_schema = openapi.build(api)
+        return api.openapi_schema
+
+    api.openapi = document  # type: ignore[method-assign]
+
+
 def create_api(container: Container, *, console: bool = True) -> FastAPI:
     """The FastAPI app alone (routes, error mapping); serve :func:`create_app`, which puts the front before it."""
     # No trailing-slash redirects: ``/policies/`` is no route of the API (``404 no_route``), not a bare 307.
     docs = container.settings.docs  # public unless `tessera serve --no-docs`
     api = FastAPI(title="Tessera", version="0.2.0", docs_url="/docs" if docs else None, redoc_url=None,
                   openapi_url="/openapi.json" if docs else None, redirect_slashes=False)  # fmt: skip
-    openapi.install(api)  # the declared document (handlers/openapi.py)
+    install_openapi(api)  # the declared document (handlers/openapi.py)
     api.state.container = container
 
     @api.exception_handler(TesseraError)

@@ -273,14 +273,3 @@ def build(api: FastAPI) -> dict[str, Any]:
     }
     document["security"] = [{"bearer": []}]
     return document
-
-
-def install(api: FastAPI) -> None:
-    """Serve :func:`build`'s document at ``/openapi.json`` (made once, on first request)."""
-
-    def openapi() -> dict[str, Any]:
-        if api.openapi_schema is None:
-            api.openapi_schema = build(api)
-        return api.openapi_schema
-
-    api.openapi = openapi  # type: ignore[method-assign]
