@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -313,6 +314,8 @@ def test_keys_cli_on_the_aws_backend_against_moto_server(tmp_path, monkeypatch):
     target.clients.kms.create_alias(AliasName="alias/tessera-next-" + new_arn[-8:], TargetKeyId=new_arn)
     code, rotated = keys("rotate", "--kms-key-id", "alias/tessera-next-" + new_arn[-8:])
     assert code == 0 and rotated == {"previous_key_id": target.key_arn, "active_key_id": new_arn}  # kept as the ARN
+    # The running node learns of the rotation through the auth stamp, which it reads at most once a second.
+    time.sleep(container.store.auth_stamp.max_age + 0.1)
     written = container.service.put(ROOT, Scope(), "after.rotation", "x")
     assert container.store.get_version(Scope(), "after.rotation", written.version.version).key_id == new_arn
     code, report = keys("rewrap", "--limit", "2", "--batch-size", "2")
