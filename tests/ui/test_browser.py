@@ -95,12 +95,23 @@ def wait_for(driver, condition, message: str):
 def submit(driver, element_id: str, condition, message: str):
     """Click ``element_id`` (a submit button or link) and wait for the page it leads to: first the current page
     going away (so nothing of it is mistaken for the next one), then ``condition`` on the new one."""
+    from selenium.common.exceptions import WebDriverException
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions
 
     page = driver.find_element(By.TAG_NAME, "html")
     by_id(driver, element_id).click()
-    wait_for(driver, expected_conditions.staleness_of(page), f"the page to change after clicking #{element_id}")
+    stale = expected_conditions.staleness_of(page)
+
+    def gone(d):
+        try:
+            return stale(d)
+        except WebDriverException as exc:  # chromedriver asked about a node mid-navigation: "not yet", look again
+            if "inspector" in str(exc):
+                return False
+            raise
+
+    wait_for(driver, gone, f"the page to change after clicking #{element_id}")
     return wait_for(driver, condition, message)
 
 
