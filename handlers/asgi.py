@@ -25,12 +25,12 @@ from tessera import __version__
 from tessera.core.deadline import start as start_deadline
 from tessera.core.errors import TesseraError
 from tessera.core.idempotency import LEASE, IdempotencyGuard, parse_idempotency_key
-from tessera.core.model import parse_scope
+from tessera.core.model import Principal, parse_scope
 from tessera.handlers import idempotency
 from tessera.handlers.auditing import READ_METHODS, Auditor, AuditQueue, audited, facts_from_route
 from tessera.handlers.deps import parse_bearer
 from tessera.handlers.limits import LONG_POLL, caller, limits_of
-from tessera.handlers.reads import read_response
+from tessera.handlers.reads import Headers, read_response
 from tessera.handlers.render import JSON, dumps, error_body
 from tessera.handlers.watch import TokenSentinel, long_poll
 
@@ -251,36 +251,46 @@ class TesseraASGI:
         if_none_match: bytes | None,
     ) -> None:
         auditor.note("config.read", key=key)
-        auditor.note_scope(params.get("namespace"), params.get("env"))
-        token = parse_bearer(authorization.decode("latin-1")) if authorization is not None else None
-        try:
-            principal = await self.container.read(self.container.authenticator.authenticate, token)
-            auditor.principal = principal
-            status, headers, body = await self.container.read(
-                read_response, self.container.service, auditor, principal, key, params, if_none_match
-            )
-        except TesseraError as exc:
-            log_failure(exc)
-            status, headers, body = error_body(exc.status, exc.code, exc.message, auditor.request_id, **exc.extra)
-        await self._finish(scope, send, auditor, status, headers, body, token)
+
+        def read(principal: Principal, token: str | None) -> Awaitable[tuple[int, Headers, bytes]]:
+            return self.container.read(read_response, self.container.service, auditor, principal, key, params, if_none_match)
+
+        await self._answer(scope, send, auditor, params, authorization, read)
 
     async def _fast_watch(self, scope: AsgiScope, receive: Receive, send: Send, auditor: Auditor, authorization: bytes | None) -> None:
         """``GET /watch`` without FastAPI: a release of 10,000 parked watchers is 10,000 of these answers."""
         params = dict(parse_qsl(scope["query_string"].decode("latin-1"))) if scope["query_string"] else {}
         keys = params.get("keys")
         auditor.note("watch", target=keys)
-        auditor.note_scope(params.get("namespace"), params.get("env"))
-        token = parse_bearer(authorization.decode("latin-1")) if authorization is not None else None
-        try:
-            principal = await self.container.read(self.container.authenticator.authenticate, token)
-            auditor.principal = principal
+
+        async def watch(principal: Principal, token: str | None) -> tuple[int, Headers, bytes]:
             where = parse_scope(params.get("namespace"), params.get("env"))
             auditor.note(scope=where)
             with limits_of(self.api).hold(LONG_POLL, caller(principal, auditor.client), auditor):  # handlers/limits.py
                 body = await long_poll(
                     self.container, self.sentinel, principal, token, where, keys, params.get("since"), params.get("timeout"), receive
                 )
-            status, headers = 200, [JSON]
+            return 200, [JSON], body
+
+        await self._answer(scope, send, auditor, params, authorization, watch)
+
+    async def _answer(
+        self,
+        scope: AsgiScope,
+        send: Send,
+        auditor: Auditor,
+        params: dict[str, str],
+        authorization: bytes | None,
+        work: Callable[[Principal, str | None], Awaitable[tuple[int, Headers, bytes]]],
+    ) -> None:
+        """A fast path's request: its scope noted, its token authenticated, ``work`` done for the principal (a
+        refusal rendered in the contract's shape), then the record and the response."""
+        auditor.note_scope(params.get("namespace"), params.get("env"))
+        token = parse_bearer(authorization.decode("latin-1")) if authorization is not None else None
+        try:
+            principal = await self.container.read(self.container.authenticator.authenticate, token)
+            auditor.principal = principal
+            status, headers, body = await work(principal, token)
         except TesseraError as exc:
             log_failure(exc)
             status, headers, body = error_body(exc.status, exc.code, exc.message, auditor.request_id, **exc.extra)
