@@ -398,6 +398,10 @@ class AuditLog:
         # A sink without ``flush`` (DynamoDB: every append is a durable write) needs no flushing.
         self._sink_flush: Callable[[], None] | None = getattr(sink, "flush", None)
         self.durable_appends = bool(getattr(sink, "durable_appends", self._sink_flush is None))
+        # A sink whose appends are writes to a local file may be appended to on the caller's thread (the HTTP
+        # event loop: see append_now); others (DynamoDB: a network call) only from the writer thread.
+        self.inline = callable(getattr(sink, "try_append", None))
+        self._append_lock = threading.Lock()  # the writer thread's appends vs append_now's
         self._queue: queue.SimpleQueue[tuple[list[AuditEntry], Future[list[AuditEntry]], bool] | None] = queue.SimpleQueue()
         self._closed = False
         self._lock = threading.Lock()  # submit vs close: nothing is queued behind the stop marker
@@ -439,6 +443,45 @@ class AuditLog:
             reason = "the audit log is closed" if self._closed else "the audit log cannot be written"
         future.set_exception(Unavailable(reason))
         return future
+
+    def append_now(self, entries: list[AuditEntry]) -> list[AuditEntry] | None:
+        """Append ``entries`` on the calling thread, not yet durable (reads' records), and return them linked;
+        None, appending nothing, when the sink is busy (a flush in its fsync): the caller then hands them to the
+        writer thread (``submit_batch``). ``Unavailable`` if they cannot be appended (the log turns unhealthy,
+        as when the writer's append fails). The writer thread flushes them within ``flush_interval``.
+
+        For sinks with ``try_append`` (the embedded backend's request log: a local file only this process
+        appends to). What it saves a read, against ``submit``: the hand-over to the writer thread and back (a
+        queue, two wake-ups, the GIL changing hands twice). It never waits: a disk that stalls a flush does not
+        stall the event loop."""
+        if self._closed or self.failure is not None:
+            raise Unavailable("the audit log is closed" if self._closed else "the audit log cannot be written")
+        if not self._append_lock.acquire(blocking=False):
+            return None
+        try:
+            try:
+                stored = self.sink.try_append(entries)  # type: ignore[attr-defined]
+            except Exception as exc:  # noqa: BLE001 - every failure means "not recorded": fail closed
+                self._mark_failed(exc)
+                raise Unavailable("the audit log cannot be written") from exc
+            if stored is None:
+                return None
+            first = self._unflushed_since is None
+            if first:
+                self._unflushed_since = time.monotonic()
+        finally:
+            self._append_lock.release()
+        if first:
+            self._queue.put(([], Future(), False))  # wakes the writer, which now waits at most flush_interval
+        self.batches += 1
+        self.written += len(stored)
+        if self.emit is not None:
+            for entry in stored:
+                try:
+                    self.emit(entry)
+                except Exception:  # noqa: BLE001 - the record exists; a log hiccup must not fail it
+                    pass
+        return stored
 
     def record(self, entry: AuditEntry, timeout: float = 30.0, durable: bool = True) -> AuditEntry:
         """Submit and wait (for callers that are not on an event loop)."""
@@ -529,9 +572,10 @@ class AuditLog:
             if self.failure is not None:
                 raise Unavailable(self.failure)
             if entries:
-                stored = self.sink.append(self.chain, entries)
-                if self._unflushed_since is None and not self.durable_appends:
-                    self._unflushed_since = time.monotonic()
+                with self._append_lock:
+                    stored = self.sink.append(self.chain, entries)
+                    if self._unflushed_since is None and not self.durable_appends:
+                        self._unflushed_since = time.monotonic()
             if any(durable for _, _, durable in batch) or self._next_wait() == 0.0:
                 self._flush(raise_errors=True)
         except Exception as exc:  # noqa: BLE001 - every failure means "not recorded": fail closed
@@ -565,7 +609,8 @@ class AuditLog:
             if self.failure is not None:
                 # Recovering: the probe is a real record, appended and flushed like any other. It marks in the
                 # chain itself that records were refused before it (their requests got 503 and were not served).
-                self.sink.append(self.chain, [_resumed_entry(self.failure)])
+                with self._append_lock:
+                    self.sink.append(self.chain, [_resumed_entry(self.failure)])
             if self._sink_flush is not None:
                 self._sink_flush()
         except Exception as exc:  # noqa: BLE001
@@ -627,6 +672,10 @@ class DisabledAuditLog:
     ready = True
     failure = None
     durable_appends = True
+    inline = True
+
+    def append_now(self, entries: list[AuditEntry]) -> list[AuditEntry]:
+        return entries
 
     def submit(self, entry: AuditEntry, durable: bool = False) -> Future[AuditEntry]:
         future: Future[AuditEntry] = Future()

@@ -28,6 +28,7 @@ from typing import Any
 
 from tessera.core.access_model import AuditEntry
 from tessera.core.audit import ATTEMPT, REQUEST, PendingEntries
+from tessera.core.errors import Unavailable
 from tessera.core.idempotency import IdempotencyGuard
 from tessera.core.model import Action, Principal, Scope, Version, utcnow
 from tessera.core.tokens import TOKEN_PREFIX
@@ -260,6 +261,8 @@ class AuditQueue:
             if not items:
                 continue
             self._pending[durable] = []
+            if not durable and self.audit_log.inline and _appended_here(self.audit_log, items):
+                continue
             group = PendingEntries([item[0] for item in items])
             for index, item in enumerate(items):
                 item[2], item[3] = group, index
@@ -282,6 +285,26 @@ class AuditQueue:
                 self._amend(item, item[4])
             future.set_exception(TimeoutError("the audit log did not take the record in time"))
             future.add_done_callback(_consume)
+
+def _appended_here(audit_log: Any, items: list[list[Any]]) -> bool:
+    """Append a turn's records on the event loop itself (``AuditLog.append_now``: a local file only this process
+    appends to) and answer their waiters; False when the file is busy (the writer thread takes them then)."""
+    try:
+        stored = audit_log.append_now([item[0] for item in items])
+    except Exception as exc:  # noqa: BLE001 - not recorded: every waiter fails closed (503)
+        error = exc if isinstance(exc, Unavailable) else Unavailable("the audit log cannot be written")
+        for item in items:
+            if not item[1].done():
+                item[1].set_exception(error)
+                item[1].add_done_callback(_consume)
+        return True
+    if stored is None:
+        return False
+    for index, item in enumerate(items):
+        if not item[1].done():  # a waiter that went (cancelled) has its record written all the same
+            item[1].set_result(stored[index])
+    return True
+
 
 def _settle(items: list[list[Any]], done: Future[list[AuditEntry]], expiry: asyncio.TimerHandle) -> None:
     expiry.cancel()

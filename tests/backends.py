@@ -37,3 +37,14 @@ from tests.aws.support import aws_moto_backend, aws_server_backend  # noqa: E402
 
 BACKEND_FACTORIES["aws-moto"] = aws_moto_backend
 BACKEND_FACTORIES["aws-server"] = aws_server_backend
+
+
+def audit_files(container) -> list:
+    """The embedded backend's files that hold audit records: the config store's (records written inside commits)
+    and this process's request log (every other record)."""
+    return [container.store, container.access.stores.request_log().store]
+
+
+def audit_file_of(container, chain: str):
+    """The file holding ``chain``."""
+    return container.store if chain == "main" else container.access.stores.request_log().store

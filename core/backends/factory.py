@@ -49,6 +49,9 @@ class AccessParts:
 
     def close(self) -> None:
         self.audit_log.close()
+        close_stores = getattr(self.stores, "close", None)
+        if close_stores is not None:  # the embedded backend's request log (its file, its slot)
+            close_stores()
 
 
 def build_access_stores(settings: Settings, store: VersionStore) -> Any:

@@ -112,7 +112,12 @@ def translated_errors() -> Iterator[None]:
 class SQLiteStore:
     backend_name = "local"
 
-    def __init__(self, path: Path | str, change_log_retention: int = 100_000) -> None:
+    def __init__(
+        self, path: Path | str, change_log_retention: int = 100_000, schema: str = SCHEMA, durable_by_default: bool = True
+    ) -> None:
+        """``schema``: the tables of this file (the audit request log's file has only the audit tables).
+        ``durable_by_default=False``: transactions commit without an fsync unless asked (``transaction(durable=True)``),
+        for a file most of whose commits are appends made durable later by one flush (the audit request log)."""
         self.path = Path(path)
         self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.change_log_retention = change_log_retention
@@ -120,7 +125,13 @@ class SQLiteStore:
         self._compaction_every = max(1, min(1000, change_log_retention // 10))
         create_private(self.path)
         self._writer = connect(self.path)
+        self._durable_by_default = durable_by_default
+        if not durable_by_default:
+            self._writer.execute("PRAGMA synchronous=NORMAL")
         self._write_lock = threading.Lock()
+        # read_stamp's connection per thread, with the file's data_version and the stamp read at it
+        self._stamp_local = threading.local()
+        self._stamp_connections: list[sqlite3.Connection] = []
         self._probe: sqlite3.Connection | None = None  # write_probe's own connection
         self._probe_lock = threading.Lock()
         # Idle reader connections, reused across requests and threads. Checked out per query rather than held
@@ -134,7 +145,7 @@ class SQLiteStore:
         # Set by the Idempotency-Key store sharing this file: marks a claim committed inside a commit.
         self.idempotency_marker: Callable[..., None] | None = None
         with self._write_lock, translated_errors():
-            self._writer.executescript(SCHEMA)
+            self._writer.executescript(schema)
         # No checkpoint inside a commit: SQLite's automatic one runs in the committing connection, copying the WAL
         # into the database file and fsyncing it, so every thousandth audit append (and every read waiting on it)
         # took ~10 ms. A thread of this store's own does it instead, beside the writers (WAL checkpoints do not
@@ -171,16 +182,35 @@ class SQLiteStore:
             return rows
 
     @contextmanager
-    def transaction(self, durable: bool = True) -> Iterator[sqlite3.Connection]:
+    def transaction(self, durable: bool | None = None) -> Iterator[sqlite3.Connection]:
         """``BEGIN IMMEDIATE`` on the writer connection; commits on success, rolls back on any error.
 
-        ``durable=False`` commits without an fsync (``synchronous=NORMAL`` for this one transaction): what the
-        audit log's appends of read records use. The WAL is a sequence, so the next durable commit (any
-        config write, or the audit log's flush) makes those frames durable too.
+        ``durable=False`` commits without an fsync (``synchronous=NORMAL`` for this one transaction), ``True``
+        with one, ``None`` as the store does by default. The WAL is a sequence, so the next durable commit makes
+        the frames of earlier non-durable ones durable too (the audit log's flush relies on it).
         """
-        with self._write_lock, translated_errors():
-            if not durable:
-                self._writer.execute("PRAGMA synchronous=NORMAL")
+        with self._write_lock, self._begun(durable) as db:
+            yield db
+
+    @contextmanager
+    def transaction_if_free(self, durable: bool | None = None) -> Iterator[sqlite3.Connection | None]:
+        """:meth:`transaction`, or None at once (nothing run) when another thread of this process holds the
+        writer, e.g. a commit in its fsync. (``BEGIN`` still waits for another process's writer.)"""
+        if not self._write_lock.acquire(blocking=False):
+            yield None
+            return
+        try:
+            with self._begun(durable) as db:
+                yield db
+        finally:
+            self._write_lock.release()
+
+    @contextmanager
+    def _begun(self, durable: bool | None) -> Iterator[sqlite3.Connection]:
+        toggled = durable is not None and durable != self._durable_by_default
+        with translated_errors():
+            if toggled:
+                self._writer.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
             try:
                 self._writer.execute("BEGIN IMMEDIATE")
                 try:
@@ -193,8 +223,8 @@ class SQLiteStore:
                         self._writer.execute("ROLLBACK")
                     raise
             finally:
-                if not durable:
-                    self._writer.execute("PRAGMA synchronous=FULL")
+                if toggled:
+                    self._writer.execute(f"PRAGMA synchronous={'FULL' if self._durable_by_default else 'NORMAL'}")
 
     def write_probe(self) -> str | None:
         """Why this store cannot take a write now, or None (``/ready``): the data directory's file system is full,
@@ -245,9 +275,10 @@ class SQLiteStore:
                 self._probe.close()
                 self._probe = None
         with self._readers_lock:
-            for connection in self._idle_readers:
+            for connection in self._idle_readers + self._stamp_connections:
                 connection.close()
             self._idle_readers.clear()
+            self._stamp_connections.clear()
         with self._write_lock:
             self._writer.close()
 
@@ -318,15 +349,29 @@ class SQLiteStore:
 
     def read_stamp(self) -> tuple[int, int]:
         """(revision, environments version): changes whenever anything a read resolves could have changed,
-        whichever process committed it. One primary-key range read, cheap enough to check before every
-        cached answer."""
-        revision = envs = 0
-        for name, value in self._query("SELECT name, value FROM counters WHERE name IN ('envs', 'revision')"):
-            if name == "revision":
-                revision = value
-            else:
-                envs = value
-        return revision, envs
+        whichever process committed it. Checked before every cached answer, so it is made cheap: each thread
+        keeps a connection of its own and asks it for the file's ``data_version`` (which changes when any other
+        connection, in any process, commits); only when that moved are the counters read again."""
+        local = self._stamp_local
+        connection = getattr(local, "connection", None)
+        with translated_errors():
+            if connection is None:
+                connection = local.connection = connect(self.path)
+                local.version = None
+                with self._readers_lock:
+                    self._stamp_connections.append(connection)
+            version = connection.execute("PRAGMA data_version").fetchone()[0]
+            if version == local.version:
+                return local.stamp  # type: ignore[no-any-return]
+            revision = envs = 0
+            for name, value in connection.execute("SELECT name, value FROM counters WHERE name IN ('envs', 'revision')"):
+                if name == "revision":
+                    revision = value
+                else:
+                    envs = value
+            # data_version read first: a commit landing in between moves it again, and the next call reads anew
+            local.version, local.stamp = version, (revision, envs)
+            return revision, envs
 
     def changes_since(self, revision: int, limit: int) -> list[Change]:
         rows = self._query(

@@ -10,13 +10,18 @@ transaction, so every process writing to the same file extends one unforked chai
 
 from __future__ import annotations
 
+import fcntl
 import json
+import os
 import sqlite3
+import threading
 from datetime import UTC, datetime
+from pathlib import Path
 
 from tessera.core.access_model import AuditEntry, PolicyDoc, Rule, TokenRecord
 from tessera.core.audit import GENESIS, RESPONSE, link
-from tessera.core.backends.sqlite import SQLiteStore
+from tessera.core.backends.sqlite import SQLiteStore, translated_errors
+from tessera.core.errors import Unavailable
 from tessera.core.idempotency import RETENTION, IdempotencyGuard
 
 ACCESS_SCHEMA = """
@@ -29,6 +34,10 @@ CREATE TABLE IF NOT EXISTS policies (
 ) WITHOUT ROWID;
 -- (name, version) without reading the rules (a big rules column would be read through to reach version)
 CREATE INDEX IF NOT EXISTS policies_versions ON policies (name, version);
+"""
+# The audit tables: in the config store's file (the chain of records written inside commits, and every record
+# of a file from before request logs) and in each request log (``RequestLog``), with a ``meta`` row its flush writes.
+AUDIT_SCHEMA = """
 CREATE TABLE IF NOT EXISTS audit (
     chain TEXT NOT NULL, seq INTEGER NOT NULL, ts TEXT NOT NULL, request_id TEXT NOT NULL,
     service TEXT, token_id TEXT, action TEXT NOT NULL, namespace TEXT, env TEXT, key TEXT, version INTEGER,
@@ -43,7 +52,9 @@ CREATE TABLE IF NOT EXISTS audit_heads (chain TEXT PRIMARY KEY, seq INTEGER NOT 
 CREATE TABLE IF NOT EXISTS audit_checkpoints (
     chain TEXT PRIMARY KEY, seq INTEGER NOT NULL, hash TEXT NOT NULL, removed INTEGER NOT NULL, at TEXT NOT NULL
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
 """
+COMMIT_CHAIN = "main"  # the chain of records written inside commits, in the config store's file
 PRUNE_BATCH = 5000  # rows deleted per transaction: the writer lock is never held long
 
 AUDIT_COLUMNS = (
@@ -57,6 +68,8 @@ def _stamp(moment: datetime | None) -> str | None:
     """Fixed-width UTC text, so that text order is time order in indexes."""
     if moment is None:
         return None
+    if moment.tzinfo is UTC and moment.year >= 1000:  # every record's time: isoformat is 5x faster than strftime
+        return moment.replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
     return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
@@ -91,20 +104,23 @@ def _policy(row: tuple) -> PolicyDoc:
 
 
 class SQLiteAccessStore:
-    chain_name = "main"  # one chain per file: every process on this data directory extends it
-
     def __init__(self, store: SQLiteStore) -> None:
         self.store = store
         with store.transaction() as db:
-            for statement in ACCESS_SCHEMA.split(";"):
+            for statement in (ACCESS_SCHEMA + AUDIT_SCHEMA).split(";"):
                 if statement.strip():
                     db.execute(statement)
             columns = {row[1] for row in db.execute("PRAGMA table_info(audit)")}
             if "phase" not in columns:  # a file from before request entries: NULL is "response"
                 db.execute("ALTER TABLE audit ADD COLUMN phase TEXT")
         # Records of changes are written inside the commit's own transaction (durable with the change).
-        store.audit_appender = lambda db, entries: self._append_in(db, self.chain_name, entries)
+        store.audit_appender = lambda db, entries: AuditTables.append_in(db, COMMIT_CHAIN, entries)
         store.audit_in_commit = True
+        self._main = AuditTables(store)
+        self._main_unflushed = False  # records appended to this file's tables since its last flush
+        self._own: RequestLog | None = None
+        self._own_lock = threading.Lock()
+        self._foreign: dict[Path, AuditTables] = {}  # other processes' request logs, opened to be read
 
     # ------------------------------------------------------------------ tokens
     idempotency = True  # create_token marks an Idempotency-Key claim in its own transaction
@@ -175,17 +191,203 @@ class SQLiteAccessStore:
             return db.execute("DELETE FROM policies WHERE name = ?", (name,)).rowcount == 1
 
     # ------------------------------------------------------------------ audit
-    def append(self, chain: str, entries: list[AuditEntry]) -> list[AuditEntry]:
-        """Written to the file without an fsync: :meth:`flush` (or the next durable commit) makes it durable."""
+    # A record written inside a commit (a change's own record) extends the chain "main" in this file. Every other
+    # record (reads, refusals, requests that changed nothing) goes to this process's own request log, a file
+    # beside this one (:class:`RequestLog`). Appending there neither waits for the config store's write lock
+    # nor changes this file, which every reader checks before a cached answer (an append here made each reader
+    # connection drop its page cache). ``GET /audit``, verify and retention see the chains of every file as one log.
+    chain_name = None  # the store picks the chain: this process's request log (``append(None, …)``)
+
+    def append(self, chain: str | None, entries: list[AuditEntry]) -> list[AuditEntry]:
+        """Written without an fsync: :meth:`flush` makes it durable. ``None`` (or the request log's own chain)
+        appends to this process's request log, any other chain to this file's tables."""
         if not entries:
             return []
+        if chain is None or (self._own is not None and chain == self._own.chain):
+            linked = self.request_log().append(entries)
+            assert linked is not None  # a waiting append always appends (or raises)
+            return linked
         with self.store.transaction(durable=False) as db:
-            return self._append_in(db, chain, entries)
+            self._main_unflushed = True
+            return AuditTables.append_in(db, chain, entries)
+
+    def try_append(self, entries: list[AuditEntry]) -> list[AuditEntry] | None:
+        """Append to this process's request log without waiting: None when its file is busy (a flush in its fsync,
+        another append). What the event loop calls (``AuditLog.append_now``): it never waits on a disk."""
+        return self.request_log().append(entries, wait=False)
 
     def flush(self) -> None:
-        """Make every record appended so far durable: a tiny commit with ``synchronous=FULL`` fsyncs the WAL,
-        which holds those records' frames before it."""
-        with self.store.transaction() as db:
+        """Make every record appended so far durable: one fsync of each file appended to since the last flush."""
+        if self._own is not None:
+            self._own.flush()
+        if self._main_unflushed:
+            AuditTables.flush_store(self.store)
+            self._main_unflushed = False
+
+    def request_log(self) -> RequestLog:
+        """This process's request log, claimed on first use: a CLI command that only reads or verifies the log
+        creates no file."""
+        with self._own_lock:
+            if self._own is None:
+                self._own = RequestLog.claim(self.store.path.parent)
+            return self._own
+
+    def _logs(self) -> list[AuditTables]:
+        """The audit tables of every file: this one's, then each request log of the data directory (this
+        process's own, other processes', and those left by earlier runs)."""
+        tables = [self._main]
+        with self._own_lock:
+            for path in sorted(self.store.path.parent.glob(REQUEST_LOG_GLOB)):
+                if self._own is not None and path == self._own.path:
+                    tables.append(self._own.tables)
+                    continue
+                if path not in self._foreign:
+                    self._foreign[path] = AuditTables(ReadOnlyFile(path))
+                tables.append(self._foreign[path])
+        return tables
+
+    def query(
+        self, key: str | None, service: str | None, since: datetime | None, limit: int, phase: str | None = RESPONSE
+    ) -> list[AuditEntry]:
+        """Newest first across every file: each file's newest ``limit`` matches, merged."""
+        found = [entry for tables in self._logs() for entry in tables.query(key, service, since, limit, phase)]
+        found.sort(key=lambda e: (e.ts, e.chain, e.seq), reverse=True)
+        return found[:limit]
+
+    def chains(self) -> dict[str, tuple[int, str]]:
+        return {chain: head for tables in self._logs() for chain, head in tables.chains().items()}
+
+    def chain_starts(self) -> dict[str, tuple[int, str]]:
+        """Each chain's last removed entry (seq, hash): where ``verify`` starts."""
+        return {chain: start for tables in self._logs() for chain, start in tables.chain_starts().items()}
+
+    def chain_entries(self, chain: str, after_seq: int, limit: int) -> list[AuditEntry]:
+        logs = self._logs()
+        if chain.startswith(REQUEST_CHAIN_PREFIX):
+            logs = [tables for tables in logs[1:] if chain in tables.chains()]
+        return logs[0].chain_entries(chain, after_seq, limit) if logs else []
+
+    def prune(self, older_than: datetime, batch: int = PRUNE_BATCH) -> int:
+        """Retention of this file's chains and this process's request log (each process prunes its own; a log
+        left by an earlier run is pruned by the process that claims its slot next)."""
+        removed = self._main.prune(older_than, batch)
+        if self._own is not None:
+            removed += self._own.tables.prune(older_than, batch)
+        return removed
+
+    def close(self) -> None:
+        with self._own_lock:
+            if self._own is not None:
+                self._own.close()
+                self._own = None
+            for tables in self._foreign.values():
+                tables.store.close()
+            self._foreign.clear()
+
+
+REQUEST_LOG_GLOB = "audit-requests-*.db"
+REQUEST_CHAIN_PREFIX = "requests-"
+MAX_SLOTS = 1024  # request logs per data directory (one per live process)
+
+
+class RequestLog:
+    """One process's audit file, ``audit-requests-<slot>.db`` beside the config store, holding one chain,
+    ``requests-<slot>``, appended by this process only.
+
+    A process claims the lowest slot no live process holds (an ``flock`` on ``audit-requests-<slot>.lock``, which
+    the kernel releases on any exit, ``kill -9`` included): ``serve --workers N`` uses slots 0..N-1, and a
+    restarted process continues a chain left by an earlier one. Holding the slot makes the chain's head this
+    process's own, so it is kept in memory between appends instead of read in each."""
+
+    def __init__(self, data_dir: Path, slot: int, lock_fd: int) -> None:
+        self.slot = slot
+        self.chain = f"{REQUEST_CHAIN_PREFIX}{slot}"
+        self.path = data_dir / f"audit-requests-{slot}.db"
+        self._lock_fd = lock_fd
+        self.store = SQLiteStore(self.path, schema=AUDIT_SCHEMA, durable_by_default=False)
+        self.tables = AuditTables(self.store)
+        self._head: tuple[int, str] | None = None  # (seq, hash) of the last append; None: read it from the file
+        self._unflushed = False
+        self._lock = threading.Lock()  # appends in chain order, the head moved with each
+
+    @classmethod
+    def claim(cls, data_dir: Path) -> RequestLog:
+        for slot in range(MAX_SLOTS):
+            fd = os.open(data_dir / f"audit-requests-{slot}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                continue
+            try:
+                return cls(data_dir, slot, fd)
+            except BaseException:
+                os.close(fd)
+                raise
+        raise Unavailable(f"every audit request log slot of the data directory is held ({MAX_SLOTS})")
+
+    def append(self, entries: list[AuditEntry], wait: bool = True) -> list[AuditEntry] | None:
+        """Link and insert ``entries`` (no fsync: :meth:`flush` makes them durable). ``wait=False``: None at once,
+        appending nothing, when another append or a flush holds the file."""
+        if not self._lock.acquire(blocking=wait):
+            return None
+        try:
+            with self.store.transaction() if wait else self.store.transaction_if_free() as db:
+                if db is None:
+                    return None
+                linked = AuditTables.append_in(db, self.chain, entries, self._head)
+        except BaseException:
+            self._head = None  # rolled back (or unknown): the file's head is the truth again
+            raise
+        else:
+            self._head = (linked[-1].seq, linked[-1].hash)
+            self._unflushed = True
+            return linked
+        finally:
+            self._lock.release()
+
+    def flush(self) -> None:
+        if self._unflushed:
+            AuditTables.flush_store(self.store)
+            self._unflushed = False
+
+    def close(self) -> None:
+        self.store.close()
+        os.close(self._lock_fd)  # frees the slot
+
+
+class ReadOnlyFile:
+    """Another process's request log, read for ``GET /audit`` and verify, never written here."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._lock = threading.Lock()
+        self._connection: sqlite3.Connection | None = None
+
+    def _query(self, sql: str, params: tuple = ()) -> list[tuple]:
+        with self._lock, translated_errors():
+            if self._connection is None:
+                self._connection = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30)
+            return self._connection.execute(sql, params).fetchall()
+
+    def close(self) -> None:
+        with self._lock:
+            if self._connection is not None:
+                self._connection.close()
+                self._connection = None
+
+
+class AuditTables:
+    """The audit tables of one SQLite file (``audit``, ``audit_heads``, ``audit_checkpoints``): appends,
+    queries, retention and what ``verify`` reads."""
+
+    def __init__(self, store: SQLiteStore | ReadOnlyFile) -> None:
+        self.store = store
+
+    @staticmethod
+    def flush_store(store: SQLiteStore) -> None:
+        """A tiny commit with ``synchronous=FULL`` fsyncs the WAL, which holds the appended records' frames."""
+        with store.transaction(durable=True) as db:
             db.execute(
                 "INSERT INTO meta (name, value) VALUES ('audit_flushed_at', ?) "
                 "ON CONFLICT (name) DO UPDATE SET value = excluded.value",
@@ -193,11 +395,15 @@ class SQLiteAccessStore:
             )
 
     @staticmethod
-    def _append_in(db: sqlite3.Connection, chain: str, entries: list[AuditEntry]) -> list[AuditEntry]:
-        """Link ``entries`` to the chain's head and insert them, inside the caller's transaction."""
-        head = db.execute("SELECT seq, hash FROM audit_heads WHERE chain = ?", (chain,)).fetchone()
-        last_seq, last_hash = (head[0], head[1]) if head else (0, GENESIS)
-        linked = link(chain, entries, last_seq, last_hash)
+    def append_in(
+        db: sqlite3.Connection, chain: str, entries: list[AuditEntry], head: tuple[int, str] | None = None
+    ) -> list[AuditEntry]:
+        """Link ``entries`` to the chain's head (``head``, when the caller holds it) and insert them, inside the
+        caller's transaction."""
+        if head is None:
+            row = db.execute("SELECT seq, hash FROM audit_heads WHERE chain = ?", (chain,)).fetchone()
+            head = (row[0], row[1]) if row else (0, GENESIS)
+        linked = link(chain, entries, head[0], head[1])
         db.executemany(
             f"INSERT INTO audit ({AUDIT_COLUMNS}) VALUES ({', '.join('?' * 20)})",
             [
@@ -245,7 +451,6 @@ class SQLiteAccessStore:
     def chains(self) -> dict[str, tuple[int, str]]:
         return {chain: (seq, digest) for chain, seq, digest in self.store._query("SELECT chain, seq, hash FROM audit_heads")}
 
-    # ------------------------------------------------------------------ retention
     def chain_starts(self) -> dict[str, tuple[int, str]]:
         """Each chain's last removed entry (seq, hash): where ``verify`` starts."""
         return {chain: (seq, digest) for chain, seq, digest in self.store._query("SELECT chain, seq, hash FROM audit_checkpoints")}
@@ -256,9 +461,11 @@ class SQLiteAccessStore:
         chain order only (a record is kept while one before it must be), in transactions of ``batch``."""
         removed = 0
         cutoff = _stamp(older_than)
+        store = self.store
+        assert isinstance(store, SQLiteStore)  # another process's request log is never pruned here
         for chain in self.chains():
             while True:
-                with self.store.transaction() as db:
+                with store.transaction() as db:
                     low = db.execute("SELECT MIN(seq) FROM audit WHERE chain = ?", (chain,)).fetchone()[0]
                     head = db.execute("SELECT seq FROM audit_heads WHERE chain = ?", (chain,)).fetchone()
                     if low is None or head is None:

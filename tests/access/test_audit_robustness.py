@@ -24,6 +24,7 @@ from tessera.handlers.app import create_app
 from tessera.handlers.auditing import Auditor, facts_from_route
 from tests.access.conftest import ROOT
 from tests.access.test_audit_chain import entry
+from tests.backends import audit_file_of, audit_files
 
 
 def read_entry(request_id: str = "r") -> AuditEntry:
@@ -157,6 +158,7 @@ def test_a_stuck_audit_writer_answers_503_instead_of_hanging(container, monkeypa
     import tessera.handlers.auditing as auditing
 
     monkeypatch.setattr(auditing, "AUDIT_WAIT_SECONDS", 0.3)
+    monkeypatch.setattr(container.access.audit_log, "inline", False)  # the writer thread's appends (see the next test)
     release = threading.Event()
     with TestClient(create_app(container)) as client:
         stores = container.access.stores
@@ -178,15 +180,44 @@ def test_a_stuck_audit_writer_answers_503_instead_of_hanging(container, monkeypa
         assert client.get("/config", headers=ROOT).status_code == 200
 
 
+def test_a_flush_stuck_in_its_fsync_stalls_neither_the_event_loop_nor_unrelated_requests(container, monkeypatch):
+    """Reads' records are appended on the event loop, but never by waiting for the request log's file: while a
+    flush holds it (here: as if its fsync hung), the loop hands records to the writer thread, whose wait is
+    bounded (503), and everything else (``/health``) is answered meanwhile."""
+    import tessera.handlers.auditing as auditing
+
+    monkeypatch.setattr(auditing, "AUDIT_WAIT_SECONDS", 0.3)
+    with TestClient(create_app(container)) as client:
+        client.put("/config/a.b", json={"value": 1}, headers=ROOT).raise_for_status()
+        assert client.get("/config/a.b", headers=ROOT).status_code == 200  # the request log exists now
+        file_lock = container.access.stores.request_log().store._write_lock
+        assert file_lock.acquire(timeout=5)  # the "flush" holds the file
+        try:
+            started = time.monotonic()
+            assert client.get("/health").status_code == 200
+            response = client.get("/config/a.b", headers={**ROOT, "X-Request-Id": "during-stall"})
+            assert response.status_code == 503 and response.json()["error"]["code"] == "unavailable"
+            assert time.monotonic() - started < 5
+        finally:
+            file_lock.release()
+        assert client.get("/config/a.b", headers=ROOT).status_code == 200
+        container.access.audit_log.flush()
+        late = [e for e in container.access.stores.query(key="a.b", service=None, since=None, limit=20) if e.request_id == "during-stall"]
+        # The writer had taken the record when its wait ran out: a correction follows it (newest first)
+        assert [(e.status, e.outcome) for e in late] == [(503, "error"), (200, "allowed")]
+
+
 # ------------------------------------------------------------------------------------------- 2: request entries
 def break_audit(container) -> None:
-    with container.store.transaction() as db:
-        db.execute("CREATE TRIGGER audit_broken BEFORE INSERT ON audit BEGIN SELECT RAISE(ABORT, 'disk says no'); END")
+    for store in audit_files(container):
+        with store.transaction() as db:
+            db.execute("CREATE TRIGGER audit_broken BEFORE INSERT ON audit BEGIN SELECT RAISE(ABORT, 'disk says no'); END")
 
 
 def mend_audit(container) -> None:
-    with container.store.transaction() as db:
-        db.execute("DROP TRIGGER audit_broken")
+    for store in audit_files(container):
+        with store.transaction() as db:
+            db.execute("DROP TRIGGER audit_broken")
 
 
 def test_nothing_changes_when_its_record_cannot_be_written(client, container):
@@ -252,7 +283,7 @@ def test_one_record_per_request_and_request_phase_records_only_where_the_commit_
     assert verify(stores).ok
     # The phase is part of the hash: turning an attempt into a response entry is caught.
     attempt = next(e for e in token_entries if e.phase == "request")
-    with container.store.transaction() as db:
+    with audit_file_of(container, attempt.chain).transaction() as db:
         db.execute("UPDATE audit SET phase = NULL WHERE chain = ? AND seq = ?", (attempt.chain, attempt.seq))
     report = verify(stores)
     assert report.problem is not None and report.problem.kind == "edited" and report.problem.seq == attempt.seq
@@ -363,6 +394,7 @@ def test_no_event_leaves_before_its_subscribe_is_recorded(client, container):
         return original(chain, entries)
 
     stores.append = subscribe_fails
+    stores.try_append = lambda entries: subscribe_fails(None, entries)  # the event loop's own appends
     try:
         with client.websocket_connect("/ws") as ws:
             ws.send_json({"type": "auth", "token": token})
@@ -370,6 +402,7 @@ def test_no_event_leaves_before_its_subscribe_is_recorded(client, container):
             assert ws.receive_json() == {"type": "error", "code": "unavailable", "message": "the audit log cannot be written"}
     finally:
         stores.append = original
+        del stores.try_append
 
 
 @pytest.mark.timeout(90)  # a deadlock would otherwise hang the client fixture's teardown
@@ -419,6 +452,7 @@ def test_a_request_answered_503_because_its_record_was_late_is_recorded_as_503(c
     import tessera.handlers.auditing as auditing
 
     monkeypatch.setattr(auditing, "AUDIT_WAIT_SECONDS", 0.3)
+    monkeypatch.setattr(container.access.audit_log, "inline", False)  # a writer thread that has taken the record
     release = threading.Event()
     with TestClient(create_app(container)) as client:
         client.put("/config/a.b", json={"value": 1}, headers=ROOT).raise_for_status()
