@@ -19,6 +19,7 @@ keys: a rule naming ``admin`` grants (or denies) it whatever its path and scopes
 
 from __future__ import annotations
 
+import functools
 import threading
 import time
 from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
@@ -32,8 +33,10 @@ ADMIN = "admin"
 PathMatcher = Callable[[str], bool]
 
 
+@functools.lru_cache(maxsize=4096)
 def compile_path(path: str) -> PathMatcher:
-    """``path`` → a predicate on keys. The common shapes avoid regular expressions entirely."""
+    """``path`` → a predicate on keys. The common shapes avoid regular expressions entirely. Cached: every watch
+    request compiles its patterns, and a fleet of watchers asks for the same few."""
     check_path(path)
     if path == WILDCARD:
         return _always
