@@ -4,8 +4,11 @@ Shares the :class:`SQLiteStore`'s writer connection and transaction (one writer 
 commit) and its per-thread reader connections. Implements ``TokenStore``, ``PolicyStore`` and
 ``AuditStore`` of ``core/ports.py``.
 
-The audit append reads the chain head, links the batch and moves the head inside one ``BEGIN IMMEDIATE``
-transaction, so every process writing to the same file extends one unforked chain (``core/audit.py``).
+The audit log has one chain per file. ``tessera.db``'s chain ``main`` holds the records written inside commits:
+its append reads the chain head, links the batch and moves the head inside the commit's ``BEGIN IMMEDIATE``
+transaction, so every process writing to the file extends one unforked chain (``core/audit.py``). Every other
+record goes to the writing process's own :class:`RequestLog` file (``audit-requests-<slot>.db``, chain
+``requests-<slot>``); queries, verify and retention read every file as one log (docs/audit.md).
 """
 
 from __future__ import annotations
