@@ -5,7 +5,7 @@ pass what every request needs: a request id, the security headers, the audit rec
 leaves (fail-closed: ``503`` when it cannot be), and brute-force damping of failed tokens. Routes state their
 audit facts on the request's :class:`~tessera.handlers.auditing.Auditor`.
 
-The hot paths — ``GET /config/{key}``, ``GET /health``, ``GET /ready`` — are answered here directly, without
+The hot paths — ``GET /config/{key}``, ``PUT /config/{key}``, ``GET /watch``, ``GET /health``, ``GET /ready`` — are answered here directly, without
 FastAPI's routing and dependency machinery; everything else goes to the FastAPI app (``handlers/app.py``), which
 also declares the hot paths for the OpenAPI document and answers the forms the fast path leaves to it
 (``HEAD``, ``?explain=true``). Both share the route logic in ``handlers/reads.py``.
@@ -16,19 +16,20 @@ from __future__ import annotations
 import itertools
 import logging
 import os
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from dataclasses import replace
 from typing import Any
 from urllib.parse import parse_qsl
 
 from tessera import __version__
 from tessera.core.deadline import start as start_deadline
-from tessera.core.errors import TesseraError
+from tessera.core.errors import InvalidRequest, TesseraError
 from tessera.core.idempotency import LEASE, IdempotencyGuard, parse_idempotency_key
 from tessera.core.model import Principal, parse_scope
 from tessera.handlers import idempotency
 from tessera.handlers.auditing import READ_METHODS, Auditor, AuditQueue, audited, facts_from_route
-from tessera.handlers.deps import parse_bearer
+from tessera.handlers.config import apply_write
+from tessera.handlers.deps import collect_body, parse_bearer, value_object
 from tessera.handlers.limits import LONG_POLL, caller, limits_of
 from tessera.handlers.reads import Headers, read_response
 from tessera.handlers.render import JSON, dumps, error_body
@@ -98,6 +99,24 @@ def _full_match(routes: Any, scope: AsgiScope) -> dict[str, Any] | None:
     return None
 
 
+def _header(scope: AsgiScope, name: bytes) -> str | None:
+    for header, value in scope["headers"]:
+        if header == name:
+            return str(value.decode("latin-1"))
+    return None
+
+
+async def _body_chunks(receive: Receive) -> AsyncIterator[bytes]:
+    """The request body as it arrives (a client that leaves before sending it all: ``400``, recorded as such)."""
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise InvalidRequest("the client went away before sending the whole request body")
+        yield message.get("body", b"")
+        if not message.get("more_body", False):
+            return
+
+
 def sized(status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> list[tuple[bytes, bytes]]:
     """``headers`` with the body's ``Content-Length`` (a whole body is known): without it the server chunks the
     body, which an HTTP/1.0 client (many health checks) cannot read."""
@@ -164,6 +183,11 @@ class TesseraASGI:
         if method == "GET" and path == "/watch":
             await self._fast_watch(scope, receive, send, auditor, authorization)
             return
+        if method == "PUT" and path.startswith("/config/") and idempotency_key is None:
+            key = path[8:]
+            if key.split(".", 1)[0].split("/", 1)[0] not in RESERVED:
+                await self._fast_write(scope, receive, send, auditor, key, authorization)
+                return
         if idempotency_key is not None and method in IDEMPOTENT_METHODS and self.container.idempotency is not None:
             await self._idempotent(scope, receive, send, auditor, idempotency_key)
             return
@@ -273,6 +297,28 @@ class TesseraASGI:
             return 200, [JSON], body
 
         await self._answer(scope, send, auditor, params, authorization, watch)
+
+    async def _fast_write(self, scope: AsgiScope, receive: Receive, send: Send, auditor: Auditor, key: str, authorization: bytes | None) -> None:
+        """``PUT /config/{key}`` without FastAPI (its dependency solving was half of a write's event-loop time):
+        the caller, then the scope, then the body (bounded while it arrives), then the route's own logic
+        (``handlers/config.apply_write``). With an ``Idempotency-Key`` it goes the API's way (``_idempotent``)."""
+        params = dict(parse_qsl(scope["query_string"].decode("latin-1"))) if scope["query_string"] else {}
+        auditor.note("config.write", key=key)
+
+        async def write(principal: Principal, token: str | None) -> tuple[int, Headers, bytes]:
+            where = parse_scope(params.get("namespace"), params.get("env"))
+            auditor.note(scope=where)
+            body = value_object(await collect_body(_header(scope, b"content-length"), _body_chunks(receive)))
+            try:
+                status, answer = await apply_write(self.container, self.audit, auditor, principal, where, key, body)
+            except TesseraError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - the API's catch-all answer (handlers/app.py), in the contract's shape
+                logger.error("unexpected error: %s", type(exc).__name__)
+                return error_body(500, "internal", "internal error", auditor.request_id)
+            return status, [JSON], answer
+
+        await self._answer(scope, send, auditor, params, authorization, write)
 
     async def _answer(
         self,

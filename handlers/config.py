@@ -14,7 +14,7 @@ from starlette.convertors import Convertor, register_url_convertor
 
 from tessera.core.errors import InvalidRequest, NotFound
 from tessera.core.formats import parse_content, render
-from tessera.core.model import Principal, format_time, parse_scope
+from tessera.core.model import Principal, Scope, format_time, parse_scope
 from tessera.core.service import ConfigService, ExplainLayer
 from tessera.handlers.auditing import Auditor
 from tessera.handlers.deps import (
@@ -26,6 +26,7 @@ from tessera.handlers.deps import (
     before_change,
     int_param,
     json_body,
+    record_attempt,
 )
 from tessera.handlers.reads import read_response
 from tessera.handlers.render import dumps, history_item, list_item, write_body
@@ -279,15 +280,24 @@ def explain_item(layer: ExplainLayer) -> dict[str, Any]:
 async def write(
     key: str, request: Request, principal: PrincipalDep, scope: ScopeDep, body: ValueBody, container: ContainerDep, auditor: AuditorDep
 ) -> Response:
+    status, answer = await apply_write(container, request.app.state.audit_queue, auditor, principal, scope, key, body)
+    return Response(answer, status_code=status, media_type="application/json")
+
+
+async def apply_write(
+    container: Any, audit_queue: Any, auditor: Auditor, principal: Principal, scope: Scope, key: str, body: dict[str, Any]
+) -> tuple[int, bytes]:
+    """``PUT /config/{key}`` once its caller, scope and body are known: this route's, and the ASGI front's fast
+    write path's (``handlers/asgi.py``), which reaches it without FastAPI's dependency solving."""
     auditor.note("config.write", key=key)
-    await before_change(request, auditor, container.service.audit_in_commit)
+    await record_attempt(audit_queue, auditor, container.service.audit_in_commit)
     if "value" not in body:
         raise InvalidRequest("'value' is required")
     result = await container.blocking(
         container.service.put, principal, scope, key, body["value"], _bool_field(body, "secret"), _int_field(body, "expected_version"), auditor
     )
     auditor.note(version=result.version.version)
-    return json_response(write_body(result.version), status=201 if result.created else 200)
+    return (201 if result.created else 200), dumps(write_body(result.version))
 
 
 @router.delete("/{key:anykey}", name="config.delete")

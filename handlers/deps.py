@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
 from fastapi import Depends, Request
@@ -45,12 +46,17 @@ async def before_change(request: Request, auditor: Auditor, recorded_in_commit: 
     """Before a change whose record cannot ride in its commit (tokens, policies, environments; config writes on
     a store without ``audit_in_commit``): a durable ``phase="request"`` record, so a change is never without
     one. If it cannot be written the change does not run (``503``)."""
+    await record_attempt(request.app.state.audit_queue, auditor, recorded_in_commit)
+
+
+async def record_attempt(audit_queue: Any, auditor: Auditor, recorded_in_commit: bool = False) -> None:
+    """:func:`before_change` with the audit queue at hand (the ASGI front's own write path)."""
     if recorded_in_commit:
         return
     from tessera.core.errors import Unavailable
 
     try:
-        await request.app.state.audit_queue.record(auditor.attempt_entry(), durable=True)
+        await audit_queue.record(auditor.attempt_entry(), durable=True)
     except Exception as exc:  # noqa: BLE001 - not durable (or too slow): do not run the change
         raise Unavailable("the audit log cannot be written; the request was not run") from exc
 
@@ -84,14 +90,28 @@ async def get_scope(request: Request, namespace: str | None = None, env: str | N
 
 async def json_body(request: Request) -> dict[str, Any]:
     """The request's JSON object; ``413`` past 1 MiB, ``400 invalid_request`` when not a JSON object."""
-    declared = request.headers.get("content-length")
+    return json_object(await collect_body(request.headers.get("content-length"), request.stream()))
+
+
+async def value_body(request: Request) -> dict[str, Any]:
+    """:func:`json_body` of a config write (:func:`value_object`)."""
+    return value_object(await collect_body(request.headers.get("content-length"), request.stream()))
+
+
+async def collect_body(declared: str | None, chunks: AsyncIterator[bytes]) -> bytearray:
+    """A request body, refused (``413``) past 1 MiB: by its declared length before anything is read, else as
+    soon as what arrived passes it."""
     if declared is not None and declared.isdigit() and int(declared) > MAX_BODY_BYTES:
         raise PayloadTooLarge("request body is larger than 1 MiB")
     raw = bytearray()
-    async for chunk in request.stream():
+    async for chunk in chunks:
         raw.extend(chunk)
         if len(raw) > MAX_BODY_BYTES:
             raise PayloadTooLarge("request body is larger than 1 MiB")
+    return raw
+
+
+def json_object(raw: bytes | bytearray) -> dict[str, Any]:
     try:
         body = json.loads(raw, parse_constant=_reject_constant)
     except (ValueError, UnicodeDecodeError, RecursionError) as exc:
@@ -101,11 +121,11 @@ async def json_body(request: Request) -> dict[str, Any]:
     return body
 
 
-async def value_body(request: Request) -> dict[str, Any]:
-    """:func:`json_body` of a config write: a body nested past the parser's own limit holds a value nested far
+def value_object(raw: bytes | bytearray) -> dict[str, Any]:
+    """:func:`json_object` of a config write: a body nested past the parser's own limit holds a value nested far
     past the contract's 64 levels, which is ``400 invalid_value`` however deep (the body is valid JSON)."""
     try:
-        return await json_body(request)
+        return json_object(raw)
     except InvalidRequest as exc:
         if isinstance(exc.__cause__, RecursionError):
             raise InvalidValue(f"a value may nest at most {MAX_VALUE_DEPTH} levels deep") from None
