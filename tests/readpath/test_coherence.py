@@ -72,8 +72,13 @@ def test_two_workers_share_one_data_directory(tmp_path):
         with httpx.Client(base_url=server.url, headers=headers, timeout=30) as client:
             final = client.get("/config/counter").json()
             assert final["value"] == 120 and final["version"] == 121  # no lost update
-            prefixes = {httpx.get(server.url + "/health").headers["x-request-id"][:12] for _ in range(200)}  # new connections
+            # reads on new connections: each lands on whichever worker accepts it
+            prefixes = {httpx.get(server.url + "/config/counter", headers=headers).headers["x-request-id"][:12] for _ in range(200)}
             assert len(prefixes) == 2, "both workers answer"
+            # Each worker appends its reads' records to its own request log; either worker lists both
+            reads = client.get("/audit", params={"key": "counter", "limit": 1000}).json()["entries"]
+            readers = {e["request_id"][:12] for e in reads if e["action"] == "config.read"}
+            assert readers == prefixes, "the records of both workers' reads, listed by one"
     finally:
         server.stop()
     from typer.testing import CliRunner
@@ -82,3 +87,5 @@ def test_two_workers_share_one_data_directory(tmp_path):
 
     result = CliRunner().invoke(cli, ["audit", "verify", "--data-dir", str(tmp_path / "data"), "--json"])
     assert result.exit_code == 0 and json.loads(result.output)["ok"], result.output
+    # One chain per file: the commits' in tessera.db, one per worker in its request log
+    assert set(json.loads(result.output)["chains"]) == {"main", "requests-0", "requests-1"}
