@@ -290,6 +290,7 @@ class AuditQueue:
             future.set_exception(TimeoutError("the audit log did not take the record in time"))
             future.add_done_callback(_consume)
 
+
 def _appended_here(audit_log: Any, items: list[list[Any]]) -> bool:
     """Append a turn's records on the event loop itself (``AuditLog.append_now``: a local file only this process
     appends to) and answer their waiters; False when the file is busy (the writer thread takes them then)."""

@@ -233,6 +233,9 @@ class SQLiteAccessStore:
         with self._own_lock:
             if self._own is None:
                 self._own = RequestLog.claim(self.store.path.parent)
+                earlier = self._foreign.pop(self._own.path, None)  # a log left by an earlier run, read before
+                if earlier is not None:
+                    earlier.store.close()
             return self._own
 
     def _logs(self) -> list[AuditTables]:
