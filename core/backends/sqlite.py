@@ -61,6 +61,9 @@ PROBE_WAIT = 2.0
 MAX_IDLE_READERS = 16  # more concurrent readers than this open extra connections, closed when they finish
 CHECKPOINT_SECONDS = 1.0  # how often the checkpointer moves the WAL's committed pages into the database file
 WAL_RESTART_BYTES = 256 * 1024 * 1024  # a WAL past this is restarted (waiting for readers) rather than left to grow
+WAL_FRAME_BYTES = 4096 + 24  # a page and its frame header
+CATCH_UP_ROUNDS = 8  # checkpoint repeats per round while commits keep arriving (see _checkpoints)
+WAL_SIZE_LIMIT = 64 * 1024 * 1024  # a WAL file grown past this by a burst is cut back to it once it restarts
 
 
 def _row_to_version(row: tuple) -> Version:
@@ -151,6 +154,7 @@ class SQLiteStore:
         # took ~10 ms. A thread of this store's own does it instead, beside the writers (WAL checkpoints do not
         # block them).
         self._writer.execute("PRAGMA wal_autocheckpoint=0")
+        self._writer.execute(f"PRAGMA journal_size_limit={WAL_SIZE_LIMIT}")
         self._stop_checkpoints = threading.Event()
         self._checkpointer = threading.Thread(target=self._checkpoints, name="tessera-checkpoint", daemon=True)
         self._checkpointer.start()
@@ -252,14 +256,25 @@ class SQLiteStore:
         return None
 
     def _checkpoints(self) -> None:
+        """Every ``CHECKPOINT_SECONDS``, move the WAL's committed pages into the database file (PASSIVE: writers
+        and readers go on). Frames committed while it copies are left for the next round, and as long as any are
+        left the WAL cannot start again from its beginning: under steady appends (the audit request log takes
+        hundreds of commits a second) it only grew, and every commit got slower. So each round repeats while it
+        leaves frames behind (each repeat copies only what arrived meanwhile), up to ``CATCH_UP_ROUNDS``. A WAL
+        still past ``WAL_RESTART_BYTES`` of frames gets a RESTART, which waits for readers and holds writers off:
+        not on a store whose writes must never wait (``durable_by_default=False``: the request log, appended to on
+        the event loop)."""
         connection: sqlite3.Connection | None = None
         try:
             while not self._stop_checkpoints.wait(CHECKPOINT_SECONDS):
                 try:
                     connection = connection or connect(self.path)
-                    wal = self.path.with_name(self.path.name + "-wal")
-                    large = wal.exists() and wal.stat().st_size > WAL_RESTART_BYTES
-                    connection.execute(f"PRAGMA wal_checkpoint({'RESTART' if large else 'PASSIVE'})").fetchall()
+                    for _ in range(CATCH_UP_ROUNDS):
+                        _, frames, copied = connection.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+                        if frames <= copied:
+                            break
+                    if self._durable_by_default and frames * WAL_FRAME_BYTES > WAL_RESTART_BYTES:
+                        connection.execute("PRAGMA wal_checkpoint(RESTART)").fetchall()
                 except (sqlite3.Error, OSError):
                     continue  # busy (another process checkpoints) or the disk is full: the next round tries again
         finally:

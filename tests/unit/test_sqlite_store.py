@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import sqlite3
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -181,3 +182,32 @@ def test_value_cache_is_bounded_by_bytes_too():
     small.get((Scope(), "k", 3))  # used: the least recently used is now 4
     small.put((Scope(), "k", 6), 6, 1)
     assert [small.get((Scope(), "k", v))[0] for v in (3, 4, 5, 6)] == [True, False, True, True]
+
+
+@pytest.mark.parametrize("durable_by_default", [True, False])
+def test_the_checkpointer_restarts_the_wal_except_where_writes_must_never_wait(tmp_path, monkeypatch, durable_by_default):
+    """Past WAL_RESTART_BYTES of frames the checkpointer RESTARTs the WAL (it waits for readers and holds writers
+    off), except on a store whose writes must never wait: the audit request log, appended to on the event loop.
+    It judges by the frames the checkpoint reports, not the file's size (which stays large after a burst)."""
+    monkeypatch.setattr(sqlite_backend, "CHECKPOINT_SECONDS", 0.02)
+    monkeypatch.setattr(sqlite_backend, "WAL_RESTART_BYTES", 1)  # any frame left is "too many"
+    checkpoints: list[str] = []
+    real_connect = sqlite_backend.connect
+
+    def tracing(path):
+        connection = real_connect(path)
+        connection.set_trace_callback(lambda sql: checkpoints.append(sql) if "wal_checkpoint" in sql else None)
+        return connection
+
+    monkeypatch.setattr(sqlite_backend, "connect", tracing)
+    store = SQLiteStore(tmp_path / "t.db", durable_by_default=durable_by_default)
+    try:
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and not any("PASSIVE" in sql for sql in checkpoints):
+            with store.transaction() as db:
+                db.execute("INSERT INTO meta (name, value) VALUES ('n', '1') ON CONFLICT (name) DO UPDATE SET value = value + 1")
+            time.sleep(0.005)
+    finally:
+        store.close()
+    assert any("PASSIVE" in sql for sql in checkpoints)
+    assert any("RESTART" in sql for sql in checkpoints) == durable_by_default
