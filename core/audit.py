@@ -473,14 +473,7 @@ class AuditLog:
             self._append_lock.release()
         if first:
             self._queue.put(([], Future(), False))  # wakes the writer, which now waits at most flush_interval
-        self.batches += 1
-        self.written += len(stored)
-        if self.emit is not None:
-            for entry in stored:
-                try:
-                    self.emit(entry)
-                except Exception:  # noqa: BLE001 - the record exists; a log hiccup must not fail it
-                    pass
+        self._appended(stored)
         return stored
 
     def record(self, entry: AuditEntry, timeout: float = 30.0, durable: bool = True) -> AuditEntry:
@@ -588,13 +581,17 @@ class AuditLog:
                 if wants:
                     _fail(future)
             return
-        self.batches += 1
-        self.written += len(stored)
         offset = 0
         for (group, future, _), wants in zip(batch, waiting, strict=True):
             if wants:
                 _deliver(future, stored[offset : offset + len(group)])
             offset += len(group)
+        self._appended(stored)
+
+    def _appended(self, stored: list[AuditEntry]) -> None:
+        """Counters, and each appended entry to ``emit`` (the structured log line)."""
+        self.batches += 1
+        self.written += len(stored)
         if self.emit is not None:
             for entry in stored:
                 try:
