@@ -600,7 +600,12 @@ class AuditLog:
                     pass
 
     def _flush(self, raise_errors: bool = False) -> None:
-        if self._unflushed_since is None and self.failure is None:
+        # The window is taken before the sink flushes: a record appended on the event loop meanwhile (append_now)
+        # opens a new one (and wakes this thread for it) instead of being counted as flushed by a flush that may
+        # have started before it was written.
+        with self._append_lock:
+            pending, self._unflushed_since = self._unflushed_since, None
+        if pending is None and self.failure is None:
             return
         try:
             if self.failure is not None:
@@ -611,12 +616,14 @@ class AuditLog:
             if self._sink_flush is not None:
                 self._sink_flush()
         except Exception as exc:  # noqa: BLE001
+            with self._append_lock:  # still not durable: the oldest of them is due as before
+                if pending is not None and (self._unflushed_since is None or pending < self._unflushed_since):
+                    self._unflushed_since = pending
             self._mark_failed(exc)
             if raise_errors:
                 raise
             return
         self.flushes += 1
-        self._unflushed_since = None
         if self.failure is not None:
             logger.warning("audit log: records can be written again; accepting requests")
             self.failure = None
