@@ -268,10 +268,11 @@ class SQLiteAccessStore:
         return {chain: start for tables in self._logs() for chain, start in tables.chain_starts().items()}
 
     def chain_entries(self, chain: str, after_seq: int, limit: int) -> list[AuditEntry]:
-        logs = self._logs()
-        if chain.startswith(REQUEST_CHAIN_PREFIX):
-            logs = [tables for tables in logs[1:] if chain in tables.chains()]
-        return logs[0].chain_entries(chain, after_seq, limit) if logs else []
+        if not chain.startswith(REQUEST_CHAIN_PREFIX):
+            return self._main.chain_entries(chain, after_seq, limit)
+        path = request_log_path(self.store.path.parent, chain)  # the chain names its file
+        found = [tables for tables in self._logs()[1:] if tables.store.path == path]
+        return found[0].chain_entries(chain, after_seq, limit) if found else []
 
     def prune(self, older_than: datetime, batch: int = PRUNE_BATCH) -> int:
         """Retention of this file's chains and this process's request log (each process prunes its own; a log
@@ -296,6 +297,11 @@ REQUEST_CHAIN_PREFIX = "requests-"
 MAX_SLOTS = 1024  # request logs per data directory (one per live process)
 
 
+def request_log_path(data_dir: Path, chain: str) -> Path:
+    """The file of a request log's chain: ``requests-<slot>`` lives in ``audit-requests-<slot>.db``."""
+    return data_dir / f"audit-{chain}.db"
+
+
 class RequestLog:
     """One process's audit file, ``audit-requests-<slot>.db`` beside the config store, holding one chain,
     ``requests-<slot>``, appended by this process only.
@@ -308,7 +314,7 @@ class RequestLog:
     def __init__(self, data_dir: Path, slot: int, lock_fd: int) -> None:
         self.slot = slot
         self.chain = f"{REQUEST_CHAIN_PREFIX}{slot}"
-        self.path = data_dir / f"audit-requests-{slot}.db"
+        self.path = request_log_path(data_dir, self.chain)
         self._lock_fd = lock_fd
         self.store = SQLiteStore(self.path, schema=AUDIT_SCHEMA, durable_by_default=False)
         self.tables = AuditTables(self.store)
@@ -353,9 +359,16 @@ class RequestLog:
             self._lock.release()
 
     def flush(self) -> None:
-        if self._unflushed:
-            AuditTables.flush_store(self.store)
+        # Cleared before the fsync: an append landing meanwhile marks the log again, for the next flush to cover.
+        with self._lock:
+            if not self._unflushed:
+                return
             self._unflushed = False
+        try:
+            AuditTables.flush_store(self.store)
+        except BaseException:
+            self._unflushed = True
+            raise
 
     def close(self) -> None:
         self.store.close()

@@ -97,3 +97,28 @@ def test_retention_prunes_the_processs_own_request_log_too(tmp_path):
         assert verify(access).ok
     finally:
         close_process(store, access)
+
+
+def test_an_append_during_a_flush_is_left_for_the_next_flush(tmp_path, monkeypatch):
+    from tessera.core.backends import sqlite_access
+
+    store, access = open_process(tmp_path)
+    try:
+        log = access.request_log()
+        log.append([entry(1)])
+        real_flush = sqlite_access.AuditTables.flush_store
+        fsyncs: list[int] = []
+
+        def flush_with_an_append_landing(target):
+            fsyncs.append(1)
+            if len(fsyncs) == 1:
+                log.append([entry(2)])  # the event loop's append, while the fsync runs
+            real_flush(target)
+
+        monkeypatch.setattr(sqlite_access.AuditTables, "flush_store", staticmethod(flush_with_an_append_landing))
+        log.flush()
+        log.flush()  # record 2 may have missed the first fsync: this one must still run
+        log.flush()  # nothing new since: no fsync
+        assert len(fsyncs) == 2
+    finally:
+        close_process(store, access)
