@@ -48,3 +48,16 @@ def audit_files(container) -> list:
 def audit_file_of(container, chain: str):
     """The file holding ``chain``."""
     return container.store if chain == "main" else container.access.stores.request_log().store
+
+
+def break_audit(container) -> None:
+    """Every insert into the audit tables fails from now on (in both files), until :func:`mend_audit`."""
+    for store in audit_files(container):
+        with store.transaction() as db:
+            db.execute("CREATE TRIGGER audit_broken BEFORE INSERT ON audit BEGIN SELECT RAISE(ABORT, 'disk says no'); END")
+
+
+def mend_audit(container) -> None:
+    for store in audit_files(container):
+        with store.transaction() as db:
+            db.execute("DROP TRIGGER audit_broken")

@@ -24,7 +24,7 @@ from tessera.handlers.app import create_app
 from tessera.handlers.auditing import Auditor, facts_from_route
 from tests.access.conftest import ROOT
 from tests.access.test_audit_chain import entry
-from tests.backends import audit_file_of, audit_files
+from tests.backends import audit_file_of, break_audit, mend_audit
 
 
 def read_entry(request_id: str = "r") -> AuditEntry:
@@ -208,18 +208,6 @@ def test_a_flush_stuck_in_its_fsync_stalls_neither_the_event_loop_nor_unrelated_
 
 
 # ------------------------------------------------------------------------------------------- 2: request entries
-def break_audit(container) -> None:
-    for store in audit_files(container):
-        with store.transaction() as db:
-            db.execute("CREATE TRIGGER audit_broken BEFORE INSERT ON audit BEGIN SELECT RAISE(ABORT, 'disk says no'); END")
-
-
-def mend_audit(container) -> None:
-    for store in audit_files(container):
-        with store.transaction() as db:
-            db.execute("DROP TRIGGER audit_broken")
-
-
 def test_nothing_changes_when_its_record_cannot_be_written(client, container):
     """The reviewer's audit_after.py: a PUT while the audit log is down answered 503 yet committed. A config
     write's record is part of its commit (one transaction), so it fails with it; a token or environment change

@@ -8,7 +8,7 @@ import time
 import pytest
 
 from tests.access.conftest import ROOT, bearer, make_token
-from tests.backends import audit_files
+from tests.backends import break_audit, mend_audit
 
 
 def error(response, status: int, code: str) -> None:
@@ -234,9 +234,7 @@ def test_every_request_is_audited_with_filters(seeded):
 
 
 def test_audit_write_failure_fails_closed(seeded, container):
-    for store in audit_files(container):
-        with store.transaction() as db:
-            db.execute("CREATE TRIGGER audit_broken BEFORE INSERT ON audit BEGIN SELECT RAISE(ABORT, 'disk says no'); END")
+    break_audit(container)
     response = seeded.get("/config/auth.jwt_secret", headers=ROOT)
     error(response, 503, "unavailable")
     assert "jwt-s3cr3t" not in response.text
@@ -247,9 +245,7 @@ def test_audit_write_failure_fails_closed(seeded, container):
     # written again: the audit log retries with a real record ("audit.resumed") every half second.
     error(seeded.get("/ready"), 503, "not_ready")
     error(seeded.get("/config/auth.jwt_secret", headers=ROOT), 503, "unavailable")
-    for store in audit_files(container):
-        with store.transaction() as db:
-            db.execute("DROP TRIGGER audit_broken")
+    mend_audit(container)
     deadline = time.monotonic() + 5
     while seeded.get("/ready").status_code != 200 and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -299,13 +295,9 @@ def test_websocket_sessions_are_audited_and_fail_closed(seeded, container):
         ("ws.subscribe", "watcher", "allowed", 200),
         ("ws.connect", "watcher", "allowed", 101),
     ]
-    for store in audit_files(container):
-        with store.transaction() as db:
-            db.execute("CREATE TRIGGER audit_broken BEFORE INSERT ON audit BEGIN SELECT RAISE(ABORT, 'no'); END")
+    break_audit(container)
     with seeded.websocket_connect("/ws") as ws:
         ws.send_json({"type": "auth", "token": token})
         message = ws.receive_json()
         assert message == {"type": "error", "code": "unavailable", "message": "the audit log cannot be written"}
-    for store in audit_files(container):
-        with store.transaction() as db:
-            db.execute("DROP TRIGGER audit_broken")
+    mend_audit(container)
