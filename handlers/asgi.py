@@ -16,20 +16,20 @@ from __future__ import annotations
 import itertools
 import logging
 import os
-from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import replace
 from typing import Any
 from urllib.parse import parse_qsl
 
 from tessera import __version__
 from tessera.core.deadline import start as start_deadline
-from tessera.core.errors import InvalidRequest, TesseraError
+from tessera.core.errors import TesseraError
 from tessera.core.idempotency import LEASE, IdempotencyGuard, parse_idempotency_key
 from tessera.core.model import Principal, parse_scope
 from tessera.handlers import idempotency
 from tessera.handlers.auditing import READ_METHODS, Auditor, AuditQueue, audited, facts_from_route
 from tessera.handlers.config import apply_write
-from tessera.handlers.deps import collect_body, parse_bearer, value_object
+from tessera.handlers.deps import asgi_body, collect_body, parse_bearer, value_object
 from tessera.handlers.limits import LONG_POLL, caller, limits_of
 from tessera.handlers.reads import Headers, read_response
 from tessera.handlers.render import JSON, dumps, error_body
@@ -104,17 +104,6 @@ def _header(scope: AsgiScope, name: bytes) -> str | None:
         if header == name:
             return str(value.decode("latin-1"))
     return None
-
-
-async def _body_chunks(receive: Receive) -> AsyncIterator[bytes]:
-    """The request body as it arrives (a client that leaves before sending it all: ``400``, recorded as such)."""
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            raise InvalidRequest("the client went away before sending the whole request body")
-        yield message.get("body", b"")
-        if not message.get("more_body", False):
-            return
 
 
 def sized(status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> list[tuple[bytes, bytes]]:
@@ -308,7 +297,7 @@ class TesseraASGI:
         async def write(principal: Principal, token: str | None) -> tuple[int, Headers, bytes]:
             where = parse_scope(params.get("namespace"), params.get("env"))
             auditor.note(scope=where)
-            body = value_object(await collect_body(_header(scope, b"content-length"), _body_chunks(receive)))
+            body = value_object(await collect_body(_header(scope, b"content-length"), asgi_body(receive)))
             try:
                 status, answer = await apply_write(self.container, self.audit, auditor, principal, where, key, body)
             except TesseraError:

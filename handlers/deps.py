@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from typing import Annotated, Any
 
 from fastapi import Depends, Request
@@ -96,6 +96,17 @@ async def json_body(request: Request) -> dict[str, Any]:
 async def value_body(request: Request) -> dict[str, Any]:
     """:func:`json_body` of a config write (:func:`value_object`)."""
     return value_object(await collect_body(request.headers.get("content-length"), request.stream()))
+
+
+async def asgi_body(receive: Callable[[], Awaitable[MutableMapping[str, Any]]]) -> AsyncIterator[bytes]:
+    """A raw ASGI request body as it arrives; it ends early when the client goes away (what arrived is all)."""
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            return
+        yield message.get("body", b"")
+        if not message.get("more_body"):
+            return
 
 
 async def collect_body(declared: str | None, chunks: AsyncIterator[bytes]) -> bytearray:

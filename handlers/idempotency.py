@@ -11,7 +11,7 @@ import os
 from collections.abc import Awaitable, Callable, Mapping, MutableMapping
 from typing import Any
 
-from tessera.core.errors import PayloadTooLarge, TesseraError
+from tessera.core.errors import TesseraError
 from tessera.core.idempotency import (
     COMMITTED,
     DONE,
@@ -25,25 +25,16 @@ from tessera.core.idempotency import (
 )
 from tessera.core.model import Scope, utcnow
 from tessera.handlers.auditing import Auditor
+from tessera.handlers.deps import asgi_body, collect_body
 from tessera.handlers.render import JSON, dumps, write_body
 
-MAX_BODY_BYTES = 1024 * 1024
 REPLAYED = (b"idempotent-replayed", b"true")
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
 
 
 async def read_body(receive: Receive) -> bytes:
     """The whole request body (``PayloadTooLarge`` past 1 MiB)."""
-    body = bytearray()
-    while True:
-        message = await receive()
-        if message["type"] != "http.request":
-            return bytes(body)
-        body.extend(message.get("body", b""))
-        if len(body) > MAX_BODY_BYTES:
-            raise PayloadTooLarge("request body is larger than 1 MiB")
-        if not message.get("more_body"):
-            return bytes(body)
+    return bytes(await collect_body(None, asgi_body(receive)))
 
 
 def replaying(body: bytes, receive: Receive) -> Receive:
