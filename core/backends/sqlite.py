@@ -9,8 +9,10 @@ requests, and each read is one indexed lookup whatever the history length.
 
 from __future__ import annotations
 
+import mmap
 import os
 import sqlite3
+import struct
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -90,6 +92,55 @@ def connect(path: Path) -> sqlite3.Connection:
     return connection
 
 
+WAL_INDEX_VERSION = 3007000  # the WAL-index format every SQLite since 3.7.0 writes (https://www.sqlite.org/walformat.html)
+WAL_INDEX_HEADER_BYTES = 48
+
+
+class WalIndexHeader:
+    """The first copy of the WAL-index header at the start of the ``-shm`` file, mapped read-only.
+
+    Its 48 bytes change with every transaction any connection of any process commits: ``iChange`` counts them,
+    ``mxFrame`` and the frame checksums move, and a restarted WAL gets new salts (walformat.html, 2.1). So "are they
+    the bytes I saw last time?" answers "has anything been committed since?" with one memory read, where
+    ``PRAGMA data_version`` is a statement and a read transaction (shm locks taken, both header copies read and
+    checked): 9 µs of a 80 µs read under load. A torn read (a commit writing the header meanwhile) only ever
+    differs from what was seen, which sends the caller to the full check.
+
+    Valid while this process keeps a connection to the file open: SQLite unlinks ``-shm`` only when the last
+    connection of every process closes (it needs the exclusive lock that every open WAL connection's shared lock
+    holds off), and a store keeps its writer connection open until :meth:`SQLiteStore.close`."""
+
+    def __init__(self, view: mmap.mmap) -> None:
+        self._view = view
+
+    @classmethod
+    def open(cls, database: Path) -> WalIndexHeader | None:
+        """None when the file cannot be read this way (no ``-shm``: another VFS or locking mode; another format)."""
+        try:
+            fd = os.open(f"{database}-shm", os.O_RDONLY)
+        except OSError:
+            return None
+        try:
+            view = mmap.mmap(fd, WAL_INDEX_HEADER_BYTES, access=mmap.ACCESS_READ)
+        except (OSError, ValueError):
+            return None
+        finally:
+            os.close(fd)  # the mapping keeps the file
+        if struct.unpack_from("=I", view)[0] != WAL_INDEX_VERSION:
+            view.close()
+            return None
+        return cls(view)
+
+    def read(self) -> bytes | None:
+        try:
+            return self._view[:WAL_INDEX_HEADER_BYTES]
+        except ValueError:  # closed with its store
+            return None
+
+    def close(self) -> None:
+        self._view.close()
+
+
 def create_private(path: Path) -> None:
     """Create the database file 0600 whatever the umask, before SQLite opens it: SQLite creates the file 0644 and
     gives ``-wal`` and ``-shm`` the database file's mode, so this one mode covers all three."""
@@ -155,6 +206,7 @@ class SQLiteStore:
         # block them).
         self._writer.execute("PRAGMA wal_autocheckpoint=0")
         self._writer.execute(f"PRAGMA journal_size_limit={WAL_SIZE_LIMIT}")
+        self._wal_header = WalIndexHeader.open(self.path)  # read_stamp's lock-free first check (None: not available)
         self._stop_checkpoints = threading.Event()
         self._checkpointer = threading.Thread(target=self._checkpoints, name="tessera-checkpoint", daemon=True)
         self._checkpointer.start()
@@ -295,6 +347,8 @@ class SQLiteStore:
             self._idle_readers.clear()
             self._stamp_connections.clear()
         with self._write_lock:
+            if self._wal_header is not None:
+                self._wal_header.close()
             self._writer.close()
 
     # ------------------------------------------------------------------ reads
@@ -364,10 +418,14 @@ class SQLiteStore:
 
     def read_stamp(self) -> tuple[int, int]:
         """(revision, environments version): changes whenever anything a read resolves could have changed,
-        whichever process committed it. Checked before every cached answer, so it is made cheap: each thread
-        keeps a connection of its own and asks it for the file's ``data_version`` (which changes when any other
-        connection, in any process, commits); only when that moved are the counters read again."""
+        whichever process committed it. Checked before every cached answer, so it is made cheap: first the WAL-index
+        header (:class:`WalIndexHeader`, a memory read), then, only when that moved, the file's ``data_version`` on
+        a connection of this thread's own (which changes when any other connection, in any process, commits), and
+        only when that moved too, the counters themselves."""
         local = self._stamp_local
+        header = self._wal_header.read() if self._wal_header is not None else None
+        if header is not None and header == getattr(local, "header", None):
+            return local.stamp  # type: ignore[no-any-return]
         connection = getattr(local, "connection", None)
         with translated_errors():
             if connection is None:
@@ -376,17 +434,18 @@ class SQLiteStore:
                 with self._readers_lock:
                     self._stamp_connections.append(connection)
             version = connection.execute("PRAGMA data_version").fetchone()[0]
-            if version == local.version:
-                return local.stamp  # type: ignore[no-any-return]
-            revision = envs = 0
-            for name, value in connection.execute("SELECT name, value FROM counters WHERE name IN ('envs', 'revision')"):
-                if name == "revision":
-                    revision = value
-                else:
-                    envs = value
-            # data_version read first: a commit landing in between moves it again, and the next call reads anew
-            local.version, local.stamp = version, (revision, envs)
-            return revision, envs
+            if version != local.version:
+                revision = envs = 0
+                for name, value in connection.execute("SELECT name, value FROM counters WHERE name IN ('envs', 'revision')"):
+                    if name == "revision":
+                        revision = value
+                    else:
+                        envs = value
+                local.version, local.stamp = version, (revision, envs)
+            # Both marks read before the counters: a commit landing in between moves them again, and the next call
+            # reads anew.
+            local.header = header
+            return local.stamp  # type: ignore[no-any-return]
 
     def changes_since(self, revision: int, limit: int) -> list[Change]:
         rows = self._query(

@@ -166,6 +166,38 @@ def test_store_reopens_with_everything(tmp_path):
 
 
 
+COMMIT_ELSEWHERE = """
+import sqlite3, sys
+db = sqlite3.connect(sys.argv[1], isolation_level=None, timeout=30)
+db.execute("UPDATE counters SET value = value + 1 WHERE name = 'revision'")
+"""
+
+
+def test_the_read_stamp_sees_another_process_commit_at_once_and_costs_no_statement_until_then(tmp_path):
+    """The stamp every cached answer is checked against: unchanged, it is the WAL-index header compared in memory
+    (no statement runs); a commit by another process moves it at once, each time."""
+    import subprocess
+    import sys
+
+    path = tmp_path / "tessera.db"
+    with traced_store(path) as (store, statements):
+        ConfigService(store, CachingKeyService(LocalKeyring.load_or_create(tmp_path / "keyring.json"))).put(ROOT, Scope(), "k", 1)
+        assert store._wal_header is not None
+        first = store.read_stamp()
+        statements.clear()
+        assert [store.read_stamp() for _ in range(100)] == [first] * 100
+        assert statements == []  # not even PRAGMA data_version
+        for step in (1, 2, 3):
+            subprocess.run([sys.executable, "-c", COMMIT_ELSEWHERE, str(path)], check=True)
+            assert store.read_stamp() == (first[0] + step, first[1])
+        # and from another thread of this process, with a connection of its own
+        seen: list[tuple[int, int]] = []
+        reader = threading.Thread(target=lambda: seen.append(store.read_stamp()))
+        reader.start()
+        reader.join()
+        assert seen == [(first[0] + 3, first[1])]
+
+
 def test_value_cache_is_bounded_by_bytes_too():
     from tessera.core.service import ValueCache
 
