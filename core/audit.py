@@ -407,6 +407,7 @@ class AuditLog:
         self._lock = threading.Lock()  # submit vs close: nothing is queued behind the stop marker
         self.failure: str | None = None  # why the log cannot take records, while it cannot
         self._unflushed_since: float | None = None  # monotonic time of the oldest append not yet flushed
+        self._flush_started: float | None = None  # monotonic time the sink flush under way began
         self._thread = threading.Thread(target=self._run, name="audit-writer", daemon=True)
         self._thread.start()
         self.batches = 0  # counters for the benchmark and tests
@@ -446,8 +447,9 @@ class AuditLog:
 
     def append_now(self, entries: list[AuditEntry]) -> list[AuditEntry] | None:
         """Append ``entries`` on the calling thread, not yet durable (reads' records), and return them linked;
-        None, appending nothing, when the sink is busy (a flush in its fsync): the caller then hands them to the
-        writer thread (``submit_batch``). ``Unavailable`` if they cannot be appended (the log turns unhealthy,
+        None, appending nothing, when the sink is busy (another append, a request log's segment swap) or a flush
+        has been in its fsync for longer than ``flush_interval``: the caller then hands them to the writer thread
+        (``submit_batch``). ``Unavailable`` if they cannot be appended (the log turns unhealthy,
         as when the writer's append fails). The writer thread flushes them within ``flush_interval``.
 
         For sinks with ``try_append`` (the embedded backend's request log: a local file only this process
@@ -456,6 +458,11 @@ class AuditLog:
         stall the event loop."""
         if self._closed or self.failure is not None:
             raise Unavailable("the audit log is closed" if self._closed else "the audit log cannot be written")
+        started = self._flush_started
+        if started is not None and time.monotonic() - started > self.flush_interval:
+            # A flush stuck in its fsync (a hung disk): records appended now could not be made durable in time.
+            # They go to the writer thread, stuck behind it, whose wait is bounded (the request gets 503).
+            return None
         if not self._append_lock.acquire(blocking=False):
             return None
         try:
@@ -614,7 +621,11 @@ class AuditLog:
                 with self._append_lock:
                     self.sink.append(self.chain, [_resumed_entry(self.failure)])
             if self._sink_flush is not None:
-                self._sink_flush()
+                self._flush_started = time.monotonic()
+                try:
+                    self._sink_flush()
+                finally:
+                    self._flush_started = None
         except Exception as exc:  # noqa: BLE001
             with self._append_lock:  # still not durable: the oldest of them is due as before
                 if pending is not None and (self._unflushed_since is None or pending < self._unflushed_since):

@@ -7,6 +7,7 @@ test that takes the ``backend`` fixture runs on every backend.
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -39,25 +40,30 @@ BACKEND_FACTORIES["aws-moto"] = aws_moto_backend
 BACKEND_FACTORIES["aws-server"] = aws_server_backend
 
 
-def audit_files(container) -> list:
-    """The embedded backend's files that hold audit records: the config store's (records written inside commits)
-    and this process's request log (every other record)."""
-    return [container.store, container.access.stores.request_log().store]
-
-
 def audit_file_of(container, chain: str):
     """The file holding ``chain``."""
     return container.store if chain == "main" else container.access.stores.request_log().store
 
 
 def break_audit(container) -> None:
-    """Every insert into the audit tables fails from now on (in both files), until :func:`mend_audit`."""
-    for store in audit_files(container):
-        with store.transaction() as db:
-            db.execute("CREATE TRIGGER audit_broken BEFORE INSERT ON audit BEGIN SELECT RAISE(ABORT, 'disk says no'); END")
+    """Every audit append fails from now on, until :func:`mend_audit`: an insert into the config store's audit table
+    (a trigger), and a write to this process's request log segments (they are pointed at ``/dev/full``: ENOSPC)."""
+    with container.store.transaction() as db:
+        db.execute("CREATE TRIGGER audit_broken BEFORE INSERT ON audit BEGIN SELECT RAISE(ABORT, 'disk says no'); END")
+    log = container.access.stores.request_log()
+    full = os.open("/dev/full", os.O_WRONLY)
+    try:
+        log._mended_by = [os.dup(fd) for fd in log._fds]
+        for fd in log._fds:
+            os.dup2(full, fd)
+    finally:
+        os.close(full)
 
 
 def mend_audit(container) -> None:
-    for store in audit_files(container):
-        with store.transaction() as db:
-            db.execute("DROP TRIGGER audit_broken")
+    with container.store.transaction() as db:
+        db.execute("DROP TRIGGER audit_broken")
+    log = container.access.stores.request_log()
+    for fd, original in zip(log._fds, log._mended_by, strict=True):
+        os.dup2(original, fd)
+        os.close(original)

@@ -3,6 +3,8 @@ its own (``audit-requests-<slot>.db``), and ``GET /audit``, verify and retention
 
 from __future__ import annotations
 
+import contextlib
+import os
 import sqlite3
 from datetime import UTC, datetime, timedelta
 
@@ -42,7 +44,9 @@ def test_each_process_appends_to_its_own_file_and_every_reader_sees_one_log(tmp_
             assert sorted(tmp_path.glob("audit-requests-*.db")) == sorted(tmp_path.glob("audit-requests-[01].db"))
         finally:
             close_process(*offline)
-        # An edit in another process's file is caught like one in the config store's
+        # An edit in another process's file is caught like one in the config store's (once its records have left
+        # the segments for the table: see the next test for an edit in a segment)
+        second[1].flush()
         connection = sqlite3.connect(tmp_path / "audit-requests-1.db")
         with connection:
             connection.execute("UPDATE audit SET key = 'billing.x' WHERE seq = 2")
@@ -92,6 +96,7 @@ def test_retention_prunes_the_processs_own_request_log_too(tmp_path):
         long_ago = datetime.now(UTC) - timedelta(days=400)
         access.append(None, [entry(i, ts=long_ago + timedelta(seconds=i)) for i in range(1, 6)])
         access.append(None, [entry(6, ts=datetime.now(UTC))])
+        access.flush()  # retention works on the table (the segments hold the last moments' records)
         assert access.prune(datetime.now(UTC) - timedelta(days=30)) == 5
         assert access.chain_starts()["requests-0"][0] == 5
         assert verify(access).ok
@@ -100,25 +105,164 @@ def test_retention_prunes_the_processs_own_request_log_too(tmp_path):
 
 
 def test_an_append_during_a_flush_is_left_for_the_next_flush(tmp_path, monkeypatch):
-    from tessera.core.backends import sqlite_access
-
     store, access = open_process(tmp_path)
     try:
         log = access.request_log()
         log.append([entry(1)])
-        real_flush = sqlite_access.AuditTables.flush_store
+        real_fdatasync = os.fdatasync
         fsyncs: list[int] = []
 
-        def flush_with_an_append_landing(target):
-            fsyncs.append(1)
+        def fdatasync_with_an_append_landing(fd):
+            fsyncs.append(fd)
             if len(fsyncs) == 1:
                 log.append([entry(2)])  # the event loop's append, while the fsync runs
-            real_flush(target)
+            real_fdatasync(fd)
 
-        monkeypatch.setattr(sqlite_access.AuditTables, "flush_store", staticmethod(flush_with_an_append_landing))
+        monkeypatch.setattr(os, "fdatasync", fdatasync_with_an_append_landing)
         log.flush()
         log.flush()  # record 2 may have missed the first fsync: this one must still run
         log.flush()  # nothing new since: no fsync
         assert len(fsyncs) == 2
+        assert table_seqs(tmp_path / "audit-requests-0.db") == [1, 2]  # each flush copied what it made durable
+    finally:
+        close_process(store, access)
+
+
+def table_seqs(path) -> list[int]:
+    with contextlib.closing(sqlite3.connect(path)) as connection:
+        return [row[0] for row in connection.execute("SELECT seq FROM audit ORDER BY seq")]
+
+
+def segment_bytes(tmp_path) -> list[int]:
+    return [(tmp_path / f"audit-requests-0.db-segment-{i}").stat().st_size for i in (0, 1)]
+
+
+def test_a_read_record_is_one_line_of_a_segment_until_a_flush_copies_it_into_the_table(tmp_path):
+    """No SQLite transaction per append: the event loop writes lines; the flush (fsync) copies them into the table,
+    and every reader sees each record once, wherever it is."""
+    store, access = open_process(tmp_path)
+    try:
+        access.append(None, [entry(i, request_id=f"r{i}") for i in range(1, 4)])
+        assert table_seqs(tmp_path / "audit-requests-0.db") == []
+        assert segment_bytes(tmp_path)[0] > 0
+        assert [e.request_id for e in access.query(key=None, service=None, since=None, limit=10)] == ["r3", "r2", "r1"]
+        assert access.chains()["requests-0"][0] == 3 and verify(access).ok
+        access.flush()
+        assert table_seqs(tmp_path / "audit-requests-0.db") == [1, 2, 3]
+        access.append(None, [entry(4, request_id="r4")])
+        assert [e.request_id for e in access.query(key=None, service=None, since=None, limit=10)] == ["r4", "r3", "r2", "r1"]
+        report = verify(access)
+        assert report.ok and report.entries == 4
+    finally:
+        close_process(store, access)
+
+
+def test_a_full_segment_is_swapped_and_emptied_once_its_records_are_durable_in_the_table(tmp_path, monkeypatch):
+    from tessera.core.backends import sqlite_access
+
+    monkeypatch.setattr(sqlite_access, "SEGMENT_BYTES", 2000)
+    store, access = open_process(tmp_path)
+    try:
+        for i in range(1, 41):
+            access.append(None, [entry(i)])
+            access.flush()
+        sizes = segment_bytes(tmp_path)
+        assert max(sizes) < 2000 + 400 and min(sizes) == 0 or sum(sizes) < 2 * (2000 + 400)
+        assert table_seqs(tmp_path / "audit-requests-0.db") == list(range(1, 41))
+        report = verify(access)
+        assert report.ok and report.entries == 40
+    finally:
+        close_process(store, access)
+
+
+CRASH_AFTER_APPENDS = """
+import os, sys
+sys.path.insert(0, sys.argv[2])
+from pathlib import Path
+from tessera.core.backends.sqlite import SQLiteStore
+from tessera.core.backends.sqlite_access import SQLiteAccessStore
+from tests.access.test_audit_chain import entry
+access = SQLiteAccessStore(SQLiteStore(Path(sys.argv[1]) / "tessera.db"))
+access.append(None, [entry(i, request_id=f"flushed{i}") for i in range(1, 4)])
+access.flush()
+access.append(None, [entry(i, request_id=f"appended{i}") for i in range(4, 6)])
+os.kill(os.getpid(), 9)
+"""
+
+
+def test_records_a_killed_process_left_in_its_segments_are_taken_in_by_the_next_process_of_its_slot(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = str(Path(__file__).resolve().parents[2])
+    done = subprocess.run([sys.executable, "-c", CRASH_AFTER_APPENDS, str(tmp_path), root], cwd=root)
+    assert done.returncode == -signal.SIGKILL
+    assert table_seqs(tmp_path / "audit-requests-0.db") == [1, 2, 3]  # the last two only in a segment (page cache)
+    offline = open_process(tmp_path)  # a reader that claims nothing sees them already
+    try:
+        assert [e.request_id for e in offline[1].query(key=None, service=None, since=None, limit=2)] == ["appended5", "appended4"]
+    finally:
+        close_process(*offline)
+    store, access = open_process(tmp_path)
+    try:
+        linked = access.append(None, [entry(6)])  # claims slot 0: takes the segments in, then continues the chain
+        assert linked[0].seq == 6
+        assert table_seqs(tmp_path / "audit-requests-0.db") == [1, 2, 3, 4, 5]
+        report = verify(access)
+        assert report.ok and report.entries == 6
+    finally:
+        close_process(store, access)
+
+
+def test_a_torn_last_line_is_dropped_and_the_chain_goes_on_from_the_last_whole_record(tmp_path):
+    """A power loss can leave a segment's last append half written (at most the last flush interval's records are
+    lost: docs/audit.md). The next process keeps every whole record before it and continues the chain."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = str(Path(__file__).resolve().parents[2])
+    subprocess.run([sys.executable, "-c", CRASH_AFTER_APPENDS, str(tmp_path), root], cwd=root)
+    segment = tmp_path / "audit-requests-0.db-segment-0"
+    whole = segment.read_bytes()
+    segment.write_bytes(whole[: len(whole) - 40])  # as if the power went mid-write: record 5's line is cut
+    store, access = open_process(tmp_path)
+    try:
+        assert access.append(None, [entry(6)])[0].seq == 5
+        assert table_seqs(tmp_path / "audit-requests-0.db") == [1, 2, 3, 4]
+        report = verify(access)
+        assert report.ok and report.entries == 5
+    finally:
+        close_process(store, access)
+
+
+def test_an_edit_in_a_segment_is_caught_like_one_in_a_table(tmp_path):
+    store, access = open_process(tmp_path)
+    try:
+        access.append(None, [entry(i) for i in range(1, 4)])
+        segment = tmp_path / "audit-requests-0.db-segment-0"
+        segment.write_bytes(segment.read_bytes().replace(b'"auth.k2"', b'"billing.x"'))
+        report = verify(access)
+        assert report.problem is not None and report.problem.kind == "edited"
+        assert (report.problem.chain, report.problem.seq) == ("requests-0", 2)
+    finally:
+        close_process(store, access)
+
+
+def test_records_pruned_from_the_table_do_not_come_back_from_a_segment(tmp_path):
+    """A quiet process's segment can hold records longer than the retention period (it is emptied when full):
+    readers leave out what retention removed."""
+    store, access = open_process(tmp_path)
+    try:
+        long_ago = datetime.now(UTC) - timedelta(days=400)
+        access.append(None, [entry(i, ts=long_ago + timedelta(seconds=i), request_id=f"old{i}") for i in range(1, 4)])
+        access.append(None, [entry(4, request_id="new")])
+        access.flush()
+        assert access.prune(datetime.now(UTC) - timedelta(days=30)) == 3
+        assert [e.request_id for e in access.query(key=None, service=None, since=None, limit=10)] == ["new"]
+        report = verify(access)
+        assert report.ok and report.entries == 1
     finally:
         close_process(store, access)
