@@ -266,3 +266,22 @@ def test_records_pruned_from_the_table_do_not_come_back_from_a_segment(tmp_path)
         assert report.ok and report.entries == 1
     finally:
         close_process(store, access)
+
+
+def test_a_request_log_of_the_previous_layout_without_segments_goes_on(tmp_path):
+    """The previous release kept a request log's records in its table only (no segment files): the next process
+    of the slot creates its segments and continues the chain."""
+    first = open_process(tmp_path)
+    first[1].append(None, [entry(i) for i in range(1, 4)])
+    close_process(*first)  # its records are copied into the table at close
+    for path in tmp_path.glob("audit-requests-0.db-segment-*"):
+        path.unlink()
+    store, access = open_process(tmp_path)
+    try:
+        assert access.append(None, [entry(4)])[0].seq == 4
+        access.flush()
+        assert table_seqs(tmp_path / "audit-requests-0.db") == [1, 2, 3, 4]
+        report = verify(access)
+        assert report.ok and report.entries == 4
+    finally:
+        close_process(store, access)
