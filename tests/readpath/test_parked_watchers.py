@@ -41,7 +41,9 @@ def test_a_commit_wakes_only_the_waiters_it_concerns():
 
         names = {
             "auth": interest("auth.*"),
+            "auth-again": interest("auth.*"),  # an equal interest: decided once for both (Interest.key)
             "billing": interest("billing.*"),
+            "billing-again": interest("billing.*"),
             "auth-in-prod": interest("auth.*", envs=("prod",)),
             "auth-other-namespace": interest("auth.*", namespace="team-b"),
             "inherits-default": interest("auth.*", envs=("staging", "default")),
@@ -58,7 +60,7 @@ def test_a_commit_wakes_only_the_waiters_it_concerns():
         return early
 
     early = asyncio.run(scenario())
-    assert early == {"auth": True, "inherits-default": True, "everything": True}
+    assert early == {"auth": True, "auth-again": True, "inherits-default": True, "everything": True}
 
 
 def test_a_notification_without_its_changes_wakes_everyone_and_a_missed_one_is_not_slept_through():
