@@ -332,6 +332,10 @@ def anchors_from(document: dict[str, Any]) -> dict[str, tuple[int, str]]:
 
 # ---------------------------------------------------------------------------------------------- group commit
 FLUSH_INTERVAL = 0.1  # the contract's bound: records of reads reach durable storage within 100 ms
+# A flush running longer than this is stuck (a hung disk; a normal one, fsync and copy into the table, takes a few
+# ms to a few tens): reads' records stop being appended inline, so no more reads are served on records that
+# cannot be made durable (append_now).
+STALLED_FLUSH_SECONDS = 1.0
 RETRY_INTERVAL = 0.5  # how often an unhealthy log tries to flush again
 PRUNE_INTERVAL = 600.0  # how often a log with a retention period removes expired records
 
@@ -448,7 +452,7 @@ class AuditLog:
     def append_now(self, entries: list[AuditEntry]) -> list[AuditEntry] | None:
         """Append ``entries`` on the calling thread, not yet durable (reads' records), and return them linked;
         None, appending nothing, when the sink is busy (another append, a request log's segment swap) or a flush
-        has been in its fsync for longer than ``flush_interval``: the caller then hands them to the writer thread
+        has run for longer than ``STALLED_FLUSH_SECONDS``: the caller then hands them to the writer thread
         (``submit_batch``). ``Unavailable`` if they cannot be appended (the log turns unhealthy,
         as when the writer's append fails). The writer thread flushes them within ``flush_interval``.
 
@@ -459,7 +463,7 @@ class AuditLog:
         if self._closed or self.failure is not None:
             raise Unavailable("the audit log is closed" if self._closed else "the audit log cannot be written")
         started = self._flush_started
-        if started is not None and time.monotonic() - started > self.flush_interval:
+        if started is not None and time.monotonic() - started > STALLED_FLUSH_SECONDS:
             # A flush stuck in its fsync (a hung disk): records appended now could not be made durable in time.
             # They go to the writer thread, stuck behind it, whose wait is bounded (the request gets 503).
             return None

@@ -342,10 +342,11 @@ def read_segments(paths: tuple[Path, Path]) -> list[tuple]:
             continue
         for line in data.split(b"\n")[:-1]:  # the text after the last newline is a write not yet whole
             try:
-                row = tuple(orjson.loads(line))
+                row = orjson.loads(line)
             except orjson.JSONDecodeError:
                 continue  # a line torn by a crash (only the last can be; a reader racing a truncation sees others)
-            rows[row[1]] = row
+            if isinstance(row, list) and len(row) == 20 and isinstance(row[1], int):  # else not a record: its seq
+                rows[row[1]] = tuple(row)  # is missing, which verify reports
     return [rows[seq] for seq in sorted(rows)]
 
 
@@ -660,7 +661,6 @@ class AuditTables:
             f"SELECT {AUDIT_COLUMNS} FROM audit WHERE chain = ? AND seq > ? ORDER BY seq LIMIT ?", (chain, after_seq, limit)
         )
         return [_audit(row) for row in rows]
-
 
 
 class RequestLogTables(AuditTables):

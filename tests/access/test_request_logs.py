@@ -285,3 +285,23 @@ def test_a_request_log_of_the_previous_layout_without_segments_goes_on(tmp_path)
         assert report.ok and report.entries == 4
     finally:
         close_process(store, access)
+
+
+def test_a_segment_line_that_is_no_record_is_reported_and_breaks_nothing(tmp_path):
+    """Valid JSON that is not a record (an edit): readers skip it, so its seq is missing and verify says so; the
+    next process of the slot still starts (it keeps the records before it)."""
+    store, access = open_process(tmp_path)
+    try:
+        access.append(None, [entry(i) for i in range(1, 4)])
+        segment = tmp_path / "audit-requests-0.db-segment-0"
+        lines = segment.read_bytes().split(b"\n")
+        segment.write_bytes(b"\n".join([lines[0], b'{"seq": 2}', *lines[2:]]))
+        report = verify(access)
+        assert report.problem is not None and report.problem.seq == 2
+    finally:
+        close_process(store, access)
+    store, access = open_process(tmp_path)
+    try:
+        assert access.append(None, [entry(9)])[0].seq >= 2
+    finally:
+        close_process(store, access)
