@@ -342,7 +342,7 @@ class Bench:
         raise RuntimeError(f"parked watchers: rc {completed.returncode}: {completed.stderr[-800:]}")
 
     def parked_rows(self, name: str, label: str, result: dict) -> None:
-        note = f"{result['released']:,} released"
+        note = f"{result['released']:,} released, server CPU {result['release_cpu']:.2f} s"
         if result["refused"]:
             note += f", {result['refused']:,} could not connect"
         if result["not_ok"] or result["early"]:

@@ -214,11 +214,13 @@ async def _parked(args: argparse.Namespace) -> dict:
     waiting = [asyncio.create_task(answer(reader)) for reader, _ in connections]
     write_headers = {"Authorization": f"Bearer {args.write_token}"} if args.write_token else {}
     async with httpx.AsyncClient(base_url=args.url, headers=write_headers, timeout=30) as writer:
+        cpu_before_release = cpu_seconds(args.pid)
         sent = time.perf_counter()
         body = json.loads(args.write_body) if args.write_body else None
         response = await writer.request(args.write_method, args.write_path, json=body)
         response.raise_for_status()
         done, pending = await asyncio.wait(waiting, timeout=args.release_timeout)
+        release_cpu = cpu_seconds(args.pid) - cpu_before_release  # the server's CPU for the write and the release
     for task in pending:
         task.cancel()
     statuses = [task.result()[0] for task in done if task.exception() is None]
@@ -239,6 +241,7 @@ async def _parked(args: argparse.Namespace) -> dict:
         "settled": idle,
         "open_seconds": parked_seconds,
         "parked_cpu": parked_cpu,
+        "release_cpu": release_cpu,
     }
 
 
