@@ -132,7 +132,7 @@ class LocalKeyring:
         tmp = _write_private_tmp(path, {"active": "k1", "keys": {"k1": base64.b64encode(secrets.token_bytes(32)).decode()}, "retired": []})
         try:
             os.link(tmp, path)
-            _fsync_dir(path.parent)
+            fsync_directory(path.parent)
         except FileExistsError:
             pass
         finally:
@@ -213,7 +213,7 @@ class LocalKeyring:
         except BaseException:
             os.unlink(tmp)
             raise
-        _fsync_dir(self.path.parent)
+        fsync_directory(self.path.parent)
 
     # -- rotation -------------------------------------------------------------------------------
     def rotate(self) -> str:
@@ -306,7 +306,8 @@ def _write_private_tmp(path: Path, data: object) -> str:
     return tmp
 
 
-def _fsync_dir(directory: Path) -> None:
+def fsync_directory(directory: Path) -> None:
+    """Make a directory's entries (a file created or renamed in it) durable."""
     fd = os.open(directory, os.O_RDONLY)
     try:
         os.fsync(fd)

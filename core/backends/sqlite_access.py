@@ -26,6 +26,7 @@ import orjson
 
 from tessera.core.access_model import AuditEntry, PolicyDoc, Rule, TokenRecord
 from tessera.core.audit import GENESIS, RESPONSE, link
+from tessera.core.backends.keyring import fsync_directory
 from tessera.core.backends.sqlite import SQLiteStore, translated_errors
 from tessera.core.errors import Unavailable
 from tessera.core.idempotency import RETENTION, IdempotencyGuard
@@ -385,7 +386,7 @@ class RequestLog:
         self.segments = segment_paths(self.path)
         self.tables = RequestLogTables(self.store, self.segments)
         self._fds = [os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o600) for path in self.segments]
-        _fsync_directory(data_dir)  # the segments' names are durable before any record is counted on them
+        fsync_directory(data_dir)  # the segments' names are durable before any record is counted on them
         self._lock = threading.Lock()  # appends in chain order, the head moved with each; a segment swap
         self._flush_lock = threading.Lock()  # one flush (and ingest) at a time
         self._current = 0  # the segment appended to
@@ -512,14 +513,6 @@ class RequestLog:
             os.close(fd)
         self.store.close()
         os.close(self._lock_fd)  # frees the slot
-
-
-def _fsync_directory(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class ReadOnlyFile:

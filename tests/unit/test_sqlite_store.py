@@ -165,7 +165,6 @@ def test_store_reopens_with_everything(tmp_path):
         assert "dev" in service.envs(fresh=True)
 
 
-
 COMMIT_ELSEWHERE = """
 import sqlite3, sys
 db = sqlite3.connect(sys.argv[1], isolation_level=None, timeout=30)
