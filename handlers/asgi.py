@@ -453,10 +453,8 @@ class TesseraASGI:
     # ------------------------------------------------------------------ helpers
     @staticmethod
     def _bearer(scope: AsgiScope) -> str | None:
-        for name, value in scope["headers"]:
-            if name == b"authorization":
-                return parse_bearer(value.decode("latin-1"))
-        return None
+        authorization = _header(scope, b"authorization")
+        return parse_bearer(authorization) if authorization is not None else None
 
     @staticmethod
     async def _respond(send: Send, request_id: str, path: str, status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> None:

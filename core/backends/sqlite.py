@@ -245,26 +245,8 @@ class SQLiteStore:
         with one, ``None`` as the store does by default. The WAL is a sequence, so the next durable commit makes
         the frames of earlier non-durable ones durable too (the audit log's flush relies on it).
         """
-        with self._write_lock, self._begun(durable) as db:
-            yield db
-
-    @contextmanager
-    def transaction_if_free(self, durable: bool | None = None) -> Iterator[sqlite3.Connection | None]:
-        """:meth:`transaction`, or None at once (nothing run) when another thread of this process holds the
-        writer, e.g. a commit in its fsync. (``BEGIN`` still waits for another process's writer.)"""
-        if not self._write_lock.acquire(blocking=False):
-            yield None
-            return
-        try:
-            with self._begun(durable) as db:
-                yield db
-        finally:
-            self._write_lock.release()
-
-    @contextmanager
-    def _begun(self, durable: bool | None) -> Iterator[sqlite3.Connection]:
         toggled = durable is not None and durable != self._durable_by_default
-        with translated_errors():
+        with self._write_lock, translated_errors():
             if toggled:
                 self._writer.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
             try:
@@ -314,8 +296,8 @@ class SQLiteStore:
         hundreds of commits a second) it only grew, and every commit got slower. So each round repeats while it
         leaves frames behind (each repeat copies only what arrived meanwhile), up to ``CATCH_UP_ROUNDS``. A WAL
         still past ``WAL_RESTART_BYTES`` of frames gets a RESTART, which waits for readers and holds writers off:
-        not on a store whose writes must never wait (``durable_by_default=False``: the request log, appended to on
-        the event loop)."""
+        not on a store whose writes are appends made durable by a timed flush (``durable_by_default=False``: the
+        request log's table, whose copy from the segments is part of the audit flush)."""
         connection: sqlite3.Connection | None = None
         try:
             while not self._stop_checkpoints.wait(CHECKPOINT_SECONDS):

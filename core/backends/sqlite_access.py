@@ -221,8 +221,8 @@ class SQLiteAccessStore:
             return AuditTables.append_in(db, chain, entries)
 
     def try_append(self, entries: list[AuditEntry]) -> list[AuditEntry] | None:
-        """Append to this process's request log without waiting: None when its file is busy (a flush in its fsync,
-        another append). What the event loop calls (``AuditLog.append_now``): it never waits on a disk."""
+        """Append to this process's request log without waiting: None when it is busy (another append, a segment
+        swap). What the event loop calls (``AuditLog.append_now``): it never waits for another thread."""
         return self.request_log().append(entries, wait=False)
 
     def flush(self) -> None:
@@ -496,11 +496,7 @@ class RequestLog:
     def _ingest_rows(self, rows: str, head: list | tuple) -> None:
         with self.store.transaction() as db:
             db.execute(INGEST_SQL, (rows,))
-            db.execute(
-                "INSERT INTO audit_heads (chain, seq, hash) VALUES (?, ?, ?) "
-                "ON CONFLICT (chain) DO UPDATE SET seq = excluded.seq, hash = excluded.hash WHERE excluded.seq > seq",
-                (self.chain, head[1], head[18]),
-            )
+            AuditTables.move_head(db, self.chain, head[1], head[18])
 
     def close(self) -> None:
         try:
@@ -554,15 +550,10 @@ class AuditTables:
             )
 
     @staticmethod
-    def append_in(
-        db: sqlite3.Connection, chain: str, entries: list[AuditEntry], head: tuple[int, str] | None = None
-    ) -> list[AuditEntry]:
-        """Link ``entries`` to the chain's head (``head``, when the caller holds it) and insert them, inside the
-        caller's transaction."""
-        if head is None:
-            row = db.execute("SELECT seq, hash FROM audit_heads WHERE chain = ?", (chain,)).fetchone()
-            head = (row[0], row[1]) if row else (0, GENESIS)
-        linked = link(chain, entries, head[0], head[1])
+    def append_in(db: sqlite3.Connection, chain: str, entries: list[AuditEntry]) -> list[AuditEntry]:
+        """Link ``entries`` to the chain's head and insert them, inside the caller's transaction."""
+        row = db.execute("SELECT seq, hash FROM audit_heads WHERE chain = ?", (chain,)).fetchone()
+        linked = link(chain, entries, *((row[0], row[1]) if row else (0, GENESIS)))
         db.executemany(
             f"INSERT INTO audit ({AUDIT_COLUMNS}) VALUES ({', '.join('?' * 20)})",
             [
@@ -574,12 +565,18 @@ class AuditTables:
                 for e in linked
             ],
         )  # fmt: skip
+        AuditTables.move_head(db, chain, linked[-1].seq, linked[-1].hash)
+        return linked
+
+    @staticmethod
+    def move_head(db: sqlite3.Connection, chain: str, seq: int, digest: str) -> None:
+        """The chain's head is now (``seq``, ``digest``); never moved back (a request log's copy of lines a
+        recovery already took in)."""
         db.execute(
             "INSERT INTO audit_heads (chain, seq, hash) VALUES (?, ?, ?) "
-            "ON CONFLICT (chain) DO UPDATE SET seq = excluded.seq, hash = excluded.hash",
-            (chain, linked[-1].seq, linked[-1].hash),
+            "ON CONFLICT (chain) DO UPDATE SET seq = excluded.seq, hash = excluded.hash WHERE excluded.seq > seq",
+            (chain, seq, digest),
         )
-        return linked
 
     def query(
         self, key: str | None, service: str | None, since: datetime | None, limit: int, phase: str | None = RESPONSE
