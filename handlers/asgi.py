@@ -18,10 +18,11 @@ import logging
 import os
 from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import replace
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import parse_qsl
 
 from tessera import __version__
+from tessera.core.access_model import AuditEntry
 from tessera.core.deadline import start as start_deadline
 from tessera.core.errors import TesseraError
 from tessera.core.idempotency import LEASE, IdempotencyGuard, parse_idempotency_key
@@ -56,6 +57,27 @@ def log_failure(exc: TesseraError) -> None:
     """A server-side failure is logged by its code and our message, never its cause's text (it may hold a value)."""
     if exc.status >= 500:
         logger.error("request failed: %s (%s)", exc.code, exc.message)
+
+
+NOT_SERVED = "the audit log cannot be written; the request was not served"
+HOLD_EXTENSION = "tessera.hold"  # scope["extensions"] key of a server's HeldOutput
+_NO_EXTENSIONS: dict[str, Any] = {}
+
+
+class HeldOutput(Protocol):
+    """What a server may offer a read in ``scope["extensions"]["tessera.hold"]`` (``local/response_hold.py``):
+    its connection's output held back, so that the read sends its response at once and its record is appended
+    afterwards, at the end of the event-loop turn, with the turn's other records; only then do the held bytes go
+    out. Without it the read awaits its record, then sends (the contract's rule either way: record first)."""
+
+    def hold(self) -> None:
+        """Keep what the connection writes from now on."""
+
+    def release(self) -> None:
+        """The record of one :meth:`hold` is appended: once none is left, send what was kept."""
+
+    def refuse(self, status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> None:
+        """The record cannot be appended: drop what was kept, answer this instead, close the connection."""
 
 
 def new_request_id() -> str:
@@ -400,24 +422,43 @@ class TesseraASGI:
                 auditor.refused_token = (record.service, record.id)
         if not auditor.in_commit:
             entry = auditor.entry(status)
-            try:
-                await self.audit.record(entry, durable=scope["method"] not in READ_METHODS, late_status=503)
-            except Exception:  # noqa: BLE001 - not recorded (or too slow): fail closed, serve nothing
-                logger.error("audit write failed; answering 503 for request %s", request_id)
-                mutating = scope["method"] not in READ_METHODS
-                text = (
-                    "the audit log cannot record this request's outcome; whether it took effect is unknown: "
-                    "read the current state before retrying"
-                    if mutating
-                    else "the audit log cannot be written; the request was not served"
-                )
-                status, headers, body = error_body(503, "unavailable", text, request_id)
-                replaced, more_body = True, False
+            hold = scope.get("extensions", _NO_EXTENSIONS).get(HOLD_EXTENSION) if not more_body and scope["method"] in READ_METHODS else None
+            if hold is not None:  # sent now, held by the server until the record is appended
+                self._send_held(hold, entry, request_id, path)
+            else:
+                try:
+                    await self.audit.record(entry, durable=scope["method"] not in READ_METHODS, late_status=503)
+                except Exception:  # noqa: BLE001 - not recorded (or too slow): fail closed, serve nothing
+                    logger.error("audit write failed; answering 503 for request %s", request_id)
+                    mutating = scope["method"] not in READ_METHODS
+                    text = (
+                        "the audit log cannot record this request's outcome; whether it took effect is unknown: "
+                        "read the current state before retrying"
+                        if mutating
+                        else NOT_SERVED
+                    )
+                    status, headers, body = error_body(503, "unavailable", text, request_id)
+                    replaced, more_body = True, False
         if not more_body:
             headers = sized(status, headers, body)
         await send({"type": "http.response.start", "status": status, "headers": response_headers(request_id, path, headers)})
         await send({"type": "http.response.body", "body": body, "more_body": more_body})
         return replaced
+
+    def _send_held(self, hold: HeldOutput, entry: AuditEntry, request_id: str, path: str) -> None:
+        """Hold the connection's output until ``entry`` is appended; a record that cannot be turns the held
+        response into ``503`` (nothing of it goes out)."""
+        hold.hold()
+
+        def recorded(error: BaseException | None) -> None:
+            if error is None:
+                hold.release()
+                return
+            logger.error("audit write failed; answering 503 for request %s", request_id)
+            status, headers, body = error_body(503, "unavailable", NOT_SERVED, request_id)
+            hold.refuse(status, response_headers(request_id, path, sized(status, headers, body)), body)
+
+        self.audit.record_then(entry, recorded, late_status=503)
 
     async def _no_websocket_route(self, scope: AsgiScope, send: Send, auditor: Auditor | None, request_id: str) -> None:
         """A WebSocket upgrade to a path that is no WebSocket route: ``404 no_route`` like any request (recorded

@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from concurrent.futures import Future
 from dataclasses import replace
 from datetime import datetime
@@ -244,6 +244,16 @@ class AuditQueue:
             loop.call_soon(self._ship, loop)
         return await future
 
+    def record_then(self, entry: AuditEntry, then: Callable[[BaseException | None], None], late_status: int) -> None:
+        """:meth:`record` for a read whose response is held (``local/response_hold.py``) instead of awaited:
+        ``then(None)`` once ``entry`` is appended, ``then(error)`` if it cannot be (or is too slow: the record
+        says ``late_status``). Called on the event loop, never before this call returns."""
+        self._pending[False].append([entry, _Notice(then), None, 0, late_status])
+        if not self._scheduled:
+            self._scheduled = True
+            loop = asyncio.get_running_loop()
+            loop.call_soon(self._ship, loop)
+
     def _amend(self, item: list[Any], status: int) -> None:
         """The record of a request answered ``status`` because its record was late: replace it while the writer has
         not taken it; once taken (it is being written: a hash chain is never rewritten) a second record with the
@@ -323,6 +333,30 @@ def _settle(items: list[list[Any]], done: Future[list[AuditEntry]], expiry: asyn
             future.add_done_callback(_consume)  # its waiter may have gone: no "never retrieved" noise
         else:
             future.set_result(stored[index])
+
+
+class _Notice:
+    """The waiter of :meth:`AuditQueue.record_then`: a callback where :meth:`AuditQueue.record` has a future."""
+
+    __slots__ = ("then", "_done")
+
+    def __init__(self, then: Callable[[BaseException | None], None]) -> None:
+        self.then = then
+        self._done = False
+
+    def done(self) -> bool:
+        return self._done
+
+    def set_result(self, _entry: AuditEntry) -> None:
+        self._done = True
+        self.then(None)
+
+    def set_exception(self, error: BaseException) -> None:
+        self._done = True
+        self.then(error)
+
+    def add_done_callback(self, _callback: Callable[[Any], None]) -> None:
+        """Nothing to consume: no exception is left unretrieved."""
 
 
 def _consume(future: asyncio.Future[Any]) -> None:

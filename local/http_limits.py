@@ -43,6 +43,9 @@ from typing import Any, ClassVar
 import httptools
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
+from tessera.handlers.asgi import HOLD_EXTENSION
+from tessera.local.response_hold import ResponseHold
+
 LINGER_SECONDS = 2.0  # how long a refused connection's remaining input is read and dropped before closing
 FD_RESERVE = 256  # descriptors kept for what is not a client connection: SQLite files, logs, the listening socket
 REQUEST_ID_PATTERN = re.compile(rb"[\x20-\x7e]{1,200}\Z")  # the app's rule for echoing a client's X-Request-Id
@@ -148,6 +151,8 @@ class LimitedHttpProtocol(HttpToolsProtocol):
     # ------------------------------------------------------------------ connections
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
+        self.output = ResponseHold(transport, self.server_state)  # what this connection's request cycles write to
+        self.extensions: dict[str, Any] = {HOLD_EXTENSION: self.output}
         self.idle_since = self.loop.time()
         if not self.make_room():
             self.refuse(503, "unavailable", "the server holds as many connections as it may; retry shortly",
@@ -167,8 +172,14 @@ class LimitedHttpProtocol(HttpToolsProtocol):
         min(idle, key=lambda c: c.idle_since).transport.close()
         return True
 
+    def shutdown(self) -> None:
+        if self.output.holding:  # a response waiting for its record: the connection closes once it is out
+            self.output.close()
+            return
+        super().shutdown()
+
     def is_idle(self) -> bool:
-        serving = self.cycle is not None and not self.cycle.response_complete
+        serving = (self.cycle is not None and not self.cycle.response_complete) or self.output.holding
         return not serving and not self.pipeline and not self.transport.is_closing()
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -227,6 +238,7 @@ class LimitedHttpProtocol(HttpToolsProtocol):
         self.header_count = 0
         self.header_size = 0
         self.request_id = None
+        self.scope["extensions"] = self.extensions  # type: ignore[typeddict-item]  # the hold (handlers/asgi.py)
 
     def stop(self, status: int, code: str, message: str) -> None:
         """Stop the parser from one of its callbacks; ``data_received`` answers with this refusal."""
@@ -253,6 +265,8 @@ class LimitedHttpProtocol(HttpToolsProtocol):
         self.in_head = False
         self.head_bytes = 0
         super().on_headers_complete()
+        if self.cycle is not None:
+            self.cycle.transport = self.output  # type: ignore[assignment]
 
     def on_message_complete(self) -> None:
         self.message_open = False
