@@ -169,6 +169,23 @@ class AuditEntry:
         """Stable, unique id: the chain and the position in it."""
         return f"{self.chain}:{self.seq}"
 
+    @classmethod
+    def response(
+        cls, ts: datetime, request_id: str, action: str, outcome: str, status: int, service: str | None,
+        token_id: str | None, namespace: str | None, env: str | None, key: str | None, version: int | None,
+        target: str | None, client: str | None, method: str | None, path: str | None,
+    ) -> AuditEntry:  # fmt: skip
+        """``AuditEntry(...)`` of a response record (not yet appended), without the frozen dataclass's setattr per
+        field: every request makes one, and that was a third of a read's record on the event loop."""
+        entry = object.__new__(cls)
+        object.__setattr__(entry, "__dict__", {
+            "ts": ts, "request_id": request_id, "action": action, "outcome": outcome, "status": status,
+            "service": service, "token_id": token_id, "namespace": namespace, "env": env, "key": key,
+            "version": version, "target": target, "client": client, "method": method, "path": path,
+            "phase": "response", "chain": "", "seq": 0, "prev_hash": "", "hash": "",
+        })  # fmt: skip
+        return entry
+
 
 @dataclass(frozen=True)
 class SessionRecord:

@@ -86,13 +86,19 @@ ATTEMPT = "attempt"  # the outcome of a request entry: the request was received,
 
 
 _ENTRY_FIELDS = HASHED_FIELDS[4:]  # after chain, seq, prev_hash, ts
-_entry_fields = operator.attrgetter(*_ENTRY_FIELDS)  # one C call per entry: the writer hashes thousands a second
+entry_fields = operator.attrgetter(*_ENTRY_FIELDS)  # one C call per entry: the writer hashes thousands a second
 
 
 def _digest(entry: AuditEntry, chain: str, seq: int, prev_hash: str) -> str:
-    fields: list[Any] = [chain, seq, prev_hash, format_time(entry.ts), *_entry_fields(entry)]
-    if entry.phase != RESPONSE:  # appended only then: entries from before the field keep their hashes
-        fields.append(entry.phase)
+    return chain_digest(chain, seq, prev_hash, format_time(entry.ts), entry_fields(entry), entry.phase)
+
+
+def chain_digest(chain: str, seq: int, prev_hash: str, ts_text: str, fields: tuple[Any, ...], phase: str) -> str:
+    """The hash of a record from its parts: ``ts_text`` is ``format_time(ts)``, ``fields`` ``entry_fields(entry)``
+    (a caller that already has them, the request log's append, passes them instead of having them made twice)."""
+    fields = (chain, seq, prev_hash, ts_text, *fields)
+    if phase != RESPONSE:  # appended only then: entries from before the field keep their hashes
+        fields = (*fields, phase)
     # The canonical form is the standard library's compact, ASCII-escaped JSON. orjson writes the same bytes for
     # ASCII text except DEL (which json escapes): use it when its output holds neither DEL nor non-ASCII.
     canonical = orjson.dumps(fields)
@@ -113,19 +119,19 @@ def link(chain: str, entries: list[AuditEntry], last_seq: int, last_hash: str) -
     for offset, entry in enumerate(entries, start=1):
         seq = last_seq + offset
         digest = _digest(entry, chain, seq, prev)
-        linked.append(_placed(entry, chain, seq, prev, digest))
+        linked.append(placed(entry, chain, seq, prev, digest))
         prev = digest
     return linked
 
 
-def _placed(entry: AuditEntry, chain: str, seq: int, prev_hash: str, digest: str) -> AuditEntry:
+def placed(entry: AuditEntry, chain: str, seq: int, prev_hash: str, digest: str) -> AuditEntry:
     """``replace(entry, chain=…, seq=…, prev_hash=…, hash=…)`` without ``dataclasses.replace``'s per-field
     checks: a copy of the frozen entry's fields with the four set (the entry was validated when it was made)."""
-    placed = object.__new__(AuditEntry)
+    copy = object.__new__(AuditEntry)
     fields = dict(entry.__dict__)
     fields.update(chain=chain, seq=seq, prev_hash=prev_hash, hash=digest)
-    object.__setattr__(placed, "__dict__", fields)
-    return placed
+    object.__setattr__(copy, "__dict__", fields)
+    return copy
 
 
 def entry_to_api(entry: AuditEntry) -> dict[str, Any]:

@@ -161,22 +161,22 @@ class Auditor:
     ) -> AuditEntry:
         principal = self.principal
         service, token_id = (principal.service, principal.id) if principal is not None else (self.refused_token or (None, None))
-        return AuditEntry(
-            ts=self.started,
-            request_id=self.request_id,
-            action=self.action or "unknown",
-            outcome="error" if status == 429 and self.throttled else outcome_of(status),
-            status=status,
-            service=service,
-            token_id=token_id,
-            namespace=scope.namespace if scope is not None else self.namespace,
-            env=scope.env if scope is not None else self.env,
-            key=key if key is not None else self.key,
-            version=version if version is not None else (self.version if 200 <= status < 300 else None),
-            target=self.target,
-            client=self.client,
-            method=self.method,
-            path=self.path,
+        return AuditEntry.response(
+            self.started,
+            self.request_id,
+            self.action or "unknown",
+            "error" if status == 429 and self.throttled else outcome_of(status),
+            status,
+            service,
+            token_id,
+            scope.namespace if scope is not None else self.namespace,
+            scope.env if scope is not None else self.env,
+            key if key is not None else self.key,
+            version if version is not None else (self.version if 200 <= status < 300 else None),
+            self.target,
+            self.client,
+            self.method,
+            self.path,
         )
 
     def attempt_entry(self) -> AuditEntry:

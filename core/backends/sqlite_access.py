@@ -25,11 +25,12 @@ from pathlib import Path
 import orjson
 
 from tessera.core.access_model import AuditEntry, PolicyDoc, Rule, TokenRecord
-from tessera.core.audit import GENESIS, RESPONSE, link
+from tessera.core.audit import GENESIS, RESPONSE, chain_digest, entry_fields, link, placed
 from tessera.core.backends.keyring import fsync_directory
 from tessera.core.backends.sqlite import SQLiteStore, translated_errors
 from tessera.core.errors import Unavailable
 from tessera.core.idempotency import RETENTION, IdempotencyGuard
+from tessera.core.model import format_time
 
 logger = logging.getLogger("tessera.audit")
 
@@ -75,8 +76,10 @@ TOKEN_COLUMNS = "id, service, policies, token_hash, created_at, expires_at, revo
 
 def _stamp(moment: datetime | None) -> str | None:
     """Fixed-width UTC text, so that text order is time order in indexes."""
-    if moment is None:
-        return None
+    return None if moment is None else _fixed_width(moment)
+
+
+def _fixed_width(moment: datetime) -> str:
     if moment.tzinfo is UTC and moment.year >= 1000:  # every record's time: isoformat is 5x faster than strftime
         return moment.replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
     return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
@@ -319,13 +322,24 @@ INGEST_SQL = (
 )
 
 
-def _line(e: AuditEntry) -> bytes:
-    """A record as its segment holds it: the table's row, as a JSON array, on one line."""
-    return orjson.dumps((
-        e.chain, e.seq, _stamp(e.ts), e.request_id, e.service, e.token_id, e.action, e.namespace, e.env, e.key,
-        e.version, e.outcome, e.status, e.target, e.client, e.method, e.path, e.prev_hash, e.hash,
-        None if e.phase == RESPONSE else e.phase,
-    )) + b"\n"  # fmt: skip
+def _linked_lines(chain: str, entries: list[AuditEntry], seq: int, prev_hash: str) -> tuple[list[AuditEntry], bytes]:
+    """``link`` and ``_line`` in one pass, for the event loop's appends: each record's time is formatted once and
+    its fields read once. The hash's time text is the line's (fixed width) except on a whole second, where
+    ``format_time`` leaves the fraction out."""
+    linked = []
+    lines = []
+    for entry in entries:
+        seq += 1
+        moment, phase = entry.ts, entry.phase
+        stamp = _fixed_width(moment)
+        fields = entry_fields(entry)
+        exact = moment.microsecond and moment.tzinfo is UTC and moment.year >= 1000  # then stamp is format_time's
+        digest = chain_digest(chain, seq, prev_hash, stamp if exact else format_time(moment), fields, phase)
+        lines.append(orjson.dumps((chain, seq, stamp, *fields, prev_hash, digest, None if phase == RESPONSE else phase)))
+        linked.append(placed(entry, chain, seq, prev_hash, digest))
+        prev_hash = digest
+    lines.append(b"")
+    return linked, b"\n".join(lines)
 
 
 def segment_paths(log_path: Path) -> tuple[Path, Path]:
@@ -438,8 +452,7 @@ class RequestLog:
         if not self._lock.acquire(blocking=wait):
             return None
         try:
-            linked = link(self.chain, entries, *self._head)
-            data = b"".join([_line(e) for e in linked])
+            linked, data = _linked_lines(self.chain, entries, *self._head)
             current = self._current
             fd = self._fds[current]
             written = os.write(fd, data)

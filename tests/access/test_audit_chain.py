@@ -223,3 +223,37 @@ def test_the_canonical_hash_is_the_standard_librarys_json_whatever_the_text(any_
         fields = [linked.chain, linked.seq, linked.prev_hash, format_time(linked.ts), *(getattr(linked, n) for n in _ENTRY_FIELDS)]
         expected = hashlib.sha256(stdlib_json.dumps(fields, separators=(",", ":"), ensure_ascii=True).encode()).hexdigest()
         assert linked.hash == entry_hash(linked) == expected
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.text(max_size=30),
+    st.datetimes(min_value=datetime(1, 1, 1), max_value=datetime(9999, 12, 30), timezones=st.sampled_from([UTC, None])),
+    st.booleans(),
+    st.sampled_from(["response", "request"]),
+)
+def test_the_request_logs_one_pass_append_hashes_and_writes_what_link_and_the_table_row_would(text, moment, whole_second, phase):
+    """``_linked_lines`` (the event loop's append) formats each time once and reads each entry's fields once: its
+    records must be those of ``link``, and its lines the table's rows, for any text, any year, a whole second
+    (where the hash's time text has no fraction) and a time in another zone."""
+    from datetime import timedelta, timezone
+
+    from tessera.core.audit import GENESIS, link
+    from tessera.core.backends.sqlite_access import _linked_lines, _stamp
+
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=timezone(timedelta(hours=-5)))
+    if whole_second:
+        moment = moment.replace(microsecond=0)
+    made = [AuditEntry.response(moment, "r1", "config.read", "allowed", 200, text, "tok_1", "default", "default", text, 3, None, "127.0.0.1", "GET", text)]
+    made.append(AuditEntry(ts=moment, request_id="r2", action="config.write", outcome="attempt", status=0, key=text, phase=phase))
+    assert made[0] == AuditEntry(ts=moment, request_id="r1", action="config.read", outcome="allowed", status=200, service=text, token_id="tok_1",
+                                 namespace="default", env="default", key=text, version=3, client="127.0.0.1", method="GET", path=text)  # fmt: skip
+    linked, data = _linked_lines("requests-0", made, 7, GENESIS)
+    assert linked == link("requests-0", made, 7, GENESIS)
+    rows = [json.loads(line) for line in data.split(b"\n")[:-1]]
+    assert data.endswith(b"\n") and len(rows) == 2
+    for e, line in zip(linked, rows, strict=True):
+        assert line == [e.chain, e.seq, _stamp(e.ts), e.request_id, e.service, e.token_id, e.action, e.namespace, e.env, e.key,
+                        e.version, e.outcome, e.status, e.target, e.client, e.method, e.path, e.prev_hash, e.hash,
+                        None if e.phase == "response" else e.phase]  # fmt: skip
