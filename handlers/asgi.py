@@ -408,7 +408,9 @@ class TesseraASGI:
         token: str | None,
         more_body: bool = False,
     ) -> bool:
-        """Record the request, then send its response; True when the response was replaced (429 or 503)."""
+        """Record the request, then send its response; True when the response was replaced (429 or 503). A read
+        under a server that offers a hold (``HeldOutput``) sends at once: the server keeps the bytes until the
+        record is appended, or sends a 503 in their place."""
         request_id, path = auditor.request_id, scope["path"]
         replaced = False
         if status == 401 and token:
