@@ -238,20 +238,20 @@ class AuditQueue:
         as served that was refused. The wait is bounded by one timer per batch, not one per request."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[AuditEntry] = loop.create_future()
-        self._pending[durable].append([entry, future, None, 0, late_status])
-        if not self._scheduled:
-            self._scheduled = True
-            loop.call_soon(self._ship, loop)
+        self._enqueue(loop, durable, [entry, future, None, 0, late_status])
         return await future
 
     def record_then(self, entry: AuditEntry, then: Callable[[BaseException | None], None], late_status: int) -> None:
         """:meth:`record` for a read whose response is held (``local/response_hold.py``) instead of awaited:
         ``then(None)`` once ``entry`` is appended, ``then(error)`` if it cannot be (or is too slow: the record
         says ``late_status``). Called on the event loop, never before this call returns."""
-        self._pending[False].append([entry, _Notice(then), None, 0, late_status])
+        self._enqueue(asyncio.get_running_loop(), False, [entry, _Notice(then), None, 0, late_status])
+
+    def _enqueue(self, loop: asyncio.AbstractEventLoop, durable: bool, item: list[Any]) -> None:
+        """Into this turn's batch; the batch is handed over once the turn's other callbacks have run."""
+        self._pending[durable].append(item)
         if not self._scheduled:
             self._scheduled = True
-            loop = asyncio.get_running_loop()
             loop.call_soon(self._ship, loop)
 
     def _amend(self, item: list[Any], status: int) -> None:
