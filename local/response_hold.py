@@ -70,8 +70,8 @@ class ResponseHold:
 
     def refuse(self, status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> None:
         """A held request's record could not be appended: nothing held goes out; ``status`` does, then the
-        connection closes (what was held after it belongs to requests that were never answered: their clients
-        see the connection close and may retry)."""
+        connection closes. What was held after it (pipelined requests on the same connection) is lost with the
+        connection, as after any lost response: a change among them may have taken effect, and its record says so."""
         self._holds = 0
         self._chunks = []
         self.write = _dropped
