@@ -349,11 +349,18 @@ class _Notice:
 
     def set_result(self, _entry: AuditEntry) -> None:
         self._done = True
-        self.then(None)
+        self._call(None)
 
     def set_exception(self, error: BaseException) -> None:
         self._done = True
-        self.then(error)
+        self._call(error)
+
+    def _call(self, error: BaseException | None) -> None:
+        # Called in a loop over a batch's waiters: one callback that raises must not leave the rest unanswered.
+        try:
+            self.then(error)
+        except Exception:  # noqa: BLE001 - logged; the other waiters of the batch still get their answer
+            logger.exception("audit: a held response's callback failed")
 
     def add_done_callback(self, _callback: Callable[[Any], None]) -> None:
         """Nothing to consume: no exception is left unretrieved."""

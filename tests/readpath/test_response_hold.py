@@ -224,3 +224,28 @@ def test_held_bytes_go_out_when_the_last_hold_is_released_and_never_after_a_refu
     assert after_both == b"first second"
     assert refused.startswith(b"HTTP/1.1 503 ") and refused.endswith(b"\r\n\r\ngone")
     assert b"date: today\r\n" in refused and b"connection: close\r\n" in refused and b"never sent" not in refused
+
+
+def test_a_held_answers_callback_that_raises_leaves_no_other_answer_of_its_batch_waiting(caplog):
+    """The turn's records are answered in one loop over their callbacks: one that raises is logged, and the
+    callbacks after it still run (else their connections would hold their answers for good)."""
+    from tessera.core.access_model import AuditEntry
+    from tessera.core.audit import DisabledAuditLog
+    from tessera.core.model import utcnow
+    from tessera.handlers.auditing import AuditQueue
+
+    answered: list[str] = []
+
+    def broken(error: BaseException | None) -> None:
+        raise RuntimeError("a callback's own failure")
+
+    async def turn() -> None:
+        queue = AuditQueue(DisabledAuditLog())
+        for request_id, then in (("first", broken), ("second", lambda error: answered.append("second" if error is None else "error"))):
+            queue.record_then(AuditEntry.response(utcnow(), request_id, "config.read", "allowed", 200, None, None, None, None, None, None, None, None, "GET", "/"), then, 503)
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)
+
+    asyncio.run(turn())
+    assert answered == ["second"]
+    assert "a held response's callback failed" in caplog.text
