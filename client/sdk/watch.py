@@ -129,6 +129,47 @@ def ws_error(message: dict[str, Any], node: str) -> TesseraError:
     return error_for(WS_STATUS.get(code, 400), error, node=node, request_id=None)
 
 
+QUEUED_LIMIT = 1000  # messages read past a close while looking for the server's error
+
+
+def error_among(messages: Sequence[str | bytes], node: str) -> TesseraError | None:
+    """The server's error among the messages it sent before closing the socket.
+
+    The server answers a refused auth or subscribe with an error message, then closes. A ``send`` of ours that
+    runs after the close arrived raises ``ConnectionClosed`` while that message is still queued unread: the watch
+    must report the refusal (a bad token stops it), not a node failure (which it would retry)."""
+    for raw in messages:
+        try:
+            message = json.loads(raw)
+        except ValueError:
+            continue
+        if isinstance(message, dict) and message.get("type") == "error":
+            return ws_error(message, node)
+    return None
+
+
+def queued_messages(socket: Any) -> list[str | bytes]:
+    """What a closed synchronous socket still holds (``recv`` hands out queued messages before it raises)."""
+    messages: list[str | bytes] = []
+    for _ in range(QUEUED_LIMIT):
+        try:
+            messages.append(socket.recv(timeout=0))
+        except (ConnectionClosed, TimeoutError):
+            break
+    return messages
+
+
+async def queued_messages_async(socket: Any) -> list[str | bytes]:
+    """:func:`queued_messages` for an asyncio socket."""
+    messages: list[str | bytes] = []
+    for _ in range(QUEUED_LIMIT):
+        try:
+            messages.append(await asyncio.wait_for(socket.recv(), 0.1))
+        except (ConnectionClosed, TimeoutError):
+            break
+    return messages
+
+
 def parse_ws_message(raw: str | bytes, node: str) -> dict[str, Any]:
     try:
         message = json.loads(raw)
@@ -403,6 +444,9 @@ class WatchHandle:
         except ConnectionClosed as exc:
             if self._stopped.is_set():
                 raise WatchStopped from None
+            refusal = error_among(queued_messages(socket), node)
+            if refusal is not None:
+                raise refusal from exc
             raise Unavailable([NodeFailure(node, f"WebSocket closed ({exc})")]) from exc
         finally:
             with self._lock:
@@ -610,6 +654,9 @@ class AsyncWatchHandle:
                     raise ws_error(message, node)
             raise Unavailable([NodeFailure(node, "the WebSocket was closed by the server")])
         except ConnectionClosed as exc:
+            refusal = error_among(await queued_messages_async(socket), node)
+            if refusal is not None:
+                raise refusal from exc
             raise Unavailable([NodeFailure(node, f"WebSocket closed ({exc})")]) from exc
         finally:
             with contextlib.suppress(Exception):

@@ -244,3 +244,47 @@ def make_write(server: ServerProcess, prefix: str) -> bool:
     with server.client() as admin:
         admin.put(f"/config/{prefix}.k", json={"value": uuid.uuid4().hex})
     return False
+
+
+def test_a_refusal_queued_behind_a_close_is_the_error_reported_not_a_node_failure():
+    """The server answers a bad auth with an error message and closes (1008). When the close arrives before our
+    next ``send``, that send raises ``ConnectionClosed`` with the error still queued: the watch must report the
+    refusal (a bad token stops it) and not a node failure (which it would retry, reporting ``Unavailable`` first;
+    seen under load in ``test_a_bad_token_stops_the_watch_at_once``). A real WebSocket server on 127.0.0.1, sync
+    and asyncio clients."""
+    import asyncio
+    import time
+
+    from websockets.asyncio.client import connect as connect_async
+    from websockets.exceptions import ConnectionClosed
+    from websockets.sync.client import connect
+    from websockets.sync.server import serve
+
+    from tessera.client.sdk.watch import error_among, queued_messages, queued_messages_async
+
+    def refuse(ws) -> None:
+        ws.recv()
+        ws.send('{"type": "error", "code": "unauthenticated", "message": "unknown, expired or revoked token"}')
+        ws.close(1008, "unauthenticated")
+
+    with serve(refuse, "127.0.0.1", 0) as server:
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        url = f"ws://127.0.0.1:{server.socket.getsockname()[1]}"
+        with connect(url) as socket:
+            socket.send('{"type": "auth"}')
+            time.sleep(0.3)  # the error and the close have arrived
+            with pytest.raises(ConnectionClosed):
+                socket.send('{"type": "subscribe"}')
+            assert isinstance(error_among(queued_messages(socket), url), Unauthenticated)
+
+        async def asynchronous() -> object:
+            async with connect_async(url) as socket:
+                await socket.send('{"type": "auth"}')
+                await asyncio.sleep(0.3)
+                with pytest.raises(ConnectionClosed):
+                    await socket.send('{"type": "subscribe"}')
+                return error_among(await queued_messages_async(socket), url)
+
+        assert isinstance(asyncio.run(asynchronous()), Unauthenticated)
+        server.shutdown()
+    assert error_among(['{"type": "event"}', b"not json"], url) is None
