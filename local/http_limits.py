@@ -41,10 +41,10 @@ from dataclasses import dataclass, fields
 from typing import Any, ClassVar
 
 import httptools
-from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from tessera.handlers.asgi import HOLD_EXTENSION
-from tessera.local.response_hold import ResponseHold
+from tessera.local.response_hold import ResponseHold, closing_response
 
 LINGER_SECONDS = 2.0  # how long a refused connection's remaining input is read and dropped before closing
 FD_RESERVE = 256  # descriptors kept for what is not a client connection: SQLite files, logs, the listening socket
@@ -107,13 +107,9 @@ def error_bytes(status: int, code: str, message: str, request_id: str, default_h
                 extra_headers: tuple[tuple[bytes, bytes], ...] = ()) -> bytes:
     """A complete HTTP/1.1 response in the contract's error shape, closing the connection."""
     body = json.dumps({"error": {"code": code, "message": message, "request_id": request_id}}).encode()
-    head = [STATUS_LINE[status]]
-    for name, value in [*default_headers, (b"content-type", b"application/json"),
-                        (b"content-length", str(len(body)).encode()), (b"x-request-id", request_id.encode()),
-                        *extra_headers, (b"connection", b"close")]:
-        head += [name, b": ", value, b"\r\n"]
-    head.append(b"\r\n")
-    return b"".join(head) + body
+    return closing_response(status, [*default_headers, (b"content-type", b"application/json"),
+                                     (b"content-length", str(len(body)).encode()), (b"x-request-id", request_id.encode()),
+                                     *extra_headers], body)  # fmt: skip
 
 
 class _Refused(Exception):

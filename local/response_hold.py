@@ -22,6 +22,15 @@ from typing import Any
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE
 
 
+def closing_response(status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> bytes:
+    """A complete HTTP/1.1 response that closes the connection (``headers`` include the server's defaults)."""
+    head = [STATUS_LINE[status]]
+    for name, value in [*headers, (b"connection", b"close")]:
+        head += [name, b": ", value, b"\r\n"]
+    head.append(b"\r\n")
+    return b"".join(head) + body
+
+
 def _dropped(data: bytes) -> None:
     """Where the output of a connection whose held response was refused goes: it is closing."""
 
@@ -77,11 +86,7 @@ class ResponseHold:
         self.write = _dropped
         if self.transport.is_closing():
             return
-        head = [STATUS_LINE[status]]
-        for name, value in [*self.server_state.default_headers, *headers, (b"connection", b"close")]:
-            head += [name, b": ", value, b"\r\n"]
-        head.append(b"\r\n")
-        self.transport.write(b"".join(head) + body)
+        self.transport.write(closing_response(status, [*self.server_state.default_headers, *headers], body))
         self.transport.close()
 
     def close(self) -> None:
